@@ -1,0 +1,14 @@
+"""Entry points of the `lmms_eval.models` group. Import-light on purpose: lmms-eval loads every manifest at
+start-up, and one that fails to import silently disables the ones after it."""
+
+from lmms_eval.models.registry_v2 import ModelManifest
+
+MODELS = "lmms_plugins.models"
+
+
+def llava_full() -> ModelManifest:
+    return ModelManifest(model_id="llava_full", simple_class_path=f"{MODELS}.LlavaFull")
+
+
+def random_drop() -> ModelManifest:
+    return ModelManifest(model_id="random_drop", simple_class_path=f"{MODELS}.RandomDropLlava")

@@ -1,0 +1,161 @@
+"""Load a LLaVA checkpoint from a local folder or a hub snapshot at a pinned revision, safely.
+
+Both sources go through one function: a hub id is first materialised with `huggingface_hub.snapshot_download`
+(honouring HF_HUB_OFFLINE, so a pre-populated cache works without network), then the folder is checked and
+loaded. Weights are read from safetensors only; pickled weights are refused and no remote code is run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+MODEL_CLASSES = {
+    "llava_next": "LlavaNextForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+}
+IMAGE_PROCESSORS = {
+    "llava_next": (
+        "transformers.models.llava_next.image_processing_pil_llava_next",
+        "LlavaNextImageProcessorPil",
+    ),
+    "llava_onevision": (
+        "transformers.models.llava_onevision.image_processing_pil_llava_onevision",
+        "LlavaOnevisionImageProcessorPil",
+    ),
+}
+SNAPSHOT_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "tokenizer.model"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file or setting at fault."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: torch.nn.Module
+    tokenizer: object
+    image_processor: object
+    family: str  # "llava_next" or "llava_onevision"
+    path: Path
+    source: str
+    revision: str | None
+    weights_sha256: str
+
+
+def resolve_checkpoint(source: str, revision: str | None = None) -> Path:
+    """A local folder as is; a hub id as the snapshot of `revision` (which must be given)."""
+    path = Path(source)
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint {source!r} is a file; expected a folder made by save_pretrained")
+        return path
+    if source.startswith((".", "/")) or source.count("/") != 1:
+        raise CheckpointError(f"checkpoint folder {source!r} does not exist")
+    if not revision:
+        raise CheckpointError(
+            f"hub checkpoint {source!r} needs a pinned revision (a commit hash), e.g. revision=<40-hex sha>"
+        )
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id=source, revision=revision, allow_patterns=SNAPSHOT_PATTERNS))
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 over the safetensors files of a checkpoint, in name order."""
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")):
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_checkpoint_folder(path: Path) -> str:
+    """Validate the folder's files before anything is loaded; returns the model family."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"checkpoint {path} has no config.json")
+    family = json.loads(config_file.read_text()).get("model_type")
+    if family not in MODEL_CLASSES:
+        raise CheckpointError(
+            f"checkpoint {path} has model_type {family!r}; supported: {', '.join(MODEL_CLASSES)}"
+        )
+    weight_files = sorted(path.glob("*.safetensors"))
+    if not weight_files:
+        pickled = [f.name for f in path.iterdir() if f.suffix in PICKLE_SUFFIXES]
+        if pickled:
+            raise CheckpointError(
+                f"checkpoint {path} has only pickled weights ({', '.join(pickled)}); "
+                "only safetensors are loaded, convert it with save_pretrained(safe_serialization=True)"
+            )
+        raise CheckpointError(f"checkpoint {path} has no *.safetensors weights")
+    from safetensors import safe_open
+
+    for file in weight_files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    handle.get_slice(name)
+        except Exception as error:  # safetensors raises its own error types for corrupt headers
+            raise CheckpointError(f"weights file {file} is truncated or corrupt: {error}") from None
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"checkpoint {path} has no tokenizer files ({' or '.join(TOKENIZER_FILES)})")
+    if not (path / "preprocessor_config.json").is_file():
+        raise CheckpointError(f"checkpoint {path} has no preprocessor_config.json (image processor)")
+    return family
+
+
+def load_image_processor(path: Path, family: str):
+    import importlib
+
+    module_name, class_name = IMAGE_PROCESSORS[family]
+    return getattr(importlib.import_module(module_name), class_name).from_pretrained(str(path))
+
+
+def load_checkpoint(
+    source: str, revision: str | None = None, device: str = "cpu", dtype: str = "float32"
+) -> LoadedCheckpoint:
+    """Model, tokenizer and PIL image processor of a LLaVA-NeXT or LLaVA-OneVision checkpoint."""
+    import transformers
+
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    path = resolve_checkpoint(source, revision)
+    family = check_checkpoint_folder(path)
+    model_class = getattr(transformers, MODEL_CLASSES[family])
+    try:
+        model = model_class.from_pretrained(str(path), dtype=DTYPES[dtype], use_safetensors=True)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise CheckpointError(f"could not load weights of {path}: {error}") from None
+    model.to(device).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = read_chat_template(path)
+    return LoadedCheckpoint(
+        model=model,
+        tokenizer=tokenizer,
+        image_processor=load_image_processor(path, family),
+        family=family,
+        path=path,
+        source=source,
+        revision=revision,
+        weights_sha256=weights_sha256(path),
+    )
+
+
+def read_chat_template(path: Path) -> str | None:
+    """Hub LLaVA checkpoints keep the chat template beside the processor rather than in the tokenizer."""
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text()
+    if (path / "chat_template.json").is_file():
+        return json.loads((path / "chat_template.json").read_text())["chat_template"]
+    return None

@@ -1,0 +1,93 @@
+"""Visual-token reduction methods applied between the projector and the LLM.
+
+Every method is "the base model plus a rule for how much visual computation each sample gets". A reducer
+receives the vision side's outputs for a batch and returns, per sample, the visual tokens that enter the LLM.
+Budgets are fractions of the sample's patch tokens (LLaVA's row-newline tokens are structure, not content:
+they are kept in place and not counted against the budget).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import ABC, abstractmethod
+
+import torch
+
+from visor_model.visual import ImageTokens, VisionOutputs
+
+
+def check_budget(budget: float, name: str = "budget") -> float:
+    """A budget is a fraction of visual tokens in (0, 1]."""
+    try:
+        value = float(budget)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in (0, 1], got {budget!r}") from None
+    if not (0.0 < value <= 1.0) or math.isnan(value):
+        raise ValueError(f"{name} must be in (0, 1], got {budget!r}")
+    return value
+
+
+def tokens_for_budget(budget: float, n_tokens: int) -> int:
+    """floor(budget * n) tokens, at least one."""
+    return max(1, min(n_tokens, math.floor(budget * n_tokens + 1e-9)))
+
+
+def stable_seed(*parts) -> int:
+    """A seed from any printable parts, the same in every process (unlike Python's salted hash)."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class TokenReducer(ABC):
+    """Decides which visual tokens of each sample enter the LLM."""
+
+    name: str
+
+    @abstractmethod
+    def reduce(self, model, vision: VisionOutputs, sample_keys: list[str]) -> list[ImageTokens]:
+        """Return the kept tokens per sample (original order preserved)."""
+
+    @property
+    def needs_vision_hidden_states(self) -> bool:
+        return False
+
+    def settings(self) -> dict:
+        """The method's settings as recorded in every result."""
+        return {"method": self.name}
+
+
+class FullTokens(TokenReducer):
+    """The unmodified base model: every visual token enters the LLM."""
+
+    name = "full"
+
+    def reduce(self, model, vision, sample_keys):
+        return list(vision.images)
+
+
+class RandomDrop(TokenReducer):
+    """Control method: keep a uniformly random floor(budget * n) of each sample's patch tokens.
+
+    The draw depends only on (seed, sample key), so it is the same whatever the batch composition."""
+
+    name = "random_drop"
+
+    def __init__(self, budget: float, seed: int = 0):
+        self.budget = check_budget(budget)
+        self.seed = int(seed)
+
+    def reduce(self, model, vision, sample_keys):
+        kept = []
+        for image, key in zip(vision.images, sample_keys):
+            patches = torch.nonzero(~image.is_newline).squeeze(1)
+            n_keep = tokens_for_budget(self.budget, patches.numel())
+            generator = torch.Generator().manual_seed(stable_seed(self.seed, key))
+            chosen = patches[torch.randperm(patches.numel(), generator=generator)[:n_keep].to(patches.device)]
+            keep = image.is_newline.clone()
+            keep[chosen] = True
+            kept.append(image.select(keep))
+        return kept
+
+    def settings(self):
+        return {"method": self.name, "budget": self.budget, "seed": self.seed}

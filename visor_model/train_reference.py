@@ -1,0 +1,175 @@
+"""Train a reference LLaVA model from scratch on the synthetic benchmarks' train splits.
+
+    python -m visor_model.train_reference --family llava_onevision --tasks resources/benchmarks/synth_* \
+        --out resources/checkpoints/reference-ov --state resources/train_state/reference-ov
+
+The whole model (vision tower, projector, LLM) is trained at full compute with the same input pipeline that
+evaluation uses (`visor_model.runner`), on the answer tokens only. Progress and held-out accuracy are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from visor_model import benchmarks
+from visor_model.checkpoints import LoadedCheckpoint
+from visor_model.methods import FullTokens
+from visor_model.reference import ReferenceConfig, build_reference_model, build_tokenizer
+from visor_model.runner import VisionLanguageRunner, prompt_ids
+from visor_model.training import (
+    Example,
+    ProgressLog,
+    TrainConfig,
+    batch_indices,
+    learning_rate,
+    load_train_state,
+    read_examples,
+    save_train_state,
+)
+
+
+class EncodedExamples:
+    """Examples with images already run through the image processor and prompts tokenised (done once)."""
+
+    def __init__(self, examples: list[Example], tokenizer, image_processor, image_token_id: int):
+        self.examples = examples
+        self.crops, self.sizes, self.prompts, self.targets = [], [], [], []
+        for start in range(0, len(examples), 256):
+            chunk = examples[start : start + 256]
+            processed = image_processor([e.image for e in chunk], return_tensors="pt")
+            for pixels, size in zip(processed["pixel_values"], processed["image_sizes"]):
+                self.sizes.append(size)
+                self.crops.append(pixels)
+        n_crops = [c.shape[0] for c in self.crops]
+        for e in examples:
+            self.prompts.append(prompt_ids(tokenizer, image_token_id, e.question))
+            answer = tokenizer(" " + e.answer, add_special_tokens=False).input_ids
+            self.targets.append(answer + [tokenizer.eos_token_id])
+        self.n_crops = n_crops
+
+    def __len__(self):
+        return len(self.examples)
+
+    def batch(self, indices: list[int]):
+        max_crops = max(self.crops[i].shape[0] for i in indices)
+        pixels = torch.stack([
+            torch.cat([self.crops[i], self.crops[i].new_zeros(max_crops - self.crops[i].shape[0], *self.crops[i].shape[1:])])
+            for i in indices
+        ])
+        sizes = torch.stack([self.sizes[i] for i in indices])
+        return pixels, sizes, [self.prompts[i] for i in indices], [self.targets[i] for i in indices]
+
+
+def training_loss(model, image_token_id: int, pixels, sizes, prompts, targets) -> torch.Tensor:
+    """Next-token cross-entropy on the answer tokens of a batch, through the evaluation input pipeline."""
+    from visor_model.visual import encode_images, splice_prompts
+
+    vision = encode_images(model, pixels, sizes)
+    batch = splice_prompts(model.get_input_embeddings(), prompts, vision.images, image_token_id, targets)
+    hidden = model.model.language_model(
+        inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    ).last_hidden_state
+    logits = model.lm_head(hidden[:, :-1])
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def accuracy(runner: VisionLanguageRunner, examples: list[Example], batch_size: int = 32) -> float:
+    correct = 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        records = runner.generate([e.image for e in chunk], [e.question for e in chunk],
+                                  [str(start + i) for i in range(len(chunk))], [4] * len(chunk))
+        correct += sum(r.answer.strip().lower() == e.answer for r, e in zip(records, chunk))
+    return correct / len(examples)
+
+
+def train_reference(
+    family: str,
+    task_dirs: list[Path],
+    out_dir: Path,
+    state_dir: Path,
+    reference: ReferenceConfig,
+    config: TrainConfig,
+    val_per_task: int = 100,
+) -> dict:
+    torch.set_num_threads(config.threads)
+    tokenizer = build_tokenizer(benchmarks.vocabulary())
+    model, image_processor = build_reference_model(reference, tokenizer, seed=config.seed)
+    image_token_id = model.config.image_token_id
+    train, val = [], {}
+    for task_dir in task_dirs:
+        task = task_dir.name
+        train += read_examples(task_dir / "train.parquet", task)
+        val[task] = read_examples(task_dir / "val.parquet", task)[:val_per_task]
+    data = EncodedExamples(train, tokenizer, image_processor, image_token_id)
+    print(f"{family}: {sum(p.numel() for p in model.parameters()):,} parameters, {len(data)} training examples",
+          flush=True)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    start_step = 0
+    if (state_dir / "state.json").is_file():
+        start_step = load_train_state(state_dir, model, optimizer)["step"]
+        print(f"resuming from step {start_step}", flush=True)
+    progress = ProgressLog(config.steps, config.log_every)
+    started = time.time()
+    model.train()
+    for step in range(start_step, config.steps):
+        lr = learning_rate(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = training_loss(model, image_token_id, *data.batch(batch_indices(config, step, len(data))))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        progress.update(step, loss.item(), lr)
+        if (step + 1) % config.save_every == 0 and step + 1 < config.steps:
+            save_train_state(state_dir, model, optimizer, step + 1, {"family": family})
+
+    model.eval()
+    loaded = LoadedCheckpoint(model, tokenizer, image_processor, family, out_dir, str(out_dir), None, "")
+    runner = VisionLanguageRunner(loaded, FullTokens())
+    val_accuracy = {task: accuracy(runner, examples) for task, examples in val.items()}
+    print("held-out accuracy:", json.dumps(val_accuracy), flush=True)
+    record = {
+        "family": family,
+        "reference_config": asdict(reference),
+        "train_config": asdict(config),
+        "tasks": [d.name for d in task_dirs],
+        "val_accuracy": val_accuracy,
+        "train_seconds_this_run": round(time.time() - started, 1),
+    }
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    image_processor.save_pretrained(tmp)
+    (tmp / "training.json").write_text(json.dumps(record, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", required=True, choices=["llava_onevision", "llava_next"])
+    parser.add_argument("--tasks", nargs="+", required=True, type=Path, help="task folders from write_task")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--state", required=True, type=Path)
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--threads", type=int, default=TrainConfig.threads)
+    args = parser.parse_args()
+    config = replace(TrainConfig(), steps=args.steps, seed=args.seed, threads=args.threads)
+    train_reference(args.family, args.tasks, args.out, args.state, ReferenceConfig(family=args.family), config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Training of the reference models on the synthetic train splits: seeded, resumable, safetensors only.
+
+The batch at step t is drawn from a generator seeded with (seed, t), and the whole training state (weights,
+AdamW moments, step) is saved as safetensors + JSON, so an interrupted run resumes to exactly the state an
+uninterrupted run would have reached.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from visor_model.methods import stable_seed
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1500
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 100
+    log_every: int = 25
+    threads: int = 1
+
+
+@dataclass
+class Example:
+    task: str
+    image: Image.Image
+    question: str
+    answer: str
+
+
+def read_examples(parquet_path: str | Path, task: str) -> list[Example]:
+    """Rows of a benchmark split written by `visor_model.benchmarks` (images embedded as bytes)."""
+    table = pq.read_table(parquet_path, columns=["image", "question", "answer"]).to_pylist()
+    return [
+        Example(task=task, image=Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"),
+                question=row["question"], answer=row["answer"])
+        for row in table
+    ]
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio of the peak."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.learning_rate * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def batch_indices(config: TrainConfig, step: int, n_examples: int) -> list[int]:
+    generator = torch.Generator().manual_seed(stable_seed(config.seed, "batch", step))
+    return torch.randint(n_examples, (config.batch_size,), generator=generator).tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resumable state: weights and AdamW moments as safetensors, the step and config as JSON.
+
+
+def save_train_state(state_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                     extra: dict) -> None:
+    """Write the state to a temp folder and rename it over the previous one (never a half-written state)."""
+    state_dir = Path(state_dir)
+    tmp = state_dir.with_name(state_dir.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    moments = {}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            if state:
+                name = names[id(param)]
+                moments[f"{name}::exp_avg"] = state["exp_avg"].contiguous()
+                moments[f"{name}::exp_avg_sq"] = state["exp_avg_sq"].contiguous()
+                moments[f"{name}::step"] = torch.as_tensor(state["step"], dtype=torch.float64).reshape(1)
+    save_file({n: p.detach().contiguous() for n, p in model.state_dict().items()}, str(tmp / "weights.safetensors"))
+    save_file(moments, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
+    if state_dir.exists():
+        old = state_dir.with_name(state_dir.name + ".old")
+        os.replace(state_dir, old)
+        os.replace(tmp, state_dir)
+        for file in old.iterdir():
+            file.unlink()
+        old.rmdir()
+    else:
+        os.replace(tmp, state_dir)
+
+
+def load_train_state(state_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore weights and AdamW moments saved by `save_train_state`; returns the JSON record."""
+    state_dir = Path(state_dir)
+    model.load_state_dict(load_file(str(state_dir / "weights.safetensors")))
+    moments = load_file(str(state_dir / "optimizer.safetensors"))
+    params = dict(model.named_parameters())
+    for name, param in params.items():
+        if f"{name}::exp_avg" in moments:
+            optimizer.state[param] = {
+                "step": moments[f"{name}::step"].reshape(()).to(torch.float32),
+                "exp_avg": moments[f"{name}::exp_avg"],
+                "exp_avg_sq": moments[f"{name}::exp_avg_sq"],
+            }
+    return json.loads((state_dir / "state.json").read_text())
+
+
+class ProgressLog:
+    """Prints a line every `every` steps with loss, learning rate and throughput."""
+
+    def __init__(self, total_steps: int, every: int):
+        self.total_steps, self.every = total_steps, every
+        self.start = time.time()
+        self.losses: list[float] = []
+
+    def update(self, step: int, loss: float, lr: float) -> None:
+        self.losses.append(loss)
+        if (step + 1) % self.every == 0 or step + 1 == self.total_steps:
+            elapsed = time.time() - self.start
+            mean = sum(self.losses) / len(self.losses)
+            print(f"step {step + 1}/{self.total_steps} loss {mean:.4f} lr {lr:.2e} {elapsed:.0f}s", flush=True)
+            self.losses = []
+
+
+def train_config_dict(config: TrainConfig) -> dict:
+    return asdict(config)

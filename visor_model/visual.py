@@ -1,0 +1,232 @@
+"""Visual tokens of LLaVA-NeXT / LLaVA-OneVision with the metadata every efficiency method needs.
+
+`encode_images` runs the vision tower and projector exactly as transformers does and packs the features with
+the model's own `pack_image_features` (base image, then the un-padded AnyRes grid row by row with a newline
+token after each row), so at full budget the sequence is bit-identical to the stock model's. The same
+packing is applied to a tensor of integer coordinates, which tells, for every packed token, which partition
+(0 = the resized full image, 1.. = the AnyRes sub-images in raster order) and which patch of it it came from.
+
+`splice_prompts` then puts each sample's (possibly reduced) visual tokens where its `<image>` placeholder was
+and left-pads the batch. Dropped tokens are absent from the tensors, not masked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+NEWLINE = -1  # partition / patch index of LLaVA's row-newline tokens
+
+
+@dataclass
+class ImageTokens:
+    """Packed visual tokens of one image.
+
+    features:    [n, d] projector outputs (newline tokens included)
+    partition:   [n] 0 = full (base) image, k >= 1 = k-th AnyRes sub-image, NEWLINE for newline tokens
+    patch_index: [n] row-major index of the patch inside its partition's (h x w) grid, NEWLINE for newlines
+    grid:        (rows, cols) of AnyRes sub-images for this image
+    patches_per_side: h = w, patches per side of one crop
+    """
+
+    features: torch.Tensor
+    partition: torch.Tensor
+    patch_index: torch.Tensor
+    grid: tuple[int, int]
+    patches_per_side: int
+
+    @property
+    def is_newline(self) -> torch.Tensor:
+        return self.partition == NEWLINE
+
+    @property
+    def num_patch_tokens(self) -> int:
+        return int((~self.is_newline).sum())
+
+    def select(self, keep: torch.Tensor) -> "ImageTokens":
+        """Keep the tokens where the boolean mask `keep` [n] is true, in their original order."""
+        return ImageTokens(
+            features=self.features[keep],
+            partition=self.partition[keep],
+            patch_index=self.patch_index[keep],
+            grid=self.grid,
+            patches_per_side=self.patches_per_side,
+        )
+
+
+@dataclass
+class VisionOutputs:
+    """What the vision side produced for a batch: packed tokens per image and, on request, the tower's
+    hidden states for every crop (`hidden_states[l]` is the input of encoder layer l, [n_crops, seq, d_v])
+    with `crop_owner[c]` the batch index of crop c (crops of one image are contiguous, base image first)."""
+
+    images: list[ImageTokens]
+    hidden_states: tuple[torch.Tensor, ...] | None
+    crop_owner: torch.Tensor
+
+
+def crops_per_image(model, image_sizes: torch.Tensor) -> list[int]:
+    """Number of crops (base image + AnyRes sub-images) the processor made for each image."""
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    config = model.config
+    return [
+        image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
+        for size in image_sizes
+    ]
+
+
+def anyres_grid(model, image_size) -> tuple[int, int]:
+    """(rows, cols) of AnyRes sub-images for an image of (height, width) `image_size`."""
+    from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+
+    config = model.config
+    return tuple(
+        get_anyres_image_grid_shape(image_size, config.image_grid_pinpoints, config.vision_config.image_size)
+    )
+
+
+def _pack(model, per_image: list[torch.Tensor], image_sizes: torch.Tensor, newline: torch.Tensor):
+    """The model's own packing (un-pad, newline per row, OneVision's anyres_max interpolation)."""
+    config = model.config
+    if config.model_type == "llava_next":
+        packed, _ = model.model.pack_image_features(
+            per_image, image_sizes, config.vision_feature_select_strategy, image_newline=newline
+        )
+    else:
+        packed, _ = model.model.pack_image_features(
+            per_image, image_sizes, image_newline=newline, vision_aspect_ratio=config.vision_aspect_ratio
+        )
+    return packed
+
+
+def select_vision_features(model, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The tower layer(s) LLaVA feeds to the projector, without the CLS token under the "default" strategy."""
+    config = model.config
+    layer = config.vision_feature_layer
+    if isinstance(layer, int):
+        selected = hidden_states[layer]
+    else:
+        selected = torch.cat([hidden_states[i] for i in layer], dim=-1)
+    if config.vision_feature_select_strategy == "default":
+        selected = selected[:, 1:]
+    return selected
+
+
+def encode_images(
+    model, pixel_values: torch.Tensor, image_sizes: torch.Tensor, return_hidden_states: bool = False
+) -> VisionOutputs:
+    """Vision tower + projector + packing for a batch of single-image samples.
+
+    pixel_values: [B, max_crops, 3, H, W] as the LLaVA image processors return it (padded over crops)
+    image_sizes:  [B, 2] original (height, width)
+    """
+    counts = crops_per_image(model, image_sizes)
+    crops = torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)], dim=0)  # [n_crops, 3, H, W]
+    tower_out = model.model.vision_tower(crops, output_hidden_states=True, return_dict=True)
+    selected = select_vision_features(model, tower_out.hidden_states)  # [n_crops, h*w, d_v]
+    projected = model.model.multi_modal_projector(selected)  # [n_crops, h*w, d]
+    per_image = list(torch.split(projected, counts, dim=0))
+    features = _pack(model, per_image, image_sizes, model.model.image_newline)
+
+    # Pack integer coordinates through the same code path to learn where every packed token came from.
+    n_patches = selected.shape[1]
+    side = int(round(n_patches**0.5))
+    coordinates = []
+    for n_crops in counts:
+        partition = torch.arange(n_crops, dtype=torch.float32)[:, None].expand(n_crops, n_patches)
+        patch = torch.arange(n_patches, dtype=torch.float32)[None, :].expand(n_crops, n_patches)
+        coordinates.append(torch.stack([partition, patch], dim=-1))  # [n_crops, h*w, 2]
+    newline_coordinate = torch.full((2,), float(NEWLINE))
+    packed_coordinates = _pack(model, coordinates, image_sizes, newline_coordinate)
+
+    images = []
+    for feats, coords, size in zip(features, packed_coordinates, image_sizes):
+        coords = coords.round().long()
+        images.append(
+            ImageTokens(
+                features=feats,
+                partition=coords[:, 0],
+                patch_index=coords[:, 1],
+                grid=anyres_grid(model, size),
+                patches_per_side=side,
+            )
+        )
+    crop_owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    hidden = tower_out.hidden_states if return_hidden_states else None
+    return VisionOutputs(images=images, hidden_states=hidden, crop_owner=crop_owner)
+
+
+@dataclass
+class SplicedBatch:
+    """A left-padded batch of prompt embeddings with the visual tokens in place of `<image>`.
+
+    inputs_embeds:  [B, T, d]
+    attention_mask: [B, T] 1 for real tokens
+    position_ids:   [B, T] 0.. over the real tokens of each row
+    visual_mask:    [B, T] True where a visual token sits
+    labels:         [B, T] target ids (-100 where no loss), only when targets were given
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    visual_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+
+
+def splice_prompts(
+    embed_tokens: nn.Embedding,
+    prompt_ids: list[list[int]],
+    images: list[ImageTokens],
+    image_token_id: int,
+    target_ids: list[list[int]] | None = None,
+) -> SplicedBatch:
+    """Build the LLM input of a batch. Each prompt holds exactly one `<image>` placeholder; `target_ids`
+    (training) are appended after the prompt and become the labels."""
+    rows, visual_rows, label_rows = [], [], []
+    for i, (ids, image) in enumerate(zip(prompt_ids, images)):
+        if ids.count(image_token_id) != 1:
+            raise ValueError(f"prompt {i} must contain exactly one image placeholder, found {ids.count(image_token_id)}")
+        cut = ids.index(image_token_id)
+        targets = target_ids[i] if target_ids is not None else []
+        before = torch.tensor(ids[:cut], dtype=torch.long)
+        after = torch.tensor(ids[cut + 1 :] + targets, dtype=torch.long)
+        device = image.features.device
+        rows.append(
+            torch.cat(
+                [embed_tokens(before.to(device)), image.features.to(embed_tokens.weight.dtype), embed_tokens(after.to(device))]
+            )
+        )
+        n_visual = image.features.shape[0]
+        visual_rows.append(torch.cat([torch.zeros(cut, dtype=torch.bool), torch.ones(n_visual, dtype=torch.bool),
+                                      torch.zeros(len(after), dtype=torch.bool)]))
+        labels = torch.full((rows[-1].shape[0],), -100, dtype=torch.long)
+        if targets:
+            labels[-len(targets) :] = torch.tensor(targets, dtype=torch.long)
+        label_rows.append(labels)
+
+    length = max(r.shape[0] for r in rows)
+    batch, dim = len(rows), rows[0].shape[1]
+    device, dtype = rows[0].device, rows[0].dtype
+    inputs_embeds = torch.zeros(batch, length, dim, device=device, dtype=dtype)
+    attention_mask = torch.zeros(batch, length, dtype=torch.long, device=device)
+    position_ids = torch.zeros(batch, length, dtype=torch.long, device=device)
+    visual_mask = torch.zeros(batch, length, dtype=torch.bool, device=device)
+    labels = torch.full((batch, length), -100, dtype=torch.long, device=device)
+    for i, row in enumerate(rows):
+        n = row.shape[0]
+        inputs_embeds[i, length - n :] = row
+        attention_mask[i, length - n :] = 1
+        position_ids[i, length - n :] = torch.arange(n, device=device)
+        visual_mask[i, length - n :] = visual_rows[i].to(device)
+        labels[i, length - n :] = label_rows[i].to(device)
+    return SplicedBatch(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        visual_mask=visual_mask,
+        labels=labels if target_ids is not None else None,
+    )
