@@ -7,14 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${VENV:-.venv}"
-TORCH_VERSION="2.13.0"
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip setuptools wheel
-"${PIP[@]}" install -q "torch==$TORCH_VERSION"
-echo "torch==$TORCH_VERSION" > "$VENV/constraints.txt"
-"${PIP[@]}" install -q -c "$VENV/constraints.txt" -e ".[test]"
+"${PIP[@]}" install -q -c constraints.txt torch
+"${PIP[@]}" install -q -c constraints.txt -e ".[test]"
 if "$VENV/bin/python" -c "import sys, torch; sys.exit(0 if torch.__version__.endswith('+cpu') else 1)"; then
     "${PIP[@]}" uninstall -q -y torchvision 2>/dev/null || true
 fi

@@ -12,3 +12,11 @@ def llava_full() -> ModelManifest:
 
 def random_drop() -> ModelManifest:
     return ModelManifest(model_id="random_drop", simple_class_path=f"{MODELS}.RandomDropLlava")
+
+
+def hired() -> ModelManifest:
+    return ModelManifest(model_id="hired", simple_class_path=f"{MODELS}.HiredLlava")
+
+
+def visor() -> ModelManifest:
+    return ModelManifest(model_id="visor", simple_class_path="lmms_plugins.visor.VisorLlava")

@@ -2,7 +2,10 @@
 
 Each class turns lmms-eval requests into batches for `visor_model.runner.VisionLanguageRunner` and returns
 `GenerationResult`s whose token counts carry the per-sample accounting (visual tokens before and after
-reduction, prefill length), so it lands in lmms-eval's per-sample log; means go to `results["throughput"]`.
+reduction, prefill length, the tokens that entered the LLM, layers per VISOR role, and the analytic FLOPs by
+term from `visor_model.accounting`), so it lands in lmms-eval's per-sample log; means go to
+`results["throughput"]`. Subclasses change the per-sample record through two hooks: `counts_class` (the
+`VisualTokenCounts` subclass) and `build_accountant` (the `FlopAccountant` of the model and method).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from tqdm import tqdm
 
+from visor_model.accounting import FlopAccountant, SampleTokens
 from visor_model.checkpoints import load_checkpoint
 from visor_model.methods import FullTokens, RandomDrop, TokenReducer
 from visor_model.runner import SampleRecord, VisionLanguageRunner
@@ -22,21 +26,33 @@ from visor_model.runner import SampleRecord, VisionLanguageRunner
 
 @dataclass
 class VisualTokenCounts(TokenCounts):
-    """lmms-eval's token counts plus the visual-token accounting of one sample."""
+    """lmms-eval's token counts plus the visual-token and FLOP accounting of one sample.
+
+    `to_dict` (what lmms-eval writes to the per-sample log) flattens `flops` into top-level keys
+    (flops_vision, flops_llm_prefill, ..., fastv_macs, layers_sa, ...: see `visor_model.accounting`)."""
 
     visual_tokens: int | None = None
     visual_tokens_kept: int | None = None
     newline_tokens_kept: int | None = None
     crops: int | None = None
+    llm_visual_tokens: int | None = None  # visual tokens that entered the LLM (newlines included)
+    llm_text_tokens: int | None = None  # text tokens of the prompt
+    flops: dict[str, int] | None = None
+
+    FIELDS = ("visual_tokens", "visual_tokens_kept", "newline_tokens_kept", "crops", "llm_visual_tokens",
+              "llm_text_tokens")
 
     def to_dict(self):
         counts = super().to_dict()
-        for name in ("visual_tokens", "visual_tokens_kept", "newline_tokens_kept", "crops"):
-            counts[name] = getattr(self, name)
+        for cls in reversed(type(self).__mro__):
+            for name in cls.__dict__.get("FIELDS", ()):
+                counts[name] = getattr(self, name)
+        counts.update(self.flops or {})
         return counts
 
     @classmethod
-    def from_record(cls, record: SampleRecord) -> "VisualTokenCounts":
+    def from_record(cls, record: SampleRecord, tokens: SampleTokens | None = None,
+                    flops: dict[str, int] | None = None) -> "VisualTokenCounts":
         return cls(
             input_tokens=record.prompt_tokens,
             output_tokens=record.generated_tokens,
@@ -44,6 +60,9 @@ class VisualTokenCounts(TokenCounts):
             visual_tokens_kept=record.visual_tokens_kept,
             newline_tokens_kept=record.newline_tokens_kept,
             crops=record.crops,
+            llm_visual_tokens=None if tokens is None else tokens.n_visual,
+            llm_text_tokens=None if tokens is None else tokens.n_text,
+            flops=flops,
         )
 
 
@@ -79,9 +98,21 @@ class EfficientLlava(lmms):
         self.checkpoint = load_checkpoint(str(pretrained), revision or None, self.device_name, dtype)
         self.reducer = self.build_reducer(**method_args)
         self.runner = VisionLanguageRunner(self.checkpoint, self.reducer, self.device_name)
+        self.accountant = self.build_accountant()
+
+    counts_class = VisualTokenCounts
 
     def build_reducer(self, **method_args) -> TokenReducer:
         raise NotImplementedError
+
+    def build_accountant(self) -> FlopAccountant:
+        """The FLOP accounting of this model and method (VISOR adds its conv and router)."""
+        return FlopAccountant.for_model(self.checkpoint.model, self.reducer)
+
+    def token_counts(self, record: SampleRecord, max_new_tokens: int) -> VisualTokenCounts:
+        """The per-sample log entry of one generated answer (`max_new_tokens`: the limit it ran under)."""
+        tokens = SampleTokens.from_record(record, max_new_tokens)
+        return self.counts_class.from_record(record, tokens, self.accountant.record(tokens))
 
     def clean(self):
         """lmms-eval deletes every nn.Module attribute after a run; the runner owns the model, keep it."""
@@ -90,7 +121,8 @@ class EfficientLlava(lmms):
         results: list[GenerationResult | None] = [None] * len(requests)
         # Sort by prompt length so that batches pad little; answers are put back in request order.
         order = sorted(range(len(requests)), key=lambda i: len(requests[i].args[0]))
-        totals = {"visual_tokens": 0, "visual_tokens_kept": 0, "prompt_tokens": 0}
+        totals = {"visual_tokens": 0, "visual_tokens_kept": 0, "prompt_tokens": 0, "flops_llm_prefill": 0,
+                  "flops_total": 0}
         generated, started = 0, time.perf_counter()
         progress = tqdm(total=len(requests), desc=f"{self.reducer.name}", disable=self.rank != 0)
         for start in range(0, len(order), self.batch_size_per_gpu):
@@ -108,11 +140,14 @@ class EfficientLlava(lmms):
                 stops = gen_kwargs.get("until") or []
                 until.append([stops] if isinstance(stops, str) else list(stops))
             records = self.runner.generate(images, questions, keys, budgets, until)
-            for i, record in zip(indices, records):
-                results[i] = GenerationResult(text=record.answer, token_counts=VisualTokenCounts.from_record(record))
+            for i, record, limit in zip(indices, records, budgets):
+                counts = self.token_counts(record, limit)
+                results[i] = GenerationResult(text=record.answer, token_counts=counts)
                 totals["visual_tokens"] += record.visual_tokens
                 totals["visual_tokens_kept"] += record.visual_tokens_kept
                 totals["prompt_tokens"] += record.prompt_tokens
+                totals["flops_llm_prefill"] += counts.flops["flops_llm_prefill"]
+                totals["flops_total"] += counts.flops["flops_total"]
                 generated += record.generated_tokens
             progress.update(len(indices))
         progress.close()
@@ -145,3 +180,36 @@ class RandomDropLlava(EfficientLlava):
 
     def build_reducer(self, budget: float | str = 1.0, seed: int | str = 0) -> TokenReducer:
         return RandomDrop(budget=budget, seed=int(seed))
+
+
+class HiredLlava(EfficientLlava):
+    """`hired`: HiRED token dropping (visor_model.hired); args budget= (required), alpha=, mode=paper|reference_code,
+    score=cls|mean_received (default: cls if the encoder has a CLS token), distribution_layer=, selection_layer=
+    (default: the layer feeding the projector), newlines=all|occupied_rows|none (default: by mode)."""
+
+    def build_reducer(
+        self,
+        budget: float | str | None = None,
+        alpha: float | str = 0.5,
+        mode: str = "paper",
+        score: str | None = None,
+        distribution_layer: int | str = 0,
+        selection_layer: int | str | None = None,
+        newlines: str | None = None,
+    ) -> TokenReducer:
+        from visor_model.hired import HiRED
+
+        if budget is None:
+            raise ValueError("hired needs a budget, e.g. --model_args pretrained=DIR,budget=0.2")
+        # lmms-eval turns "0.5" into 0.5 and "0" into 0 but leaves words as strings; HiRED validates every value
+        # (and converts "3" / 3.0 layer indices), then derives score and selection_layer from the loaded model.
+        return HiRED(
+            budget=budget,
+            alpha=alpha,
+            mode=str(mode),
+            score=score,
+            distribution_layer=distribution_layer,
+            selection_layer=selection_layer,
+            newlines=newlines,
+            model=self.checkpoint.model,
+        )

@@ -273,3 +273,11 @@ def test_lmms_eval_end_to_end(lmms_tasks, tmp_path, monkeypatch):
     for task in TASKS:
         assert results["results"][task]["exact_match,none"] == pytest.approx(0.5)
         assert results["results"][task]["anls,none"] == pytest.approx(0.5)
+
+
+def test_training_scenes_vary_the_marker_size_and_evaluation_scenes_do_not():
+    config = SceneConfig()
+    train = generate_split("synth_marker", "train", 60, seed=0, config=config)
+    test = generate_split("synth_marker", "test", 30, seed=0, config=config)
+    assert {row["marker_size"] for row in train} == set(config.train_marker_sizes)
+    assert {row["marker_size"] for row in test} == {config.marker_size}

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import string
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,8 @@ import datasets
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
+
+from visor_model.files import sha256_file, write_atomically
 
 # Colour names are answers, so every name is a single lowercase word.
 BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -79,7 +80,11 @@ class SceneConfig:
         (112, 56),
         (56, 112),
     )
-    marker_size: int = 3  # side of the marker square in pixels
+    marker_size: int = 3  # side of the marker square in pixels (val and test splits)
+    # Training scenes draw the marker side from these sizes: from-scratch models learn to look for a 3-pixel
+    # marker among ~200 visual tokens only after bigger markers taught them where to look (a curriculum in
+    # the data). Evaluation splits always use `marker_size`.
+    train_marker_sizes: tuple[int, ...] = (3, 4, 6, 8, 10, 12)
     shape_fraction: float = 0.3  # shape side as a fraction of the shorter image side
     noise: int = 6  # background pixels get uniform integer noise in [-noise, noise]
     margin: int = 2  # minimum distance of shape and marker from the image border
@@ -122,6 +127,7 @@ class Scene:
     marker_colour: str
     marker_x: int  # top-left corner of the marker square
     marker_y: int
+    marker_size: int
     noise_seed: int
 
 
@@ -152,8 +158,10 @@ def sample_scene(
     background: str | None = None,
     shape: str | None = None,
     marker_colour: str | None = None,
+    marker_sizes: tuple[int, ...] | None = None,
 ) -> Scene:
-    """Draw a random scene; background, shape and marker_colour are drawn only where not given."""
+    """Draw a random scene; background, shape and marker_colour are drawn only where not given; the marker
+    side is config.marker_size unless several `marker_sizes` are offered to draw from."""
     width, height = config.sizes[rng.integers(len(config.sizes))]
     background = background or str(rng.choice(list(BACKGROUND_COLOURS)))
     shape = shape or str(rng.choice(SHAPES))
@@ -165,7 +173,9 @@ def sample_scene(
     shape_y = int(rng.integers(config.margin, height - config.margin - shape_size + 1))
 
     # Uniform over all marker positions inside the margin that keep clear of the shape's bounding box.
-    m, gap = config.marker_size, config.marker_gap
+    marker_sizes = marker_sizes or (config.marker_size,)
+    m = int(marker_sizes[rng.integers(len(marker_sizes))]) if len(marker_sizes) > 1 else marker_sizes[0]
+    gap = config.marker_gap
     xs = np.arange(config.margin, width - config.margin - m + 1)
     ys = np.arange(config.margin, height - config.margin - m + 1)
     clear_x = (xs + m + gap <= shape_x) | (xs >= shape_x + shape_size + gap)
@@ -185,6 +195,7 @@ def sample_scene(
         marker_colour=marker_colour,
         marker_x=int(xs[valid_x[choice]]),
         marker_y=int(ys[valid_y[choice]]),
+        marker_size=m,
         noise_seed=int(rng.integers(2**63)),
     )
 
@@ -214,7 +225,7 @@ def render_scene(scene: Scene, config: SceneConfig) -> Image.Image:
     box = pixels[scene.shape_y : scene.shape_y + scene.shape_size, scene.shape_x : scene.shape_x + scene.shape_size]
     box[shape_mask(scene.shape, scene.shape_size)] = SHAPE_COLOURS[scene.shape_colour]
 
-    x, y, m = scene.marker_x, scene.marker_y, config.marker_size
+    x, y, m = scene.marker_x, scene.marker_y, scene.marker_size
     pixels[y : y + m, x : x + m] = MARKER_COLOURS[scene.marker_colour]
     return Image.fromarray(pixels)
 
@@ -229,9 +240,10 @@ def generate_split(task: str, split: str, n: int, seed: int = 0, config: SceneCo
     spec = TASKS[task]
     rng = np.random.default_rng(split_seed(seed, task, split))
     answers = rng.permutation(np.resize(np.array(spec.answers), n))
+    marker_sizes = config.train_marker_sizes if split == "train" else (config.marker_size,)
     rows = []
     for index, answer in enumerate(answers):
-        scene = sample_scene(rng, config, **{spec.attribute: str(answer)})
+        scene = sample_scene(rng, config, marker_sizes=marker_sizes, **{spec.attribute: str(answer)})
         rows.append(
             {
                 "id": f"{task}-{split}-{index:05d}",
@@ -248,24 +260,6 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temporary name in the same folder, then rename it to path."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_parquet(rows: list[dict], path: Path) -> None:

@@ -8,11 +8,14 @@ loaded. Weights are read from safetensors only; pickled weights are refused and 
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from visor_model.files import sha256_file
 
 MODEL_CLASSES = {
     "llava_next": "LlavaNextForConditionalGeneration",
@@ -64,8 +67,15 @@ def resolve_checkpoint(source: str, revision: str | None = None) -> Path:
             f"hub checkpoint {source!r} needs a pinned revision (a commit hash), e.g. revision=<40-hex sha>"
         )
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    return Path(snapshot_download(repo_id=source, revision=revision, allow_patterns=SNAPSHOT_PATTERNS))
+    try:
+        return Path(snapshot_download(repo_id=source, revision=revision, allow_patterns=SNAPSHOT_PATTERNS))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise CheckpointError(
+            f"could not fetch hub checkpoint {source!r} at revision {revision}: {error.__class__.__name__}: "
+            f"{str(error).splitlines()[0]} (offline runs need it in the HF cache already)"
+        ) from None
 
 
 def weights_sha256(path: Path) -> str:
@@ -159,3 +169,70 @@ def read_chat_template(path: Path) -> str | None:
     if (path / "chat_template.json").is_file():
         return json.loads((path / "chat_template.json").read_text())["chat_template"]
     return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Providing a checkpoint to the workflow: verified, with provenance.
+
+SHA256SUMS = "SHA256SUMS"
+
+
+def write_sha256sums(path: Path) -> None:
+    """Pin every file of a checkpoint folder (used when shipping reference weights in the repository)."""
+    lines = [f"{sha256_file(f)}  {f.name}" for f in sorted(path.iterdir()) if f.is_file() and f.name != SHA256SUMS]
+    (path / SHA256SUMS).write_text("\n".join(lines) + "\n")
+
+
+def verify_sha256sums(path: Path) -> None:
+    sums = path / SHA256SUMS
+    if not sums.is_file():
+        raise CheckpointError(f"shipped checkpoint {path} has no {SHA256SUMS} file to verify it against")
+    for line in sums.read_text().splitlines():
+        expected, name = line.split(maxsplit=1)
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"shipped checkpoint {path} is missing {name}")
+        if sha256_file(file) != expected:
+            raise CheckpointError(f"{file} does not match its pinned sha256 in {SHA256SUMS}: corrupt or modified")
+
+
+def verify_hub_snapshot(path: Path) -> None:
+    """Files of a hub snapshot are links to blobs named by their hash; large (LFS) files are named by sha256,
+    so their content can be checked against the pinned revision's hashes."""
+    for file in path.iterdir():
+        if file.is_symlink():
+            blob = Path(os.path.realpath(file))
+            if len(blob.name) == 64 and sha256_file(blob) != blob.name:
+                raise CheckpointError(f"{file} does not match the sha256 {blob.name} of the pinned revision")
+
+
+def provide_checkpoint(spec: dict, source: str, trained_dir: Path) -> dict:
+    """Resolve and verify a configured checkpoint; returns the record downstream jobs load it from."""
+    checkpoint = spec["checkpoint"]
+    revision = None
+    if source == "shipped":
+        path = Path(checkpoint["path"])
+        if not path.is_dir():
+            raise CheckpointError(f"shipped checkpoint folder {path} does not exist")
+        verify_sha256sums(path)
+    elif source == "train":
+        path = Path(trained_dir)
+    elif source == "hub":
+        revision = checkpoint.get("revision")
+        if "repo" not in checkpoint:
+            raise CheckpointError("a hub checkpoint needs checkpoint.repo (e.g. llava-hf/llava-v1.6-vicuna-7b-hf)")
+        path = resolve_checkpoint(checkpoint["repo"], revision)
+        verify_hub_snapshot(path)
+    else:
+        raise CheckpointError(f"unknown checkpoint source {source!r}; expected shipped, train or hub")
+    family = check_checkpoint_folder(path)
+    if family != spec["family"]:
+        raise CheckpointError(f"checkpoint {path} is a {family} model but the config says {spec['family']}")
+    return {
+        "path": str(path),
+        "source": source,
+        "repo": checkpoint.get("repo"),
+        "revision": revision,
+        "family": family,
+        "weights_sha256": weights_sha256(path),
+    }

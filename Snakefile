@@ -1,0 +1,16 @@
+# VISOR / HiRED audit: `snakemake --cores all reports/final.html` (offline default: config/config.yaml).
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/checkpoints.smk"
+include: "workflow/rules/visor.smk"
+include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/efficiency.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "reports/final.html",

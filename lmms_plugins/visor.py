@@ -1,0 +1,92 @@
+"""lmms-eval model `visor`: a VISOR checkpoint (see visor_model.visor) with a fixed configuration or its policy.
+
+    --model visor --model_args pretrained=DIR,sa_layers=K          fixed viable configuration with K SA layers
+    --model visor --model_args pretrained=DIR,threshold=T          the router picks per sample (T in [0, 1])
+    ... ,token_budget=B                                            HiRED (paper mode) before the VISOR layers
+
+Shared args as the other plugins: pretrained, revision, device, dtype, batch_size (lmms-eval --batch_size).
+Per-sample token counts carry the configuration that ran (sa_layers, its layer indices and roles), the
+visual / text tokens that entered the LLM and the per-sample FLOPs by term (`visor_model.accounting`: text-only
+layers' context excludes the visual tokens, CA blocks, positional conv and router are charged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmms_plugins.models import EfficientLlava, VisualTokenCounts, pick_device
+from visor_model.accounting import FlopAccountant
+from visor_model.methods import FullTokens, TokenReducer
+from visor_model.visor_training import VisorRunner
+
+
+@dataclass
+class VisorTokenCounts(VisualTokenCounts):
+    """VisualTokenCounts plus the VISOR configuration of one sample (the LLM's visual / text token counts and
+    the layers per role are in the base class and its FLOP record)."""
+
+    sa_layers: int | None = None
+    configuration: list[int] | None = None
+    roles: list[str] | None = None
+
+    FIELDS = ("sa_layers", "configuration", "roles")
+
+    @classmethod
+    def from_record(cls, record, tokens=None, flops=None) -> "VisorTokenCounts":
+        base = VisualTokenCounts.from_record(record, tokens, flops)
+        return cls(
+            **{k: getattr(base, k) for k in base.__dataclass_fields__},
+            sa_layers=record.sa_layers,
+            configuration=list(record.configuration),
+            roles=list(record.roles),
+        )
+
+
+class VisorLlava(EfficientLlava):
+    """`visor`: args sa_layers=K or threshold=T (exactly one), optional token_budget=B (HiRED)."""
+
+    counts_class = VisorTokenCounts
+
+    def __init__(self, pretrained: str, revision: str | None = None, device: str | None = "auto",
+                 dtype: str = "float32", batch_size: int | str = 8, max_new_tokens: int | str | None = None,
+                 sa_layers: int | str | None = None, threshold: float | str | None = None,
+                 token_budget: float | str | None = None) -> None:
+        from lmms_eval.api.model import lmms
+
+        from visor_model.visor import check_threshold, load_visor
+        lmms.__init__(self)
+        if (sa_layers is None) == (threshold is None):
+            raise ValueError("visor needs exactly one of sa_layers=K (fixed configuration) or threshold=T (policy)")
+        self.batch_size_per_gpu = int(batch_size)
+        if self.batch_size_per_gpu < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.max_new_tokens_override = int(max_new_tokens) if max_new_tokens else None
+        self.device_name = pick_device(device)
+        active, tau = None, None
+        if threshold is not None:
+            tau = check_threshold(threshold)
+        self.checkpoint, self.visor = load_visor(str(pretrained), revision or None, self.device_name, dtype)
+        if sa_layers is not None:
+            try:
+                k = int(sa_layers)
+            except (TypeError, ValueError):
+                raise ValueError(f"sa_layers must be an integer, got {sa_layers!r}") from None
+            active = self.visor.configuration_for(k)
+        else:
+            self.visor._require_router()
+        self.reducer = self.build_reducer(token_budget)
+        self.reducer.name = f"visor[{'sa=' + str(len(active)) if active is not None else 'tau=' + str(tau)}]" \
+            if isinstance(self.reducer, FullTokens) else self.reducer.name
+        self.runner = VisorRunner(self.checkpoint, self.visor, self.reducer, self.device_name, active=active,
+                                  threshold=tau)
+        self.accountant = self.build_accountant()
+
+    def build_accountant(self) -> FlopAccountant:
+        return FlopAccountant.for_model(self.checkpoint.model, self.reducer, self.visor)
+
+    def build_reducer(self, token_budget=None) -> TokenReducer:
+        if token_budget is None:
+            return FullTokens()
+        from visor_model.hired import HiRED
+
+        return HiRED(budget=float(token_budget), mode="paper")

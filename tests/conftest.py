@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny models of the real reference geometry, saved checkpoints, synthetic task folders."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from visor_model import benchmarks  # noqa: E402
+from visor_model.reference import ReferenceConfig, build_reference_model, build_tokenizer  # noqa: E402
+from visor_model.runner import VisionLanguageRunner, prompt_ids  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FAMILIES = ("llava_next", "llava_onevision")
+
+
+def tiny_config(family: str) -> ReferenceConfig:
+    """The reference geometry (48 px crops, 8 px patches: 6 x 6 patches per crop), smaller widths."""
+    return ReferenceConfig(
+        family=family, vision_hidden=32, vision_layers=3, vision_heads=2,
+        text_hidden=32, text_layers=2, text_heads=2, text_kv_heads=1, text_intermediate=64,
+    )
+
+
+def noise_images(sizes, seed=0):
+    """Random RGB images of the given (height, width) sizes."""
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+
+
+@torch.no_grad()
+def llm_logits(loaded, reducer, image, question="what colour is the square"):
+    """process_images -> visual_tokens -> splice -> language model, batch of one."""
+    runner = VisionLanguageRunner(loaded, reducer)
+    pixel_values, image_sizes = runner.process_images([image])
+    prompt = prompt_ids(loaded.tokenizer, loaded.model.config.image_token_id, question)
+    _, kept = runner.visual_tokens(pixel_values, image_sizes, ["sample"])
+    batch = runner.splice([prompt], kept)
+    hidden = loaded.model.model.language_model(
+        inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    ).last_hidden_state
+    return loaded.model.lm_head(hidden)
+
+
+def save_checkpoint(model, tokenizer, image_processor, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def benchmark_tokenizer():
+    return build_tokenizer(benchmarks.vocabulary())
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def tiny_checkpoint(request, tmp_path_factory, benchmark_tokenizer):
+    """A saved, randomly initialised tiny checkpoint of each family (folder path)."""
+    model, processor = build_reference_model(tiny_config(request.param), benchmark_tokenizer, seed=0)
+    return save_checkpoint(model, benchmark_tokenizer, processor, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="session")
+def task_dir(tmp_path_factory):
+    """A small synth_marker lmms-eval task folder."""
+    folder = tmp_path_factory.mktemp("tasks") / "synth_marker"
+    benchmarks.write_task("synth_marker", folder, {"train": 8, "test": 8}, seed=0)
+    return folder
+
+
+def loaded_view(model, tokenizer, image_processor):
+    return SimpleNamespace(model=model.eval(), tokenizer=tokenizer, image_processor=image_processor)

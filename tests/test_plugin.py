@@ -1,0 +1,80 @@
+"""The lmms-eval plugins, used through lmms-eval's own CLI and evaluator, and the checks on its outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmms_plugins.run import EvaluationFailed, check_outputs, logged_answer, run_lmms_eval
+from visor_model.methods import tokens_for_budget
+
+
+def test_entry_points_register_every_model_id():
+    from lmms_eval.models import get_model
+
+    for model_id, class_name in [("llava_full", "LlavaFull"), ("random_drop", "RandomDropLlava"),
+                                 ("hired", "HiredLlava"), ("visor", "VisorLlava")]:
+        assert get_model(model_id).__name__ == class_name
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tiny_checkpoint, task_dir, tmp_path_factory):
+    """llava_full at batch size 1 and 4, and random_drop at 20%, through the stock lmms-eval CLI."""
+    out = tmp_path_factory.mktemp("lmms")
+    runs = {}
+    for name, model, args, batch_size in [("full_b1", "llava_full", {}, 1), ("full_b4", "llava_full", {}, 4),
+                                          ("drop", "random_drop", {"budget": 0.2, "seed": 0}, 4)]:
+        runs[name] = run_lmms_eval(
+            model, {"pretrained": str(tiny_checkpoint), "device": "cpu", **args}, "synth_marker", out / name,
+            out / f"{name}.log", include_path=task_dir, batch_size=batch_size, expected_samples=8,
+            max_empty_fraction=1.0,
+        )
+    return runs
+
+
+def test_cli_writes_results_and_per_sample_logs(cli_runs):
+    full = cli_runs["full_b1"]
+    assert set(full.results["results"]["synth_marker"]) >= {"exact_match,none", "anls,none"}
+    assert len(full.samples) == 8
+    counts = full.samples[0]["token_counts"][0]
+    assert counts["visual_tokens"] == counts["visual_tokens_kept"] > 0
+    assert full.results["throughput"]["avg_visual_tokens_kept"] > 0
+
+
+def test_batching_does_not_change_greedy_answers(cli_runs):
+    answers = [[logged_answer(s) for s in cli_runs[name].samples] for name in ("full_b1", "full_b4")]
+    assert answers[0] == answers[1]
+
+
+def test_random_drop_reports_kept_tokens_per_sample(cli_runs):
+    for sample in cli_runs["drop"].samples:
+        counts = sample["token_counts"][0]
+        assert counts["visual_tokens_kept"] == tokens_for_budget(0.2, counts["visual_tokens"])
+
+
+def test_failed_evaluation_fails_the_job_although_the_cli_exits_zero(task_dir, tmp_path):
+    with pytest.raises(EvaluationFailed, match="wrote no results file"):
+        run_lmms_eval("llava_full", {"pretrained": str(tmp_path / "missing")}, "synth_marker", tmp_path / "out",
+                      tmp_path / "log", include_path=task_dir)
+    assert "does not exist" in (tmp_path / "log").read_text()
+
+
+def test_bad_budget_fails_with_its_message(tiny_checkpoint, task_dir, tmp_path):
+    with pytest.raises(EvaluationFailed):
+        run_lmms_eval("random_drop", {"pretrained": str(tiny_checkpoint), "budget": 1.5}, "synth_marker",
+                      tmp_path / "out", tmp_path / "log", include_path=task_dir)
+    assert "budget must be in (0, 1], got 1.5" in (tmp_path / "log").read_text()
+
+
+def test_empty_answers_above_the_threshold_fail(cli_runs, tmp_path):
+    run = cli_runs["full_b1"]
+    samples = [dict(s, filtered_resps="") for s in run.samples]
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "x_results.json").write_text(json.dumps(run.results))
+    (out / "x_samples_synth_marker.jsonl").write_text("\n".join(json.dumps(s) for s in samples))
+    with pytest.raises(EvaluationFailed, match="8 of 8 answers are empty"):
+        check_outputs(tmp_path, "synth_marker", tmp_path / "log", 8, max_empty_fraction=0.05)
+    with pytest.raises(EvaluationFailed, match="expected 9 samples"):
+        check_outputs(tmp_path, "synth_marker", tmp_path / "log", 9, max_empty_fraction=1.0)

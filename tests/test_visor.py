@@ -1,0 +1,230 @@
+"""VISOR architecture, generation, training and policy invariants on tiny in-process reference models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from visor_model import benchmarks
+from visor_model.checkpoints import LoadedCheckpoint
+from visor_model.flops import LLMShape
+from visor_model.methods import FullTokens
+from visor_model.reference import ReferenceConfig, build_reference_model, build_tokenizer
+from visor_model.runner import VisionLanguageRunner, prompt_ids
+from visor_model.training import Example
+from visor_model.visor import (
+    CA,
+    SA,
+    TEXT,
+    VisorConfig,
+    VisorModel,
+    check_threshold,
+    choose_configuration,
+    prefill_flops,
+)
+
+
+@pytest.fixture(scope="module")
+def host():
+    tokenizer = build_tokenizer(benchmarks.vocabulary())
+    model, processor = build_reference_model(ReferenceConfig(family="llava_onevision"), tokenizer, seed=0)
+    model.eval()
+    loaded = LoadedCheckpoint(model, tokenizer, processor, "llava_onevision", None, "test", None, "")
+    examples = []
+    for task in ("synth_marker", "synth_shape", "synth_background"):
+        examples += [Example(task, r["image"], r["question"], r["answer"])
+                     for r in benchmarks.generate_split(task, "val", 4, seed=0)]
+    return loaded, examples
+
+
+def spliced(loaded, examples):
+    runner = VisionLanguageRunner(loaded, FullTokens())
+    pixels, sizes = runner.process_images([e.image for e in examples])
+    prompts = [prompt_ids(loaded.tokenizer, loaded.model.config.image_token_id, e.question) for e in examples]
+    _, kept = runner.visual_tokens(pixels, sizes, [str(i) for i in range(len(examples))])
+    return runner.splice(prompts, kept)
+
+
+def perturbed(model: VisorModel, seed: int = 1) -> VisorModel:
+    """Non-zero gates and positional conv, so that the CA path matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in model.visor.cross.values():
+            block.gate.fill_(0.7)
+        if model.visor.pos_conv is not None:
+            model.visor.pos_conv.weight.copy_(torch.randn(model.visor.pos_conv.weight.shape, generator=generator) * 0.1)
+    return model
+
+
+def test_all_sa_no_ca_equals_base_exactly(host):
+    loaded, examples = host
+    batch = spliced(loaded, examples[:6])
+    assert len(set(batch.visual_mask.sum(1).tolist())) > 1  # different visual token counts, left padding
+    model = loaded.model
+    L = model.config.text_config.num_hidden_layers
+    with torch.no_grad():
+        base = model.lm_head(model.model.language_model(
+            inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids).last_hidden_state)
+        visor = VisorModel(model, VisorConfig(n_layers=L, ca_layers=(), sa_candidates=tuple(range(L))))
+        hidden, _ = visor.forward(batch, tuple(range(L)))
+        assert torch.equal(model.lm_head(hidden), base)
+
+
+def test_zero_gates_add_nothing(host):
+    loaded, examples = host
+    batch = spliced(loaded, examples[:4])
+    L = 6
+    with_ca = VisorModel(loaded.model, VisorConfig(n_layers=L))
+    without = VisorModel(loaded.model, VisorConfig(n_layers=L, ca_layers=()))
+    for active in with_ca.config.family():
+        with torch.no_grad():
+            a, layout = with_ca.text_logits(batch, active)
+            b, _ = without.text_logits(batch, active)
+        assert torch.equal(a[layout.text_valid], b[layout.text_valid])
+    # and with open gates it does change the text states
+    perturbed(with_ca)
+    with torch.no_grad():
+        a, layout = with_ca.text_logits(batch, ())
+    assert not torch.allclose(a[layout.text_valid], b[layout.text_valid])
+
+
+def test_text_only_layers_see_text_length_tensors(host):
+    loaded, examples = host
+    batch = spliced(loaded, examples[:3])
+    visor = VisorModel(loaded.model, VisorConfig(n_layers=6))
+    active = visor.config.family()[1]
+    roles = visor.config.roles(active)
+    assert roles == (CA, TEXT, TEXT, CA, SA, TEXT)
+    seen = {}
+    hooks = [layer.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(i, args[0].shape[1]))
+             for i, layer in enumerate(loaded.model.model.language_model.layers)]
+    try:
+        with torch.no_grad():
+            _, layout = visor.forward(batch, active)
+    finally:
+        for h in hooks:
+            h.remove()
+    T, Tt = batch.inputs_embeds.shape[1], layout.text_valid.shape[1]
+    assert Tt < T
+    assert seen == {l: (T if role == SA else Tt) for l, role in enumerate(roles)}
+
+
+def test_compute_grows_with_sa_layers(host):
+    loaded, _ = host
+    config = VisorConfig(n_layers=6)
+    shape = LLMShape.from_config(loaded.model.config.text_config)
+    costs = [prefill_flops(shape, config, active, 150, 12).total for active in config.family()]
+    assert costs == sorted(costs) and len(set(costs)) == len(costs)
+    big = VisorConfig(n_layers=24)
+    costs = [prefill_flops(shape, big, active, 700, 30).total for active in big.family()]
+    assert [len(a) for a in big.family()] == list(range(9)) and costs == sorted(costs)
+
+
+def test_cached_equals_uncached_generation(host):
+    loaded, examples = host
+    batch = spliced(loaded, examples[:6])
+    visor = perturbed(VisorModel(loaded.model, VisorConfig(n_layers=6)))
+    eos = loaded.tokenizer.eos_token_id
+    for active in visor.config.family():
+        cached = visor.generate(batch, 5, eos, active=active)
+        assert cached.token_ids == visor.generate(batch, 5, eos, active=active, use_cache=False).token_ids
+        assert all(c == active for c in cached.configurations)
+    visor.set_viable(visor.config.family())
+    for tau in (0.0, 0.5, 1.0):
+        cached = visor.generate(batch, 5, eos, threshold=tau)
+        assert cached.token_ids == visor.generate(batch, 5, eos, threshold=tau, use_cache=False).token_ids
+        # the routing token cannot change the answer: each row equals its configuration run alone
+        for row in (0, 3):
+            alone = visor.generate(batch, 5, eos, active=cached.configurations[row])
+            assert alone.token_ids[row] == cached.token_ids[row]
+
+
+def test_policy_compute_monotone_in_threshold(host):
+    loaded, examples = host
+    batch = spliced(loaded, examples)
+    visor = VisorModel(loaded.model, VisorConfig(n_layers=6))
+    visor.set_viable(visor.config.family())
+    shape = LLMShape.from_config(loaded.model.config.text_config)
+    flops = [prefill_flops(shape, visor.config, a, 150, 12).total for a in visor.viable]
+    probabilities = torch.cat([visor.router_probabilities(batch), torch.rand(64, len(visor.viable),
+                                                                             generator=torch.Generator().manual_seed(0))])
+    from visor_model.visor_training import expected_compute
+
+    compute = [expected_compute(visor, probabilities, flops, tau) for tau in torch.linspace(0, 1, 21).tolist()]
+    assert compute == sorted(compute)
+    assert choose_configuration(torch.tensor([[0.2, 0.9, 0.1]]), 0.95) == [2]
+    assert choose_configuration(torch.tensor([[0.2, 0.9, 0.1]]), 0.5) == [1]
+
+
+def test_training_resumes_to_same_state(host, tmp_path):
+    from visor_model.train_reference import EncodedExamples
+    from visor_model.visor_training import UniversalConfig, train_universal
+
+    loaded, examples = host
+    data = EncodedExamples(examples, loaded.tokenizer, loaded.image_processor, loaded.model.config.image_token_id)
+    config = UniversalConfig(stage1_steps=2, stage2_steps=2, batch_size=3, save_every=100, log_every=100,
+                             warmup_steps=1)
+    image_token_id = loaded.model.config.image_token_id
+
+    def fresh():
+        tokenizer = build_tokenizer(benchmarks.vocabulary())
+        model, _ = build_reference_model(ReferenceConfig(family="llava_onevision"), tokenizer, seed=0)
+        return VisorModel(model, VisorConfig(n_layers=6))
+
+    straight = fresh()
+    train_universal(straight, data, image_token_id, config, tmp_path / "a")
+    interrupted = fresh()
+    train_universal(interrupted, data, image_token_id, config, tmp_path / "b", stop_after=1)  # inside stage 1
+    assert json.loads((tmp_path / "b" / "state.json").read_text())["step"] == 1
+    resumed = fresh()  # a new process: everything comes from the saved state
+    train_universal(resumed, data, image_token_id, config, tmp_path / "b")
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["visor.cross.0.gate"], fresh().state_dict()["visor.cross.0.gate"])
+
+
+def test_bad_arguments_raise_clear_errors(host):
+    loaded, _ = host
+    visor = VisorModel(loaded.model, VisorConfig(n_layers=6))
+    visor.set_viable([(), (1, 4)])
+    with pytest.raises(ValueError, match=r"available: \[0, 2\]"):
+        visor.configuration_for(1)
+    assert visor.configuration_for(2) == (1, 4)
+    for bad in (-0.1, 1.5, "x", float("nan")):
+        with pytest.raises(ValueError, match="threshold"):
+            check_threshold(bad)
+    with pytest.raises(ValueError, match="disjoint"):
+        VisorConfig(n_layers=6, ca_layers=(0, 1), sa_candidates=(1, 4))
+    with pytest.raises(ValueError, match="not a subset"):
+        visor.config.roles((2,))
+
+
+def test_checkpoint_roundtrip_and_plugin_errors(host, tmp_path):
+    from visor_model.visor import load_visor, save_visor
+
+    loaded, examples = host
+    visor = perturbed(VisorModel(loaded.model, VisorConfig(n_layers=6)))
+    visor.set_viable([(), (1, 4)])
+    save_visor(visor, tmp_path / "ckpt", loaded.tokenizer, loaded.image_processor, {"note": "test"})
+    _, again = load_visor(str(tmp_path / "ckpt"))
+    assert again.viable == visor.viable
+    a, b = visor.visor.state_dict(), again.visor.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    batch = spliced(loaded, examples[:2])
+    eos = loaded.tokenizer.eos_token_id
+    assert again.generate(batch, 3, eos, active=(1, 4)).token_ids == visor.generate(batch, 3, eos, active=(1, 4)).token_ids
+
+    from lmms_plugins.visor import VisorLlava
+
+    with pytest.raises(ValueError, match="threshold"):
+        VisorLlava(pretrained=str(tmp_path / "ckpt"), threshold="1.5", device="cpu")
+    with pytest.raises(ValueError, match="exactly one"):
+        VisorLlava(pretrained=str(tmp_path / "ckpt"), device="cpu")
+    with pytest.raises(ValueError, match=r"sa_layers=1; available: \[0, 2\]"):
+        VisorLlava(pretrained=str(tmp_path / "ckpt"), sa_layers="1", device="cpu")
+    plugin = VisorLlava(pretrained=str(tmp_path / "ckpt"), sa_layers="2", device="cpu")
+    assert plugin.runner.active == (1, 4)

@@ -1,0 +1,150 @@
+"""Tidy result tables from the per-evaluation records: one summary row per model x method x setting x
+benchmark, one row per sample (for paired comparisons), accuracy with a seeded bootstrap CI.
+
+Compute columns of the summary (from the per-sample FLOP records of `visor_model.accounting`):
+  mean_flops_<term>     mean over samples of each term: vision, projector, selection, llm_prefill (causal, the
+                        headline), llm_prefill_{sa,text,ca,conv,router}, llm_prefill_dense, llm_decode,
+                        lm_head, total; mean_fastv_macs (FastV's convention, MACs)
+  llm_prefill_ratio     mean_flops_llm_prefill / that of `llava_full` for the same model and benchmark (NaN
+                        without that baseline); llm_prefill_saving = its inverse
+  mean_layers_{sa,ca,text}   LLM layers per role (mean_layers_sa = mean SA configuration size for VISOR)
+  mean_llm_visual_tokens, mean_llm_text_tokens, mean_visual_token_layers_{sa,ca}  visual tokens entering the
+                        LLM, and visual tokens x layers processed by SA layers / read by CA blocks
+`latency_table` turns the `results/latency/...json` records of `visor_model.latency` into one row each.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SETTING_FIELDS = ("budget", "alpha", "mode", "score", "threshold", "sa_layers", "token_budget", "seed")
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_ci(scores: np.ndarray, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-sample scores."""
+    if len(scores) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = rng.choice(scores, size=(BOOTSTRAP_RESAMPLES, len(scores)), replace=True).mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def sample_table(records: list[dict]) -> pd.DataFrame:
+    rows = []
+    for record in records:
+        for sample in record["samples"]:
+            rows.append({"model": record["model"], "method": record["method"], "setting_id": record["setting_id"],
+                         "benchmark": record["benchmark"], **sample})
+    return pd.DataFrame(rows)
+
+
+def summary_table(records: list[dict], seed: int = 0) -> pd.DataFrame:
+    rows = []
+    for record in records:
+        samples = pd.DataFrame(record["samples"])
+        scores = samples["exact_match"].to_numpy(dtype=float)
+        low, high = bootstrap_ci(scores, seed)
+        row = {
+            "model": record["model"],
+            "family": record["checkpoint"]["family"],
+            "method": record["method"],
+            "setting_id": record["setting_id"],
+            **{field: record["setting"].get(field) for field in SETTING_FIELDS},
+            "benchmark": record["benchmark"],
+            "kind": record["kind"],
+            "cluster": record["cluster"],
+            "n": record["n"],
+            "accuracy": float(scores.mean()) if len(scores) else float("nan"),
+            "accuracy_ci_low": low,
+            "accuracy_ci_high": high,
+            "anls": record["metrics"].get("anls"),
+        }
+        for column in ("visual_tokens", "visual_tokens_kept", "newline_tokens_kept", "input_tokens", "output_tokens"):
+            if column in samples:
+                row[f"mean_{column}"] = float(samples[column].mean())
+        if "visual_tokens" in samples:
+            row["kept_fraction"] = float(samples["visual_tokens_kept"].sum() / samples["visual_tokens"].sum())
+        row.update(compute_means(samples))
+        row.update({
+            "checkpoint_source": record["checkpoint"]["source"],
+            "checkpoint_revision": record["checkpoint"].get("revision"),
+            "checkpoint_sha256": record["checkpoint"]["weights_sha256"],
+            "device": record["provenance"]["device"],
+            **{f"version_{k}": v for k, v in record["provenance"]["versions"].items()},
+        })
+        rows.append(row)
+    return add_prefill_ratio(pd.DataFrame(rows))
+
+
+FLOP_TERMS = ("vision", "projector", "selection", "llm_prefill", "llm_prefill_sa", "llm_prefill_text",
+              "llm_prefill_ca", "llm_prefill_conv", "llm_prefill_router", "llm_prefill_dense", "llm_decode",
+              "lm_head", "total")
+BASELINE_METHOD = "llava_full"
+
+
+def compute_means(samples: pd.DataFrame) -> dict:
+    """Mean FLOPs per term and visual-token / layer-role counts of one evaluation's samples."""
+    row = {}
+    for term in FLOP_TERMS:
+        if f"flops_{term}" in samples:
+            row[f"mean_flops_{term}"] = float(samples[f"flops_{term}"].mean())
+    for column in ("fastv_macs", "layers_sa", "layers_ca", "layers_text", "llm_visual_tokens", "llm_text_tokens"):
+        if column in samples:
+            row[f"mean_{column}"] = float(samples[column].mean())
+    if "llm_visual_tokens" in samples:
+        for role in ("sa", "ca"):
+            if f"layers_{role}" in samples:
+                row[f"mean_visual_token_layers_{role}"] = float(
+                    (samples["llm_visual_tokens"] * samples[f"layers_{role}"]).mean())
+    return row
+
+
+def add_prefill_ratio(summary: pd.DataFrame) -> pd.DataFrame:
+    """llm_prefill_ratio = mean_flops_llm_prefill / the llava_full row's, per (model, benchmark); NaN without one."""
+    if summary.empty or "mean_flops_llm_prefill" not in summary:
+        summary["llm_prefill_ratio"] = float("nan")
+        summary["llm_prefill_saving"] = float("nan")
+        return summary
+    baseline = (summary[summary["method"] == BASELINE_METHOD]
+                .groupby(["model", "benchmark"])["mean_flops_llm_prefill"].first())
+    reference = [baseline.get((m, b), float("nan")) for m, b in zip(summary["model"], summary["benchmark"])]
+    summary["llm_prefill_ratio"] = summary["mean_flops_llm_prefill"] / np.array(reference, dtype=float)
+    summary["llm_prefill_saving"] = 1.0 / summary["llm_prefill_ratio"]
+    return summary
+
+
+def latency_table(records: list[dict]) -> pd.DataFrame:
+    """One row per latency record (model x method x setting): medians, IQRs, peak memory, the FLOPs of the
+    same inputs, and speed-ups against `llava_full` of the same model (NaN without it)."""
+    rows = []
+    for record in records:
+        row = {"model": record["model"], "method": record["method"], "setting_id": record["setting_id"],
+               **{field: record["setting"].get(field) for field in SETTING_FIELDS}}
+        for name, stats in record["timings"].items():
+            for key in ("median", "q25", "q75", "iqr", "n"):
+                row[f"{name}_{key}"] = stats[key]
+        memory = record["memory"]
+        row.update({"peak_memory_mb": memory["peak_mb"], "memory_method": memory["method"],
+                    "mean_flops_llm_prefill": record["flops"]["mean"]["flops_llm_prefill"],
+                    "mean_flops_total": record["flops"]["mean"]["flops_total"],
+                    "samples": record["config"]["samples"], "repeats": record["config"]["repeats"],
+                    "warmup": record["config"]["warmup"], "max_new_tokens": record["config"]["max_new_tokens"],
+                    "threads": record["config"].get("threads"), "device": record["environment"]["device"],
+                    "dtype": record["config"].get("dtype"),
+                    **{f"version_{k}": v for k, v in record["environment"]["versions"].items()}})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    base = table[table["method"] == BASELINE_METHOD].groupby("model").first()
+    for column, speed in (("prefill_s_median", "prefill_speedup"), ("decode_per_token_s_median", "decode_speedup")):
+        reference = table["model"].map(base[column]) if column in base else np.nan
+        table[speed] = reference / table[column]
+    table["llm_prefill_flop_ratio"] = table["mean_flops_llm_prefill"] / table["model"].map(base["mean_flops_llm_prefill"])
+    table["total_flop_ratio"] = table["mean_flops_total"] / table["model"].map(base["mean_flops_total"])
+    # realised share: measured prefill speed-up over the speed-up the total prefill FLOPs promise
+    table["prefill_realised_share"] = table["prefill_speedup"] * table["total_flop_ratio"]
+    return table

@@ -1,0 +1,636 @@
+"""Universal training of VISOR, viable configurations, policy labels and router training, as three stages.
+
+    python -m visor_model.visor_training --base /tmp/train/llava_onevision \
+        --tasks /tmp/bench/synth_background /tmp/bench/synth_shape /tmp/bench/synth_marker \
+        --out resources/checkpoints/visor-ov --state resources/train_state/visor-ov
+
+Each stage reads and writes files, so the workflow runs them as separate jobs (train_visor -> label_policy ->
+train_policy); `train_visor` runs all three in sequence for users of the Python API and the CLI.
+
+1. `train_universal_checkpoint` (rule train_visor). Universal training: stage 1 trains only the new modules
+   (CA blocks with their gates, positional conv) with the host frozen; stage 2 fine-tunes everything. Every
+   step samples one configuration of the family (`VisorConfig.family`: the evenly spread k-subset of SA
+   candidates for k = 0..n, k uniform), seeded by (seed, step), like the batch. Loss: next-token
+   cross-entropy on the answer tokens. Resumable: the state (weights, AdamW moments, step) is saved every
+   `save_every` steps with `visor_model.training.save_train_state`; a state made with another configuration
+   or base checkpoint is discarded, not resumed. Then the viable configurations: every family member is
+   evaluated on the first `viable_per_task` rows per task of the held-out `val` split (greedy exact-match
+   accuracy) and costed (mean analytic LLM prefill FLOPs over the same samples); those on the accuracy-FLOP
+   Pareto frontier are kept, cheapest first (plus the largest one). Output: a VISOR checkpoint folder without
+   a router (the "universal" checkpoint).
+2. `label_policy` (rule label_policy). Every viable configuration is run on the labelling split (the next
+   `label_per_task` val rows per task, disjoint from those that picked the viable configurations); a
+   configuration suffices for a sample when its score >= the largest viable configuration's score on it.
+   Output: a CSV table, a row per sample (task, row, target, answer / score / suffices per configuration).
+3. `train_policy` (rule train_policy). The router (routing token + MLP) is trained with BCE on the labels,
+   host and VISOR layers frozen (`train_router`). Output: the final VISOR checkpoint folder. With a single
+   viable configuration (or no router layer) the final checkpoint has no router.
+
+A checkpoint folder holds the host checkpoint (save_pretrained), visor.safetensors and visor_config.json.
+Every output is written atomically (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from visor_model.checkpoints import LoadedCheckpoint, load_checkpoint
+from visor_model.files import write_atomically
+from visor_model.flops import LLMShape
+from visor_model.methods import FullTokens, stable_seed
+from visor_model.runner import SampleRecord, VisionLanguageRunner, prompt_ids
+from visor_model.train_reference import EncodedExamples
+from visor_model.training import (
+    Example,
+    ProgressLog,
+    TrainConfig,
+    batch_indices,
+    learning_rate,
+    load_train_state,
+    read_examples,
+    save_train_state,
+)
+from visor_model.visor import (
+    VisorConfig,
+    VisorModel,
+    check_threshold,
+    gather_rows,
+    load_visor,
+    prefill_flops,
+    save_visor,
+)
+from visor_model.visual import encode_images, splice_prompts
+
+
+@dataclass(frozen=True)
+class UniversalConfig:
+    """Defaults fit ~5-7 minutes on 2 shared CPU cores for the 6-layer reference: measured 0.31-0.39 s/step
+    (batch 16, 1 thread) + ~1-2 min of image preprocessing + the viable-configuration runs."""
+
+    stage1_steps: int = 400
+    stage2_steps: int = 400
+    batch_size: int = 16
+    stage1_lr: float = 1e-3
+    stage2_lr: float = 2e-4
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 50
+    log_every: int = 25
+    threads: int = 1
+    stage1_sampling: str = "family"  # "family" (uniform over k) or "largest" (the paper's stage-1 reading)
+
+    @property
+    def steps(self) -> int:
+        return self.stage1_steps + self.stage2_steps
+
+    def stage(self, step: int) -> tuple[int, TrainConfig]:
+        """(stage number, TrainConfig whose schedule applies) at global step `step`."""
+        if step < self.stage1_steps:
+            return 1, TrainConfig(steps=self.stage1_steps, batch_size=self.batch_size, learning_rate=self.stage1_lr,
+                                  warmup_steps=self.warmup_steps, grad_clip=self.grad_clip, seed=self.seed)
+        return 2, TrainConfig(steps=self.stage2_steps, batch_size=self.batch_size, learning_rate=self.stage2_lr,
+                              warmup_steps=self.warmup_steps, grad_clip=self.grad_clip, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Viable configurations, policy labels and router training (defaults: about a minute each on 2 CPU cores)."""
+
+    viable_per_task: int = 100  # val rows per task that pick the viable configurations
+    label_per_task: int = 100  # the next val rows per task, labelled for the router
+    inference_batch_size: int = 32  # batch of the viable-configuration and labelling runs
+    router_steps: int = 200
+    router_lr: float = 3e-3
+    router_batch_size: int = 32
+
+
+ARCHITECTURE_OPTIONS = tuple(f.name for f in fields(VisorConfig) if f.name not in ("n_layers", "seed"))
+
+
+def visor_options(options: dict, seed: int = 0, threads: int = 1) -> tuple[UniversalConfig, dict, PolicyConfig]:
+    """(UniversalConfig, VisorConfig options, PolicyConfig) from one flat dict of named options (the workflow's
+    `visor:` config section, or a part of it); absent keys keep their defaults, unknown keys are refused."""
+    universal_keys = {f.name for f in fields(UniversalConfig)} - {"seed", "threads"}
+    policy_keys = {f.name for f in fields(PolicyConfig)}
+    unknown = set(options) - universal_keys - policy_keys - set(ARCHITECTURE_OPTIONS) - {"models"}
+    if unknown:
+        raise ValueError(f"unknown VISOR options {sorted(unknown)}")
+    universal = UniversalConfig(seed=seed, threads=threads, **{k: v for k, v in options.items() if k in universal_keys})
+    architecture = {"seed": seed, **{k: v for k, v in options.items() if k in ARCHITECTURE_OPTIONS}}
+    policy = PolicyConfig(**{k: v for k, v in options.items() if k in policy_keys})
+    return universal, architecture, policy
+
+
+def sample_configuration(config: VisorConfig, seed: int, step: int, largest_only: bool = False) -> tuple[int, ...]:
+    family = config.family()
+    if largest_only:
+        return family[-1]
+    generator = torch.Generator().manual_seed(stable_seed(seed, "configuration", step))
+    return family[int(torch.randint(len(family), (1,), generator=generator))]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+
+
+def load_hf_examples(dataset_id: str, revision: str | None, split: str) -> list[Example]:
+    """Examples from a hub dataset with image / question / answer columns (needs network or a local cache)."""
+    try:
+        import datasets
+
+        table = datasets.load_dataset(dataset_id, revision=revision, split=split)
+    except Exception as error:  # offline, unknown id, missing split ...
+        raise RuntimeError(
+            f"could not load dataset {dataset_id!r} (revision {revision!r}, split {split!r}): {error}. "
+            "Offline runs use the synthetic splits (--tasks) instead."
+        ) from None
+    missing = {"image", "question", "answer"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"dataset {dataset_id!r} lacks columns {sorted(missing)}")
+    return [Example(task=dataset_id, image=row["image"].convert("RGB"), question=row["question"],
+                    answer=str(row["answer"]).strip().lower()) for row in table]
+
+
+def split_rows(task_dirs: list[Path], split: str, per_task: int | None = None, offset: int = 0
+               ) -> list[tuple[int, Example]]:
+    """(row index, example) of rows offset .. offset + per_task (all rows from offset when per_task is None)
+    of each task's split; a split with fewer rows is an error naming the file."""
+    rows = []
+    for task_dir in task_dirs:
+        path = Path(task_dir) / f"{split}.parquet"
+        examples = read_examples(path, Path(task_dir).name)
+        end = len(examples) if per_task is None else offset + per_task
+        if end > len(examples) or offset >= len(examples):
+            raise ValueError(f"{path} has {len(examples)} rows; rows {offset}..{end - 1} are needed "
+                             f"(enlarge the benchmark's {split} split or lower the per-task counts)")
+        rows += list(enumerate(examples))[offset:end]
+    return rows
+
+
+def read_split(task_dirs: list[Path], split: str, per_task: int | None = None, offset: int = 0) -> list[Example]:
+    return [example for _, example in split_rows(task_dirs, split, per_task, offset)]
+
+
+def examples_at(task_dirs: list[Path], split: str, keys: list[tuple[str, int]]) -> list[Example]:
+    """The examples named by (task, row) pairs, in that order (e.g. the rows of a labels table)."""
+    by_task = {Path(d).name: Path(d) for d in task_dirs}
+    missing = sorted({task for task, _ in keys} - set(by_task))
+    if missing:
+        raise ValueError(f"labels name tasks {missing} that are not among the task folders {sorted(by_task)}")
+    loaded = {task: read_examples(by_task[task] / f"{split}.parquet", task) for task in {t for t, _ in keys}}
+    return [loaded[task][int(row)] for task, row in keys]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# universal training
+
+
+def visor_loss(model: VisorModel, image_token_id: int, pixels, sizes, prompts, targets, active,
+               train_vision: bool) -> torch.Tensor:
+    """Next-token cross-entropy on the answer tokens under configuration `active`."""
+    base = model.base
+    with torch.set_grad_enabled(train_vision and torch.is_grad_enabled()):
+        vision = encode_images(base, pixels, sizes)
+    batch = splice_prompts(base.get_input_embeddings(), prompts, vision.images, image_token_id, targets)
+    logits, layout = model.text_logits(batch, active)  # [B, Tt, V]
+    labels = batch.labels.gather(1, layout.text_index).masked_fill(~layout.text_valid, -100)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def set_stage(model: VisorModel, stage: int) -> None:
+    """Stage 1: only CA blocks and the positional conv train; stage 2: everything but the router."""
+    for p in model.base.parameters():
+        p.requires_grad_(stage == 2)
+    for name, p in model.visor.named_parameters():
+        p.requires_grad_(not name.startswith(("router", "routing_token")))
+
+
+def train_universal(model: VisorModel, data, image_token_id: int, config: UniversalConfig,
+                    state_dir: Path, stop_after: int | None = None, identity: dict | None = None) -> dict:
+    """Runs (or resumes) universal training; `stop_after` ends this call after that many steps (interruption).
+    `data`: EncodedExamples, or a function returning them (called only if steps remain). A saved state whose
+    configuration (or `identity`: e.g. the base checkpoint's hash) differs from this run's is discarded."""
+    state_dir = Path(state_dir)
+    trainable = [p for n, p in model.named_parameters() if not n.startswith(("visor.router", "visor.routing_token"))]
+    optimizer = torch.optim.AdamW(trainable, lr=config.stage1_lr, weight_decay=0.0)
+    schedule = {k: v for k, v in asdict(config).items() if k not in ("threads", "save_every", "log_every")}
+    extra = json.loads(json.dumps({"universal_config": schedule, **(identity or {})}))
+    start_step = 0
+    if (state_dir / "state.json").is_file():
+        saved = json.loads((state_dir / "state.json").read_text())
+        if {key: saved.get(key) for key in extra} != extra:
+            print(f"discarding the training state in {state_dir}: it was made with another configuration", flush=True)
+            shutil.rmtree(state_dir)
+        else:
+            start_step = load_train_state(state_dir, model, optimizer)["step"]
+            print(f"resuming VISOR training from step {start_step}", flush=True)
+    if callable(data):
+        data = data() if start_step < config.steps else None
+    progress = ProgressLog(config.steps, config.log_every)
+    started, done = time.time(), 0
+    model.train()
+    for step in range(start_step, config.steps):
+        if stop_after is not None and done >= stop_after:
+            break
+        stage, schedule = config.stage(step)
+        set_stage(model, stage)
+        local = step if stage == 1 else step - config.stage1_steps
+        lr = learning_rate(schedule, local)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        active = sample_configuration(model.config, config.seed, step,
+                                      largest_only=stage == 1 and config.stage1_sampling == "largest")
+        pixels, sizes, prompts, targets = data.batch(batch_indices(schedule, step, len(data)))
+        loss = visor_loss(model, image_token_id, pixels, sizes, prompts, targets, active, train_vision=stage == 2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in trainable if p.requires_grad], config.grad_clip)
+        optimizer.step()
+        progress.update(step, loss.item(), lr)
+        done += 1
+        if (step + 1) % config.save_every == 0 or step + 1 == config.steps or (
+                stop_after is not None and done >= stop_after):
+            save_train_state(state_dir, model, optimizer, step + 1, extra)
+    model.eval()
+    elapsed = time.time() - started
+    return {"steps_this_run": done, "seconds_this_run": round(elapsed, 1),
+            "seconds_per_step": round(elapsed / max(1, done), 3)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluation, viable configurations
+
+
+class VisorRunner(VisionLanguageRunner):
+    """`VisionLanguageRunner` whose LLM is a VISOR model with a fixed configuration or a policy threshold."""
+
+    def __init__(self, loaded: LoadedCheckpoint, visor: VisorModel, reducer=None, device: str = "cpu",
+                 active=None, threshold: float | None = None):
+        super().__init__(loaded, reducer or FullTokens(), device)
+        self.visor = visor
+        self.active = active
+        self.threshold = None if threshold is None else check_threshold(threshold)
+
+    @torch.no_grad()
+    def generate(self, images, questions, sample_keys, max_new_tokens, until=None) -> list["VisorSampleRecord"]:
+        pixel_values, image_sizes = self.process_images(images)
+        prompts = [prompt_ids(self.loaded.tokenizer, self.model.config.image_token_id, q) for q in questions]
+        vision, kept = self.visual_tokens(pixel_values, image_sizes, sample_keys)
+        batch = self.splice(prompts, kept)
+        out = self.visor.generate(batch, max(max_new_tokens), self.loaded.tokenizer.eos_token_id,
+                                  active=self.active, threshold=self.threshold)
+        until = until or [[] for _ in questions]
+        records = []
+        for i, (full, reduced, prompt, ids, n_crops, limit, stops) in enumerate(zip(
+                vision.images, kept, prompts, out.token_ids, vision.crop_owner.bincount().tolist(),
+                max_new_tokens, until)):
+            ids = ids[:limit]
+            text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+            for stop in stops:
+                if stop and stop in text:
+                    text = text[: text.index(stop)]
+            records.append(VisorSampleRecord(
+                answer=text.strip(),
+                visual_tokens=full.num_patch_tokens,
+                visual_tokens_kept=reduced.num_patch_tokens,
+                newline_tokens_kept=int(reduced.is_newline.sum()),
+                prompt_tokens=len(prompt) - 1 + reduced.features.shape[0],
+                generated_tokens=len(ids),
+                crops=n_crops,
+                sa_layers=len(out.configurations[i]),
+                configuration=out.configurations[i],
+                roles=out.roles[i],
+                llm_visual_tokens=out.n_visual[i],
+                llm_text_tokens=out.n_text[i],
+                router_probabilities=None if out.probabilities is None else out.probabilities[i],
+            ))
+        return records
+
+
+@dataclass
+class VisorSampleRecord(SampleRecord):
+    sa_layers: int = 0  # SA layers that ran
+    configuration: tuple[int, ...] = ()  # their indices
+    roles: tuple[str, ...] = ()  # "sa" | "ca" (cross-attention, then the host layer on text) | "text" per layer
+    llm_visual_tokens: int = 0  # visual tokens entering the VISOR layers (newline tokens included)
+    llm_text_tokens: int = 0  # text tokens of the prompt
+    router_probabilities: list[float] | None = None
+
+
+def score(answer: str, target: str) -> float:
+    return float(answer.strip().lower() == target.strip().lower())
+
+
+def run_configuration(loaded, model: VisorModel, examples: list[Example], active, batch_size: int = 32,
+                      reducer=None) -> list[VisorSampleRecord]:
+    runner = VisorRunner(loaded, model, reducer, active=active)
+    records = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        records += runner.generate([e.image for e in chunk], [e.question for e in chunk],
+                                   [str(start + i) for i in range(len(chunk))], [4] * len(chunk))
+    return records
+
+
+def mean_prefill_flops(model: VisorModel, records: list[VisorSampleRecord], active) -> float:
+    shape = LLMShape.from_config(model.text_config)
+    return sum(prefill_flops(shape, model.config, active, r.llm_visual_tokens, r.llm_text_tokens).total
+               for r in records) / max(1, len(records))
+
+
+def pareto_frontier(points: list[dict]) -> list[dict]:
+    """Points (dicts with 'flops', 'accuracy') not dominated by another (<= flops and >= accuracy, one
+    strictly), cheapest first."""
+    keep = []
+    for p in points:
+        dominated = any(q is not p and q["flops"] <= p["flops"] and q["accuracy"] >= p["accuracy"]
+                        and (q["flops"] < p["flops"] or q["accuracy"] > p["accuracy"]) for q in points)
+        if not dominated:
+            keep.append(p)
+    return sorted(keep, key=lambda p: p["flops"])
+
+
+def viable_configurations(loaded, model: VisorModel, examples: list[Example], batch_size: int = 32,
+                          keep_largest: bool = True) -> dict:
+    """Family members on the accuracy-FLOP Pareto frontier of `examples`, cheapest first; with
+    `keep_largest` the largest family member is always kept (it anchors the labels and the fallback)."""
+    evaluated = []
+    for active in model.config.family():
+        records = run_configuration(loaded, model, examples, active, batch_size)
+        accuracy = sum(score(r.answer, e.answer) for r, e in zip(records, examples)) / len(examples)
+        evaluated.append({"configuration": list(active), "sa_layers": len(active), "accuracy": accuracy,
+                          "flops": mean_prefill_flops(model, records, active)})
+        print(f"configuration {active}: accuracy {accuracy:.3f}, prefill FLOPs {evaluated[-1]['flops']:.3e}",
+              flush=True)
+    frontier = pareto_frontier(evaluated)
+    if keep_largest and frontier[-1] is not evaluated[-1]:
+        frontier.append(evaluated[-1])  # anchors the policy labels and is its fallback
+    return {"evaluated": evaluated, "viable": [tuple(p["configuration"]) for p in frontier]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# policy
+
+
+def configuration_answers(loaded, model: VisorModel, examples: list[Example], batch_size: int = 32
+                          ) -> list[list[str]]:
+    """Answers [n_viable][N] of every viable configuration (cheapest first) on `examples`."""
+    return [[r.answer for r in run_configuration(loaded, model, examples, active, batch_size)]
+            for active in model.viable]
+
+
+def sufficient(scores: torch.Tensor) -> torch.Tensor:
+    """scores [N, n_viable] (cheapest first) -> 0/1 labels: configuration c suffices for sample i when its
+    score >= the largest viable configuration's score on it."""
+    return (scores >= scores[:, -1:]).float()
+
+
+def label_configurations(loaded, model: VisorModel, examples: list[Example], batch_size: int = 32) -> torch.Tensor:
+    """[N, n_viable] 0/1 policy labels (see `sufficient`)."""
+    answers = configuration_answers(loaded, model, examples, batch_size)
+    return sufficient(torch.tensor([[score(a, e.answer) for a, e in zip(column, examples)] for column in answers]).T)
+
+
+def routing_features_batches(loaded, model: VisorModel, examples: list[Example], batch_size: int):
+    """Spliced prompts of the labelling examples (vision computed once, frozen)."""
+    runner = VisionLanguageRunner(loaded, FullTokens())
+    batches = []
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            pixels, sizes = runner.process_images([e.image for e in chunk])
+            prompts = [prompt_ids(loaded.tokenizer, model.base.config.image_token_id, e.question) for e in chunk]
+            _, kept = runner.visual_tokens(pixels, sizes, [str(i) for i in range(len(chunk))])
+            batches.append(runner.splice(prompts, kept))
+    return batches
+
+
+def train_router(loaded, model: VisorModel, examples: list[Example], labels: torch.Tensor, steps: int = 200,
+                 lr: float = 3e-3, batch_size: int = 32, seed: int = 0) -> dict:
+    """BCE training of the routing token and router MLP; host and VISOR layers frozen."""
+    r = model._require_router()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [model.visor.routing_token, *model.visor.router.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    batches = routing_features_batches(loaded, model, examples, batch_size)
+    offsets = [i * batch_size for i in range(len(batches))]
+    started = time.time()
+    losses = []
+    for step in range(steps):
+        generator = torch.Generator().manual_seed(stable_seed(seed, "router", step))
+        k = int(torch.randint(len(batches), (1,), generator=generator))
+        batch, target = batches[k], labels[offsets[k] : offsets[k] + batches[k].inputs_embeds.shape[0]]
+        state, _ = model.start(batch, use_cache=False, routing=True)
+        state = model.run_layers(state, 0, r, ())
+        token = gather_rows(state.h, state.layout.text_index[:, -1:])[:, 0]
+        loss = F.binary_cross_entropy_with_logits(model.visor.router(token).float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % 50 == 0:
+            print(f"router step {step + 1}/{steps} bce {sum(losses[-50:]) / len(losses[-50:]):.4f}", flush=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    return {"router_steps": steps, "router_final_bce": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
+            "router_seconds": round(time.time() - started, 1),
+            "label_rate": labels.mean(0).tolist()}
+
+
+def expected_compute(model: VisorModel, probabilities: torch.Tensor, flops: list[float], threshold: float) -> float:
+    """Mean FLOPs of the configurations the policy picks at `threshold` (flops[c] per viable configuration)."""
+    chosen = model.choose(probabilities, check_threshold(threshold))
+    return sum(flops[c] for c in chosen) / max(1, len(chosen))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the whole workflow
+
+
+def build_visor(base_dir: str, visor_config: dict | None = None, device: str = "cpu"):
+    loaded = load_checkpoint(str(base_dir), None, device)
+    n_layers = loaded.model.model.language_model.config.num_hidden_layers
+    model = VisorModel(loaded.model, VisorConfig(n_layers=n_layers, **(visor_config or {})))
+    return loaded, model
+
+
+def configuration_name(active) -> str:
+    """Column suffix of a configuration in the labels table: its number of SA layers (unique in the family)."""
+    return f"sa{len(active)}"
+
+
+def train_universal_checkpoint(base_dir: str, task_dirs: list[Path], out_dir: Path, state_dir: Path,
+                               config: UniversalConfig, visor_config: dict | None = None,
+                               policy: PolicyConfig = PolicyConfig(), train_examples: list[Example] | None = None,
+                               stop_after: int | None = None) -> dict | None:
+    """Stage 1 (rule train_visor): universal training (resumable from `state_dir`), then the viable
+    configurations on the val split; writes the VISOR checkpoint folder `out_dir` without a router. Returns
+    its training record, or None when `stop_after` interrupted the training on purpose."""
+    torch.set_num_threads(config.threads)
+    loaded, model = build_visor(base_dir, visor_config)
+    image_token_id = loaded.model.config.image_token_id
+    n_new = sum(p.numel() for p in model.visor.parameters())
+    tasks = [Path(d).name for d in task_dirs]
+    print(f"VISOR on {base_dir}: roles (all candidates) {model.config.roles(model.config.sa_candidates)}, "
+          f"{n_new:,} new parameters", flush=True)
+
+    def encoded() -> EncodedExamples:
+        train = train_examples if train_examples is not None else read_split(task_dirs, "train")
+        print(f"{len(train)} training examples", flush=True)
+        return EncodedExamples(train, loaded.tokenizer, loaded.image_processor, image_token_id)
+
+    identity = {"visor_config": model.config.to_dict(), "base_sha256": loaded.weights_sha256,
+                "train_data": "examples given" if train_examples is not None else tasks}
+    timing = train_universal(model, encoded, image_token_id, config, state_dir, stop_after, identity)
+    print(f"universal training: {timing}", flush=True)
+    if config.steps and json.loads((Path(state_dir) / "state.json").read_text())["step"] < config.steps:
+        return None  # interrupted on purpose (stop_after)
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    started = time.time()
+    val = read_split(task_dirs, "val", policy.viable_per_task)
+    viable = viable_configurations(loaded, model, val, policy.inference_batch_size)
+    model.set_viable(viable["viable"])
+    model.visor.router = None  # trained by train_policy
+    record = {"stage": "universal", "base": str(base_dir), "base_sha256": loaded.weights_sha256, "tasks": tasks,
+              "universal": asdict(config), "timing": timing,
+              "viable_split": {"split": "val", "rows_per_task": [0, policy.viable_per_task]},
+              "viable_seconds": round(time.time() - started, 1),
+              "configurations": viable["evaluated"], "viable": [list(v) for v in model.viable],
+              "new_parameters": n_new}
+    save_visor(model, out_dir, loaded.tokenizer, loaded.image_processor, record)
+    print(f"viable configurations {model.viable}; saved {out_dir}", flush=True)
+    return record
+
+
+def label_policy(universal_dir: Path, task_dirs: list[Path], labels_path: Path, policy: PolicyConfig = PolicyConfig(),
+                 threads: int = 1):
+    """Stage 2 (rule label_policy): every viable configuration of the universal checkpoint on the labelling
+    rows (val rows viable_per_task .. + label_per_task per task); writes the labels table (CSV) and returns it."""
+    import pandas as pd
+
+    torch.set_num_threads(threads)
+    loaded, model = load_visor(str(universal_dir))
+    rows = split_rows(task_dirs, "val", policy.label_per_task, offset=policy.viable_per_task)
+    examples = [example for _, example in rows]
+    started = time.time()
+    answers = configuration_answers(loaded, model, examples, policy.inference_batch_size)
+    scores = torch.tensor([[score(a, e.answer) for a, e in zip(column, examples)] for column in answers]).T
+    labels = sufficient(scores)
+    table = pd.DataFrame({"task": [e.task for e in examples], "split": "val", "row": [row for row, _ in rows],
+                          "target": [e.answer for e in examples]})
+    for c, active in enumerate(model.viable):
+        name = configuration_name(active)
+        table[f"answer_{name}"] = answers[c]
+        table[f"score_{name}"] = scores[:, c].tolist()
+        table[f"suffices_{name}"] = labels[:, c].int().tolist()
+    write_atomically(Path(labels_path), lambda tmp: table.to_csv(tmp, index=False))
+    print(f"labelled {len(examples)} samples with {len(model.viable)} viable configurations in "
+          f"{time.time() - started:.1f}s; share sufficing per configuration: "
+          f"{dict(zip(map(configuration_name, model.viable), labels.mean(0).tolist()))}", flush=True)
+    return table
+
+
+def train_policy(universal_dir: Path, labels_path: Path, task_dirs: list[Path], out_dir: Path,
+                 policy: PolicyConfig = PolicyConfig(), seed: int = 0, threads: int = 1) -> dict:
+    """Stage 3 (rule train_policy): the router trained on the labels table; writes the final VISOR checkpoint
+    folder `out_dir` (the universal one plus the router) and returns its training record."""
+    import pandas as pd
+
+    torch.set_num_threads(threads)
+    loaded, model = load_visor(str(universal_dir))
+    table = pd.read_csv(labels_path, keep_default_na=False)
+    columns = [f"suffices_{configuration_name(active)}" for active in model.viable]
+    found = [c for c in table.columns if c.startswith("suffices_")]
+    if found != columns:
+        raise ValueError(f"{labels_path} has label columns {found} but {universal_dir} has viable configurations "
+                         f"{model.viable} (columns {columns}); relabel with label_policy")
+    record = {**model.metadata["training"], "stage": "final"}
+    if model.config.router_layer is not None and len(model.viable) > 1:
+        model.set_viable(model.viable)  # a fresh (seeded) router head
+        examples = examples_at(task_dirs, "val", list(zip(table["task"], table["row"])))
+        labels = torch.tensor(table[columns].to_numpy(), dtype=torch.float32)
+        record["policy"] = {"label_split": "val", "label_examples": len(examples), "labels": str(labels_path),
+                            **train_router(loaded, model, examples, labels, policy.router_steps, policy.router_lr,
+                                           policy.router_batch_size, seed)}
+    else:
+        reason = "no router layer" if model.config.router_layer is None else "a single viable configuration"
+        record["policy"] = {"router": None, "reason": reason}
+        print(f"no router trained: {reason}", flush=True)
+    save_visor(model, out_dir, loaded.tokenizer, loaded.image_processor, record)
+    print(f"saved {out_dir}", flush=True)
+    return record
+
+
+def visor_checkpoint_record(visor_dir: Path, base: dict) -> dict:
+    """The workflow's checkpoint record of a trained VISOR folder (same fields as provide_checkpoint's:
+    path, source, repo, revision, family, weights_sha256 over all its safetensors), plus the base's record."""
+    from visor_model.checkpoints import check_checkpoint_folder, weights_sha256
+
+    path = Path(visor_dir)
+    return {"path": str(path), "source": "train", "repo": None, "revision": None,
+            "family": check_checkpoint_folder(path), "weights_sha256": weights_sha256(path), "method": "visor",
+            "base": base}
+
+
+def train_visor(base_dir: str, task_dirs: list[Path], out_dir: Path, state_dir: Path, config: UniversalConfig,
+                visor_config: dict | None = None, policy: PolicyConfig = PolicyConfig(),
+                train_examples: list[Example] | None = None, stop_after: int | None = None) -> dict | None:
+    """All three stages in sequence. Intermediate products beside `out_dir`: `<out>.universal/` (stage 1)
+    and `<out>.labels.csv` (stage 2)."""
+    out_dir = Path(out_dir)
+    universal_dir = out_dir.with_name(out_dir.name + ".universal")
+    labels_path = out_dir.with_name(out_dir.name + ".labels.csv")
+    if train_universal_checkpoint(base_dir, task_dirs, universal_dir, state_dir, config, visor_config, policy,
+                                  train_examples, stop_after) is None:
+        return None
+    label_policy(universal_dir, task_dirs, labels_path, policy, config.threads)
+    return train_policy(universal_dir, labels_path, task_dirs, out_dir, policy, config.seed, config.threads)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="host checkpoint folder (save_pretrained)")
+    parser.add_argument("--tasks", nargs="+", type=Path, default=[], help="synthetic task folders")
+    parser.add_argument("--dataset", help="HF dataset id with image/question/answer columns (train split)")
+    parser.add_argument("--dataset-revision")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--state", required=True, type=Path)
+    parser.add_argument("--stage1-steps", type=int, default=UniversalConfig.stage1_steps)
+    parser.add_argument("--stage2-steps", type=int, default=UniversalConfig.stage2_steps)
+    parser.add_argument("--batch-size", type=int, default=UniversalConfig.batch_size)
+    parser.add_argument("--seed", type=int, default=UniversalConfig.seed)
+    parser.add_argument("--threads", type=int, default=UniversalConfig.threads)
+    parser.add_argument("--stage1-sampling", choices=["family", "largest"], default=UniversalConfig.stage1_sampling)
+    parser.add_argument("--viable-per-task", type=int, default=PolicyConfig.viable_per_task)
+    parser.add_argument("--label-per-task", type=int, default=PolicyConfig.label_per_task)
+    parser.add_argument("--router-steps", type=int, default=PolicyConfig.router_steps)
+    args = parser.parse_args()
+    if not args.tasks:
+        parser.error("--tasks is needed (validation and labelling splits), also with --dataset")
+    config = replace(UniversalConfig(), stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
+                     batch_size=args.batch_size, seed=args.seed, threads=args.threads,
+                     stage1_sampling=args.stage1_sampling)
+    policy = PolicyConfig(viable_per_task=args.viable_per_task, label_per_task=args.label_per_task,
+                          router_steps=args.router_steps)
+    train_examples = load_hf_examples(args.dataset, args.dataset_revision, "train") if args.dataset else None
+    train_visor(args.base, args.tasks, args.out, args.state, config, {"seed": args.seed}, policy,
+                train_examples=train_examples)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+# Checkpoints: one interface for every source. `shipped` (weights in this repository, verified against their
+# SHA256SUMS), `train` (the reference recipe, also used for shipped models when `retrain: true`) and `hub`
+# (a snapshot at a pinned revision, safetensors only). Each yields resources/checkpoints/{model}.json, which
+# names the folder to load and its provenance.
+
+
+def checkpoint_source(model):
+    source = config["models"][model]["checkpoint"]["source"]
+    return "train" if source == "shipped" and config["retrain"] else source
+
+
+def training_benchmarks():
+    return [b for b, spec in config["benchmarks"].items() if spec["source"] == "synthetic" and spec["train"] > 0]
+
+
+rule train_reference:
+    input:
+        expand("resources/benchmarks/{benchmark}/manifest.json", benchmark=training_benchmarks()),
+    output:
+        "resources/trained/{model}/training.json",
+    params:
+        family=lambda wildcards: config["models"][wildcards.model]["family"],
+        training=config["training"],
+        seed=config["seed"],
+        state="resources/train_state/{model}",
+    log:
+        "logs/train_reference/{model}.log",
+    benchmark:
+        "benchmarks/train_reference/{model}.tsv"
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=6000,
+        gpu=GPU_PER_JOB,
+    script:
+        "../scripts/train_reference.py"
+
+
+rule provide_checkpoint:
+    input:
+        lambda wildcards: (
+            ["resources/trained/{model}/training.json"] if checkpoint_source(wildcards.model) == "train" else []
+        ),
+    output:
+        "resources/checkpoints/{model}.json",
+    params:
+        spec=lambda wildcards: config["models"][wildcards.model],
+        source=lambda wildcards: checkpoint_source(wildcards.model),
+        trained_dir="resources/trained/{model}",
+    log:
+        "logs/provide_checkpoint/{model}.log",
+    threads: 1
+    script:
+        "../scripts/provide_checkpoint.py"

@@ -1,0 +1,36 @@
+# Evaluation through lmms-eval: one job per model x method x setting x benchmark.
+
+
+def benchmark_inputs(wildcards):
+    spec = config["benchmarks"][wildcards.benchmark]
+    return [f"resources/benchmarks/{wildcards.benchmark}/manifest.json"] if spec["source"] == "synthetic" else []
+
+
+def evaluation_checkpoint(wildcards):
+    """The checkpoint record to load: the trained VISOR checkpoint for method visor, the base model's otherwise."""
+    if wildcards.method == "visor":
+        return f"resources/visor/{wildcards.model}/checkpoint.json"
+    return f"resources/checkpoints/{wildcards.model}.json"
+
+
+rule evaluate:
+    input:
+        checkpoint=evaluation_checkpoint,
+        benchmark=benchmark_inputs,
+    output:
+        "results/eval/{model}/{method}/{setting}/{benchmark}.json",
+    params:
+        setting=lambda wildcards: setting_of(wildcards.method, wildcards.setting),
+        benchmark=lambda wildcards: config["benchmarks"][wildcards.benchmark],
+        evaluation=config["evaluation"],
+        lmms_dir="results/lmms_eval/{model}/{method}/{setting}/{benchmark}",
+    log:
+        "logs/evaluate/{model}/{method}/{setting}/{benchmark}.log",
+    benchmark:
+        "benchmarks/evaluate/{model}/{method}/{setting}/{benchmark}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        gpu=GPU_PER_JOB,
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,17 @@
+"""Policy labels: every viable configuration of the universal VISOR checkpoint on the labelling split
+(visor_model.visor_training.label_policy)."""
+
+import sys
+from pathlib import Path
+
+from visor_model.visor_training import label_policy, visor_options
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "w")
+_, _, policy = visor_options(snakemake.params.options)
+label_policy(
+    Path(snakemake.input.universal).parent,
+    [Path(manifest).parent for manifest in snakemake.input.benchmarks],
+    Path(snakemake.output[0]),
+    policy,
+    snakemake.threads,
+)

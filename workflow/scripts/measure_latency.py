@@ -1,0 +1,32 @@
+"""Measure the synchronised latency of one model x method x setting on fixed inputs (visor_model.latency).
+
+The method is built by its lmms-eval plugin class with the same model args as `evaluate`, so the timed code
+path (runner, reducer, VISOR configuration or policy) is the evaluated one; lmms-eval's harness is not run."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from lmms_eval.models import get_model
+
+from visor_model.files import write_json_atomically
+from visor_model.latency import LatencyConfig, fixed_inputs, measure_latency
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "w")
+wildcards, params = snakemake.wildcards, snakemake.params
+checkpoint = json.loads(Path(snakemake.input.checkpoint).read_text())
+latency, evaluation = params.latency, params.evaluation
+torch.set_num_threads(snakemake.threads)
+config = LatencyConfig(samples=latency["samples"], warmup=latency["warmup"], repeats=latency["repeats"],
+                       max_new_tokens=latency["max_new_tokens"], threads=snakemake.threads,
+                       image_size=latency.get("image_size"), seed=snakemake.config["seed"])
+model_args = {"pretrained": str(Path(checkpoint["path"]).resolve()), "device": evaluation["device"],
+              "dtype": evaluation["dtype"], **params.setting}
+plugin = get_model(wildcards.method)(**model_args)
+inputs = fixed_inputs(config.samples, config.seed, image_size=config.image_size)
+record = measure_latency(plugin.runner, plugin.accountant, inputs, config)
+record.update(model=wildcards.model, method=wildcards.method, setting_id=wildcards.setting, setting=params.setting,
+              checkpoint=checkpoint)
+write_json_atomically(Path(snakemake.output[0]), record)
+print(json.dumps({k: record[k] for k in ("model", "method", "setting_id", "timings", "memory")}, indent=2))

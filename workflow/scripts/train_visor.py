@@ -1,0 +1,21 @@
+"""Universal VISOR training (stages 1 + 2, resumable) and its viable configurations: a VISOR checkpoint
+folder without a router (visor_model.visor_training.train_universal_checkpoint)."""
+
+import json
+import sys
+from pathlib import Path
+
+from visor_model.visor_training import train_universal_checkpoint, visor_options
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "w")
+base = json.loads(Path(snakemake.input.checkpoint).read_text())
+universal, architecture, policy = visor_options(snakemake.params.options, snakemake.params.seed, snakemake.threads)
+train_universal_checkpoint(
+    base["path"],
+    [Path(manifest).parent for manifest in snakemake.input.benchmarks],
+    Path(snakemake.output[0]).parent,
+    Path(snakemake.params.state),
+    universal,
+    architecture,
+    policy,
+)
