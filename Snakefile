@@ -8,6 +8,7 @@ include: "workflow/rules/checkpoints.smk"
 include: "workflow/rules/visor.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/efficiency.smk"
+include: "workflow/rules/claims.smk"
 include: "workflow/rules/report.smk"
 
 

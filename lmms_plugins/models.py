@@ -52,7 +52,7 @@ class VisualTokenCounts(TokenCounts):
 
     @classmethod
     def from_record(cls, record: SampleRecord, tokens: SampleTokens | None = None,
-                    flops: dict[str, int] | None = None) -> "VisualTokenCounts":
+                    flops: dict[str, int] | None = None) -> VisualTokenCounts:
         return cls(
             input_tokens=record.prompt_tokens,
             output_tokens=record.generated_tokens,

@@ -77,12 +77,26 @@ def run_lmms_eval(
     return check_outputs(output_dir, task, log_path, expected_samples, max_empty_fraction)
 
 
+def last_error(log_path: Path) -> str:
+    """The last line of the log that reports an error (lmms-eval logs it and exits 0), or ''."""
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line.strip() for line in lines if "Error" in line and not line.lstrip().startswith("File ")]
+    return errors[-1][-500:] if errors else ""
+
+
 def check_outputs(
     output_dir: Path, task: str, log_path: Path, expected_samples: int | None, max_empty_fraction: float
 ) -> EvaluationOutput:
     results_files = sorted(output_dir.rglob("*_results.json"))
     if not results_files:
-        raise EvaluationFailed(f"lmms-eval wrote no results file for {task} (it exits 0 on errors); see {log_path}")
+        cause = last_error(log_path)
+        raise EvaluationFailed(
+            f"lmms-eval wrote no results file for {task} (it exits 0 on errors); "
+            + (f"last error: {cause}; " if cause else "") + f"see {log_path}"
+        )
     results_path = results_files[-1]
     results = json.loads(results_path.read_text())
     if task not in results.get("results", {}):

@@ -32,7 +32,7 @@ class VisorTokenCounts(VisualTokenCounts):
     FIELDS = ("sa_layers", "configuration", "roles")
 
     @classmethod
-    def from_record(cls, record, tokens=None, flops=None) -> "VisorTokenCounts":
+    def from_record(cls, record, tokens=None, flops=None) -> VisorTokenCounts:
         base = VisualTokenCounts.from_record(record, tokens, flops)
         return cls(
             **{k: getattr(base, k) for k in base.__dataclass_fields__},

@@ -71,10 +71,17 @@ def tiny_checkpoint(request, tmp_path_factory, benchmark_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def next_checkpoint(tmp_path_factory, benchmark_tokenizer):
+    """One saved tiny LLaVA-NeXT checkpoint, for tests that need a model but not both families."""
+    model, processor = build_reference_model(tiny_config("llava_next"), benchmark_tokenizer, seed=0)
+    return save_checkpoint(model, benchmark_tokenizer, processor, tmp_path_factory.mktemp("next"))
+
+
+@pytest.fixture(scope="session")
 def task_dir(tmp_path_factory):
     """A small synth_marker lmms-eval task folder."""
     folder = tmp_path_factory.mktemp("tasks") / "synth_marker"
-    benchmarks.write_task("synth_marker", folder, {"train": 8, "test": 8}, seed=0)
+    benchmarks.write_task("synth_marker", folder, {"train": 8, "val": 4, "test": 8}, seed=0)
     return folder
 
 

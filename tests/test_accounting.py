@@ -17,11 +17,11 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+from conftest import noise_images, save_checkpoint, tiny_config
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import noise_images, save_checkpoint, tiny_config
 from visor_model.accounting import (
     CA,
     SA,
@@ -96,13 +96,20 @@ def test_dense_accounting_equals_flop_counter_term_by_term(hosts, family, method
     loaded = hosts[family]
     reducer = METHODS[method](loaded.model)
     runner = VisionLanguageRunner(loaded, reducer)
-    counts, records = counted(loaded.model, lambda: runner.generate(image(), [QUESTION], ["k"], [LIMIT]))
+    calls = []
+    hook = loaded.model.model.language_model.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        counts, records = counted(loaded.model, lambda: runner.generate(image(), [QUESTION], ["k"], [LIMIT]))
+    finally:
+        hook.remove()
     record = records[0]
     tokens = SampleTokens.from_record(record, LIMIT)
-    # greedy_generate runs a decode step after the last token too when a row reaches the limit (its output is
-    # discarded); the per-sample record does not charge it, so charge it here to compare with the counter
-    ran = SampleTokens(tokens.n_text, tokens.n_visual, tokens.n_crops, tokens.produced,
-                       decode_steps=tokens.decode_steps + (record.generated_tokens == LIMIT))
+    # greedy_generate may run one decode step more than the sample needs (after the last token, when a row
+    # reaches the limit; its output is discarded); the per-sample record charges only the needed steps, so
+    # charge what actually ran (LLM calls - the prefill) to compare with the counter
+    ran_steps = len(calls) - 1
+    assert ran_steps - tokens.decode_steps in (0, 1)
+    ran = SampleTokens(tokens.n_text, tokens.n_visual, tokens.n_crops, tokens.produced, decode_steps=ran_steps)
     accountant = FlopAccountant.for_model(loaded.model, reducer)
     dense = accountant.sample(ran, "dense")
 

@@ -60,11 +60,10 @@ def test_failed_evaluation_fails_the_job_although_the_cli_exits_zero(task_dir, t
     assert "does not exist" in (tmp_path / "log").read_text()
 
 
-def test_bad_budget_fails_with_its_message(tiny_checkpoint, task_dir, tmp_path):
-    with pytest.raises(EvaluationFailed):
-        run_lmms_eval("random_drop", {"pretrained": str(tiny_checkpoint), "budget": 1.5}, "synth_marker",
+def test_bad_budget_fails_with_its_message(next_checkpoint, task_dir, tmp_path):
+    with pytest.raises(EvaluationFailed, match=r"last error: .*budget must be in \(0, 1\], got 1.5"):
+        run_lmms_eval("random_drop", {"pretrained": str(next_checkpoint), "budget": 1.5}, "synth_marker",
                       tmp_path / "out", tmp_path / "log", include_path=task_dir)
-    assert "budget must be in (0, 1], got 1.5" in (tmp_path / "log").read_text()
 
 
 def test_empty_answers_above_the_threshold_fail(cli_runs, tmp_path):
@@ -78,3 +77,20 @@ def test_empty_answers_above_the_threshold_fail(cli_runs, tmp_path):
         check_outputs(tmp_path, "synth_marker", tmp_path / "log", 8, max_empty_fraction=0.05)
     with pytest.raises(EvaluationFailed, match="expected 9 samples"):
         check_outputs(tmp_path, "synth_marker", tmp_path / "log", 9, max_empty_fraction=1.0)
+
+
+def test_unknown_task_fails_with_the_task_name(next_checkpoint, task_dir, tmp_path):
+    with pytest.raises(EvaluationFailed, match="no results file for synth_nope.*last error: .*synth_nope"):
+        run_lmms_eval("llava_full", {"pretrained": str(next_checkpoint)}, "synth_nope", tmp_path / "out",
+                      tmp_path / "log", include_path=task_dir)
+
+
+def test_corrupt_benchmark_parquet_fails_the_job(next_checkpoint, task_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "synth_marker"
+    shutil.copytree(task_dir, broken)
+    (broken / "test.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(EvaluationFailed, match="no results file for synth_marker.*last error"):
+        run_lmms_eval("llava_full", {"pretrained": str(next_checkpoint)}, "synth_marker", tmp_path / "out",
+                      tmp_path / "log", include_path=broken)

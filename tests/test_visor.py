@@ -14,6 +14,7 @@ from visor_model.methods import FullTokens
 from visor_model.reference import ReferenceConfig, build_reference_model, build_tokenizer
 from visor_model.runner import VisionLanguageRunner, prompt_ids
 from visor_model.training import Example
+from visor_model.accounting import visor_prefill_flops
 from visor_model.visor import (
     CA,
     SA,
@@ -22,7 +23,6 @@ from visor_model.visor import (
     VisorModel,
     check_threshold,
     choose_configuration,
-    prefill_flops,
 )
 
 
@@ -116,10 +116,10 @@ def test_compute_grows_with_sa_layers(host):
     loaded, _ = host
     config = VisorConfig(n_layers=6)
     shape = LLMShape.from_config(loaded.model.config.text_config)
-    costs = [prefill_flops(shape, config, active, 150, 12).total for active in config.family()]
+    costs = [visor_prefill_flops(shape, config, active, 150, 12).total for active in config.family()]
     assert costs == sorted(costs) and len(set(costs)) == len(costs)
     big = VisorConfig(n_layers=24)
-    costs = [prefill_flops(shape, big, active, 700, 30).total for active in big.family()]
+    costs = [visor_prefill_flops(shape, big, active, 700, 30).total for active in big.family()]
     assert [len(a) for a in big.family()] == list(range(9)) and costs == sorted(costs)
 
 
@@ -148,7 +148,7 @@ def test_policy_compute_monotone_in_threshold(host):
     visor = VisorModel(loaded.model, VisorConfig(n_layers=6))
     visor.set_viable(visor.config.family())
     shape = LLMShape.from_config(loaded.model.config.text_config)
-    flops = [prefill_flops(shape, visor.config, a, 150, 12).total for a in visor.viable]
+    flops = [visor_prefill_flops(shape, visor.config, a, 150, 12).total for a in visor.viable]
     probabilities = torch.cat([visor.router_probabilities(batch), torch.rand(64, len(visor.viable),
                                                                              generator=torch.Generator().manual_seed(0))])
     from visor_model.visor_training import expected_compute

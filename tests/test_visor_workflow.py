@@ -146,3 +146,30 @@ def test_unknown_sa_layers_fails_naming_the_value_and_the_viable_ones(tmp_path, 
     assert message in log.read_text()
     assert "logs/evaluate/tiny/visor/sa_layers-5/synth_marker.log" in result.stdout + result.stderr
     assert not (workdir / target).exists()
+
+
+def micro_config() -> dict:
+    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
+    for model in config["models"].values():
+        if "path" in model["checkpoint"]:
+            model["checkpoint"]["path"] = str((REPO / ".test" / model["checkpoint"]["path"]).resolve())
+    return config
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c["methods"]["visor"].append({"models": ["reference_next"], "grid": {"threshold": [0.5]}}),
+     "config error at methods.visor[3].models: VISOR is not trained for 'reference_next'; add it to visor.models"),
+    (lambda c: c["visor"].update(label_per_task=10),
+     "config error at benchmarks.synth_background.val: VISOR needs 14 val rows per benchmark"),
+    (lambda c: c["methods"]["visor"].append({"grid": {"sa_layers": "all"}}),
+     "config error at methods.visor[3].grid.sa_layers: 'all' is not valid under any of the given schemas"),
+    (lambda c: c["methods"]["random_drop"].append({"grid": {"sa_layers": "viable"}}),
+     "config error at methods.random_drop[1].grid.sa_layers: 'viable' (the viable configurations of a trained "
+     "VISOR) is for method visor only"),
+], ids=["model-without-visor", "val-too-small", "sa_layers-not-viable-or-list", "viable-outside-visor"])
+def test_bad_visor_config_names_the_key(tmp_path, edit, message):
+    config = micro_config()
+    edit(config)
+    result = snakemake(write_config(tmp_path, config), "-n", "reports/final.html", timeout=120)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr

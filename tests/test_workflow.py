@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +87,38 @@ def test_rerun_with_nothing_changed_runs_no_job(micro_run):
     result = snakemake(micro_run, "-n", "reports/final.html", timeout=120)
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+RESULT_COLUMNS = ["model", "method", "setting_id", "benchmark", "n", "accuracy", "accuracy_ci_low",
+                  "accuracy_ci_high", "mean_visual_tokens_kept"]
+
+
+def test_interrupted_fresh_run_resumes_to_identical_results(micro_run, tmp_path):
+    """Interrupt a second fresh run during evaluation, rerun it: it completes, and its accuracy and token
+    tables equal the first run's (repeatability and resumption at once)."""
+    import os
+    import signal
+    import time
+
+    workdir = micro_workdir(tmp_path)
+    process = subprocess.Popen(SNAKEMAKE + ["--directory", str(workdir), "--cores", "2", "reports/final.html"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 900
+    while time.time() < deadline and process.poll() is None:
+        if any((workdir / "results" / "eval").rglob("*.json")):
+            break
+        time.sleep(0.5)
+    assert process.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=300)
+    assert not (workdir / "results" / "summary.csv").exists()
+    result = snakemake(workdir, "--cores", "2", "reports/final.html")
+    assert result.returncode == 0, result.stderr[-5000:]
+    first = pd.read_csv(micro_run / "results" / "summary.csv")[RESULT_COLUMNS]
+    second = pd.read_csv(workdir / "results" / "summary.csv")[RESULT_COLUMNS]
+    key = ["model", "method", "setting_id", "benchmark"]
+    pd.testing.assert_frame_equal(first.sort_values(key).reset_index(drop=True),
+                                  second.sort_values(key).reset_index(drop=True))
+    samples = [pd.read_csv(d / "results" / "samples.csv").sort_values(key + ["doc_id"]).reset_index(drop=True)
+               for d in (micro_run, workdir)]
+    assert samples[0]["answer"].fillna("").tolist() == samples[1]["answer"].fillna("").tolist()

@@ -20,7 +20,8 @@ disabled) through the project's own generation code on the same inputs:
     visor-tr[sa=k]      the largest configuration on 20% of the visual tokens (VISOR + token reduction)
 
 Per method: prefill time (start of the LLM to the first token's logits; CUDA events / perf_counter, see
-`visor_model.latency`), median and IQR over `--repeats` after `--warmup`, per-token decode time, and the
+`visor_model.latency`), median and IQR over `--repeats` after `--warmup` (the methods are interleaved: each
+repeat times every method once), per-token decode time, and the
 analytic LLM prefill FLOPs (causal, + the LM head on one position) of exactly these shapes. Printed:
 speed-up = t(full) / t(method), FLOP ratio = FLOPs(method) / FLOPs(full), and their product, the realised
 share of the theoretical saving (1.0: the time fell as much as the FLOPs; below 1: overheads that FLOPs do not
@@ -36,10 +37,9 @@ import contextlib
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -209,29 +209,38 @@ def run_bench(arch: Architecture, layers: int | None = None, n_visual: int | Non
     family = visor.config.family()
     shape = LLMShape.from_config(config)
     clock = Clock(torch.device(device))
-    batches = {}
-    rows = []
+    batches, plans = {}, []
     for setting in settings:
         kept = n_visual if setting.kept >= 1.0 else max(1, math.floor(budget * n_visual + 1e-9))
         if kept not in batches:
             batches[kept] = synthetic_batch(host, n_text, kept)
-        batch = batches[kept]
         active = None if setting.sa is None else (family[0] if setting.sa == "min" else family[-1])
-        roles = None if active is None else visor.config.roles(active)
-        conv = visor.config.conv_kernel if roles else 0
+        plans.append((setting, kept, active, None if active is None else visor.config.roles(active)))
 
-        def run(batch=batch, active=active):
-            if active is None:
-                return greedy_generate(host, batch, max_new_tokens, None)
-            return visor.generate(batch, max_new_tokens, None, active=active)
+    def runner(kept, active):
+        batch = batches[kept]
+        if active is None:
+            return lambda: greedy_generate(host, batch, max_new_tokens, None)
+        return lambda: visor.generate(batch, max_new_tokens, None, active=active)
 
-        with torch.no_grad():
-            for _ in range(warmup):
+    runs = [runner(kept, active) for _, kept, active, _ in plans]
+    timings = [[] for _ in plans]
+    load_before = _load()
+    with torch.no_grad():
+        for _ in range(warmup):
+            for run in runs:
                 timed_generation(host.lm_head, clock, run)
-            timings = [timed_generation(host.lm_head, clock, run)[0] for _ in range(repeats)]
+        # round robin: every repeat times every method once, so that slow drifts of a shared machine's load
+        # spread over all methods instead of landing on whichever ran during them
+        for _ in range(repeats):
+            for i, run in enumerate(runs):
+                timings[i].append(timed_generation(host.lm_head, clock, run)[0])
+    rows = []
+    for (setting, kept, active, roles), timing in zip(plans, timings):
+        conv = visor.config.conv_kernel if roles else 0
         flops = llm_prefill_flops(shape, n_text, kept, "causal", roles, conv).total + lm_head_flops(shape, 1).total
-        prefill = stats([t.prefill_s for t in timings])
-        decode = stats([s for t in timings for s in t.decode_steps_s])
+        prefill = stats([t.prefill_s for t in timing])
+        decode = stats([s for t in timing for s in t.decode_steps_s])
         label = setting.method if active is None else setting.method.replace(setting.sa, f"sa={len(active)}")
         rows.append({"method": label, "visual_tokens": kept, "sa_layers": None if active is None else len(active),
                      "roles": None if roles is None else "".join(r[0] for r in roles),
@@ -257,7 +266,18 @@ def run_bench(arch: Architecture, layers: int | None = None, n_visual: int | Non
         "attn_implementation": config._attn_implementation, "threads": torch.get_num_threads(),
         "warmup": warmup, "repeats": repeats, "max_new_tokens": max_new_tokens, "budget": budget,
         "peak_tflops": peak, "mfu_full_prefill": mfu, "rows": rows, "versions": package_versions(),
+        "load_average": {"before": load_before, "after": _load()},
     }
+
+
+def _load() -> float | None:
+    """The machine's 1-minute load average (how shared the CPU was), None where unknown."""
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _cpu_name() -> str:
@@ -266,10 +286,11 @@ def _cpu_name() -> str:
 
     name = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     return f"CPU {name} ({os.cpu_count()} logical cores)"
@@ -281,14 +302,16 @@ def markdown(result: dict) -> str:
     lines = [
         f"### {arch['name']}: {arch['note']}",
         "",
-        f"{result['device_name']}, {result['dtype']}, attention `{result['attn_implementation']}`, "
-        f"{result['threads']} thread(s); LLM: hidden {arch['hidden']}, MLP {arch['intermediate']}, "
-        f"{result['layers']} layers{cap}, {arch['heads']} heads / {arch['kv_heads']} KV heads, vocab "
-        f"{result['vocab']}; prompt {result['n_text']} text + {result['n_visual']} visual tokens; "
-        f"median of {result['repeats']} after {result['warmup']} warm-up; {result['max_new_tokens']} tokens generated.",
+        (f"{result['device_name']}, {result['dtype']}, attention `{result['attn_implementation']}`, "
+         f"{result['threads']} thread(s); LLM: hidden {arch['hidden']}, MLP {arch['intermediate']}, "
+         f"{result['layers']} layers{cap}, {arch['heads']} heads / {arch['kv_heads']} KV heads, vocab "
+         f"{result['vocab']}; prompt {result['n_text']} text + {result['n_visual']} visual tokens; "
+         f"median of {result['repeats']} (methods interleaved) after {result['warmup']} warm-up; "
+         f"{result['max_new_tokens']} tokens generated; 1-min load average {result['load_average']['before']} "
+         f"before, {result['load_average']['after']} after."),
         "",
-        "| method | visual tokens | SA layers | prefill GFLOPs | FLOP ratio | prefill ms (IQR) | speed-up | "
-        "theoretical | realised share | decode ms/token (IQR) | TFLOP/s |",
+        ("| method | visual tokens | SA layers | prefill GFLOPs | FLOP ratio | prefill ms (IQR) | speed-up | "
+         "theoretical | realised share | decode ms/token (IQR) | TFLOP/s |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
@@ -299,8 +322,8 @@ def markdown(result: dict) -> str:
             f"{r['speedup']:.2f}x | {r['theoretical_speedup']:.2f}x | {r['realised_share']:.2f} | "
             f"{d['median'] * 1e3:.2f} ({d['iqr'] * 1e3:.2f}) | {r['achieved_tflops']:.3f} |")
     if result["mfu_full_prefill"] is not None:
-        lines += ["", f"Prefill MFU of llava_full: {result['mfu_full_prefill']:.1%} of {result['peak_tflops']} "
-                      "TFLOP/s (dense bf16 peak)."]
+        lines += ["", (f"Prefill MFU of llava_full: {result['mfu_full_prefill']:.1%} of {result['peak_tflops']} "
+                       "TFLOP/s (dense bf16 peak).")]
     return "\n".join(lines) + "\n"
 
 

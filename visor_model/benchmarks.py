@@ -80,11 +80,11 @@ class SceneConfig:
         (112, 56),
         (56, 112),
     )
-    marker_size: int = 3  # side of the marker square in pixels (val and test splits)
+    marker_size: int = 4  # side of the marker square in pixels (val and test splits)
     # Training scenes draw the marker side from these sizes: from-scratch models learn to look for a 3-pixel
-    # marker among ~200 visual tokens only after bigger markers taught them where to look (a curriculum in
-    # the data). Evaluation splits always use `marker_size`.
-    train_marker_sizes: tuple[int, ...] = (3, 4, 6, 8, 10, 12)
+    # marker among ~200 visual tokens only after bigger markers taught them where to look (see
+    # visor_model.train_reference.curriculum_weights). Evaluation splits always use `marker_size`.
+    train_marker_sizes: tuple[int, ...] = (4, 6, 8, 10, 12, 14)
     shape_fraction: float = 0.3  # shape side as a fraction of the shorter image side
     noise: int = 6  # background pixels get uniform integer noise in [-noise, noise]
     margin: int = 2  # minimum distance of shape and marker from the image border

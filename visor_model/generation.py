@@ -10,6 +10,19 @@ from transformers import DynamicCache
 from visor_model.visual import SplicedBatch
 
 
+def record_greedy_step(next_ids: torch.Tensor, generated: list[list[int]], finished: torch.Tensor,
+                       eos_token_id: int | None) -> bool:
+    """Append each unfinished row's token (eos finishes the row instead); returns whether all rows are done."""
+    for row, token in enumerate(next_ids.tolist()):
+        if finished[row]:
+            continue
+        if eos_token_id is not None and token == eos_token_id:
+            finished[row] = True
+        else:
+            generated[row].append(token)
+    return bool(finished.all())
+
+
 @dataclass
 class GreedyOutput:
     token_ids: list[list[int]]  # generated ids per row, eos excluded
@@ -34,16 +47,9 @@ def greedy_generate(model, batch: SplicedBatch, max_new_tokens: int, eos_token_i
     finished = torch.zeros(batch_size, dtype=torch.bool, device=hidden.device)
     generated: list[list[int]] = [[] for _ in range(batch_size)]
     next_position = position_ids[:, -1:] + 1
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         next_ids = lm_head(hidden[:, -1]).argmax(dim=-1)  # [B]
-        for row in range(batch_size):
-            if finished[row]:
-                continue
-            if eos_token_id is not None and int(next_ids[row]) == eos_token_id:
-                finished[row] = True
-            else:
-                generated[row].append(int(next_ids[row]))
-        if bool(finished.all()):
+        if record_greedy_step(next_ids, generated, finished, eos_token_id) or step + 1 == max_new_tokens:
             break
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
         hidden = language_model(

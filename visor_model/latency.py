@@ -31,6 +31,7 @@ Peak memory (one extra, untimed pass over the samples, so that measuring does no
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import platform
@@ -144,7 +145,7 @@ def timed_generation(lm_head: torch.nn.Module, clock: Clock, run):
         handle.remove()
     if not marks:
         raise RuntimeError("the LM head was never called")
-    steps = [clock.seconds(a, b) for a, b in zip(marks, marks[1:])]
+    steps = [clock.seconds(a, b) for a, b in itertools.pairwise(marks)]
     return CallTiming(clock.seconds(start, marks[0]), steps, clock.seconds(start, end)), result
 
 

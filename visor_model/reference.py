@@ -58,14 +58,14 @@ class ReferenceConfig:
     crop_size: int = 48
     patch_size: int = 8
     grid_pinpoints: tuple[tuple[int, int], ...] = ((48, 96), (96, 48), (96, 96), (48, 144), (144, 48))
-    vision_hidden: int = 64
+    vision_hidden: int = 32
     vision_layers: int = 3
-    vision_heads: int = 4
-    text_hidden: int = 128
+    vision_heads: int = 2
+    text_hidden: int = 64
     text_layers: int = 6
     text_heads: int = 4
     text_kv_heads: int = 2
-    text_intermediate: int = 344
+    text_intermediate: int = 172
     max_position_embeddings: int = 1024
 
     def __post_init__(self):

@@ -81,6 +81,15 @@ class VisionLanguageRunner:
             self.model.get_input_embeddings(), prompts, kept, self.model.config.image_token_id, targets
         )
 
+    def decode(self, batch: SplicedBatch, max_new_tokens: int):
+        """Greedy token ids per row, and whatever else the LLM side reports (here nothing)."""
+        output = greedy_generate(self.model, batch, max_new_tokens, self.loaded.tokenizer.eos_token_id)
+        return output.token_ids, None
+
+    def record(self, row: int, fields: dict, decoded) -> SampleRecord:
+        """The record of batch row `row` from the shared `fields` (subclasses add their own)."""
+        return SampleRecord(**fields)
+
     @torch.no_grad()
     def generate(
         self,
@@ -95,27 +104,25 @@ class VisionLanguageRunner:
         prompts = [prompt_ids(self.loaded.tokenizer, self.model.config.image_token_id, q) for q in questions]
         vision, kept = self.visual_tokens(pixel_values, image_sizes, sample_keys)
         batch = self.splice(prompts, kept)
-        output = greedy_generate(self.model, batch, max(max_new_tokens), self.loaded.tokenizer.eos_token_id)
+        token_ids, decoded = self.decode(batch, max(max_new_tokens))
         until = until or [[] for _ in questions]
         records = []
-        for full, reduced, prompt, ids, n_crops, limit, stops in zip(
-            vision.images, kept, prompts, output.token_ids, vision.crop_owner.bincount().tolist(),
-            max_new_tokens, until,
-        ):
+        for i, (full, reduced, prompt, ids, n_crops, limit, stops) in enumerate(zip(
+            vision.images, kept, prompts, token_ids, vision.crop_owner.bincount().tolist(), max_new_tokens, until,
+        )):
             ids = ids[:limit]
             text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
             for stop in stops:
                 if stop and stop in text:
                     text = text[: text.index(stop)]
-            records.append(
-                SampleRecord(
-                    answer=text.strip(),
-                    visual_tokens=full.num_patch_tokens,
-                    visual_tokens_kept=reduced.num_patch_tokens,
-                    newline_tokens_kept=int(reduced.is_newline.sum()),
-                    prompt_tokens=len(prompt) - 1 + reduced.features.shape[0],
-                    generated_tokens=len(ids),
-                    crops=n_crops,
-                )
+            fields = dict(
+                answer=text.strip(),
+                visual_tokens=full.num_patch_tokens,
+                visual_tokens_kept=reduced.num_patch_tokens,
+                newline_tokens_kept=int(reduced.is_newline.sum()),
+                prompt_tokens=len(prompt) - 1 + reduced.features.shape[0],
+                generated_tokens=len(ids),
+                crops=n_crops,
             )
+            records.append(self.record(i, fields, decoded))
         return records

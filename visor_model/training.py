@@ -25,7 +25,7 @@ from visor_model.methods import stable_seed
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 100
@@ -44,14 +44,18 @@ class Example:
     image: Image.Image
     question: str
     answer: str
+    marker_size: int | None = None  # synthetic scenes: side of the marker in pixels (the curriculum uses it)
 
 
 def read_examples(parquet_path: str | Path, task: str) -> list[Example]:
     """Rows of a benchmark split written by `visor_model.benchmarks` (images embedded as bytes)."""
-    table = pq.read_table(parquet_path, columns=["image", "question", "answer"]).to_pylist()
+    columns = ["image", "question", "answer"]
+    if "marker_size" in pq.read_schema(parquet_path).names:
+        columns.append("marker_size")
+    table = pq.read_table(parquet_path, columns=columns).to_pylist()
     return [
         Example(task=task, image=Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"),
-                question=row["question"], answer=row["answer"])
+                question=row["question"], answer=row["answer"], marker_size=row.get("marker_size"))
         for row in table
     ]
 
@@ -65,8 +69,11 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.learning_rate * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def batch_indices(config: TrainConfig, step: int, n_examples: int) -> list[int]:
+def batch_indices(config: TrainConfig, step: int, n_examples: int, weights: torch.Tensor | None = None) -> list[int]:
+    """The batch of step `step`: uniform over the examples, or drawn with replacement by `weights`."""
     generator = torch.Generator().manual_seed(stable_seed(config.seed, "batch", step))
+    if weights is not None:
+        return torch.multinomial(weights, config.batch_size, replacement=True, generator=generator).tolist()
     return torch.randint(n_examples, (config.batch_size,), generator=generator).tolist()
 
 

@@ -44,14 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visor_model.flops import (
-    FlopTerms,
-    LLMShape,
-    cross_attention_flops,
-    depthwise_conv1d_flops,
-    llm_layer_flops,
-    mlp_flops,
-)
+from visor_model.generation import record_greedy_step
 from visor_model.visual import SplicedBatch
 
 SA, CA, TEXT = "sa", "ca", "text"
@@ -644,14 +637,7 @@ class VisorModel(nn.Module):
         generated: list[list[int]] = [[] for _ in range(B)]
         for step in range(max_new_tokens):
             next_ids = logits.argmax(dim=-1)
-            for row in range(B):
-                if finished[row]:
-                    continue
-                if eos_token_id is not None and int(next_ids[row]) == eos_token_id:
-                    finished[row] = True
-                else:
-                    generated[row].append(int(next_ids[row]))
-            if bool(finished.all()) or step + 1 == max_new_tokens:
+            if record_greedy_step(next_ids, generated, finished, eos_token_id) or step + 1 == max_new_tokens:
                 break
             ones = full_keys.new_ones(B, 1)
             full_keys = torch.cat([full_keys, ones], dim=1)
@@ -678,14 +664,7 @@ class VisorModel(nn.Module):
         for step in range(max_new_tokens):
             hidden, _ = self.forward(batch, active)
             next_ids = self.base.lm_head(hidden[:, -1]).argmax(dim=-1)
-            for row in range(B):
-                if finished[row]:
-                    continue
-                if eos_token_id is not None and int(next_ids[row]) == eos_token_id:
-                    finished[row] = True
-                else:
-                    generated[row].append(int(next_ids[row]))
-            if bool(finished.all()):
+            if record_greedy_step(next_ids, generated, finished, eos_token_id):
                 break
             batch = SplicedBatch(
                 inputs_embeds=torch.cat([batch.inputs_embeds, embed(next_ids[:, None])], dim=1),
@@ -716,39 +695,6 @@ def check_threshold(threshold) -> float:
     if not 0.0 <= value <= 1.0 or math.isnan(value):
         raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
     return value
-
-
-# ----------------------------------------------------------------------------------------------------------
-# compute
-
-
-def prefill_flops(shape: LLMShape, config: VisorConfig, active, n_visual: int, n_text: int,
-                  causal_mode: str = "causal", router: bool = False) -> FlopTerms:
-    """Analytic LLM prefill FLOPs of one sample under configuration `active` (LM head excluded).
-    Terms are prefixed "sa.", "text.", "ca.", "conv.", "router." (routing token through the layers before
-    the router, plus the router MLP)."""
-    roles = config.roles(active)
-    total = FlopTerms.of({})
-    n_all = n_text + n_visual
-    for role in roles:
-        if role == SA:
-            total = total + llm_layer_flops(shape, n_all, n_all, causal_mode).prefixed("sa.")
-        else:
-            total = total + llm_layer_flops(shape, n_text, n_text, causal_mode).prefixed("text.")
-            if role == CA and n_visual:
-                total = total + cross_attention_flops(shape, n_text, n_visual).prefixed("ca.")
-    if config.conv_kernel and config.ca_layers and n_visual:
-        total = total + depthwise_conv1d_flops(shape.hidden, n_visual, config.conv_kernel).prefixed("conv.")
-    if router and config.router_layer is not None:
-        r = config.router_layer
-        extra = FlopTerms.of({})
-        for l in range(r):
-            extra = extra + llm_layer_flops(shape, 1, n_text + 1, causal_mode)
-            if roles[l] == CA and n_visual:
-                extra = extra + cross_attention_flops(shape, 1, n_visual)
-        extra = extra + mlp_flops([shape.hidden, config.router_hidden, 1], 1)
-        total = total + extra.prefixed("router.")
-    return total
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -58,13 +58,13 @@ from visor_model.training import (
     read_examples,
     save_train_state,
 )
+from visor_model.accounting import visor_prefill_flops
 from visor_model.visor import (
     VisorConfig,
     VisorModel,
     check_threshold,
     gather_rows,
     load_visor,
-    prefill_flops,
     save_visor,
 )
 from visor_model.visual import encode_images, splice_prompts
@@ -280,40 +280,21 @@ class VisorRunner(VisionLanguageRunner):
         self.active = active
         self.threshold = None if threshold is None else check_threshold(threshold)
 
-    @torch.no_grad()
-    def generate(self, images, questions, sample_keys, max_new_tokens, until=None) -> list["VisorSampleRecord"]:
-        pixel_values, image_sizes = self.process_images(images)
-        prompts = [prompt_ids(self.loaded.tokenizer, self.model.config.image_token_id, q) for q in questions]
-        vision, kept = self.visual_tokens(pixel_values, image_sizes, sample_keys)
-        batch = self.splice(prompts, kept)
-        out = self.visor.generate(batch, max(max_new_tokens), self.loaded.tokenizer.eos_token_id,
+    def decode(self, batch, max_new_tokens):
+        out = self.visor.generate(batch, max_new_tokens, self.loaded.tokenizer.eos_token_id,
                                   active=self.active, threshold=self.threshold)
-        until = until or [[] for _ in questions]
-        records = []
-        for i, (full, reduced, prompt, ids, n_crops, limit, stops) in enumerate(zip(
-                vision.images, kept, prompts, out.token_ids, vision.crop_owner.bincount().tolist(),
-                max_new_tokens, until)):
-            ids = ids[:limit]
-            text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
-            for stop in stops:
-                if stop and stop in text:
-                    text = text[: text.index(stop)]
-            records.append(VisorSampleRecord(
-                answer=text.strip(),
-                visual_tokens=full.num_patch_tokens,
-                visual_tokens_kept=reduced.num_patch_tokens,
-                newline_tokens_kept=int(reduced.is_newline.sum()),
-                prompt_tokens=len(prompt) - 1 + reduced.features.shape[0],
-                generated_tokens=len(ids),
-                crops=n_crops,
-                sa_layers=len(out.configurations[i]),
-                configuration=out.configurations[i],
-                roles=out.roles[i],
-                llm_visual_tokens=out.n_visual[i],
-                llm_text_tokens=out.n_text[i],
-                router_probabilities=None if out.probabilities is None else out.probabilities[i],
-            ))
-        return records
+        return out.token_ids, out
+
+    def record(self, row, fields, decoded) -> "VisorSampleRecord":
+        return VisorSampleRecord(
+            **fields,
+            sa_layers=len(decoded.configurations[row]),
+            configuration=decoded.configurations[row],
+            roles=decoded.roles[row],
+            llm_visual_tokens=decoded.n_visual[row],
+            llm_text_tokens=decoded.n_text[row],
+            router_probabilities=None if decoded.probabilities is None else decoded.probabilities[row],
+        )
 
 
 @dataclass
@@ -343,7 +324,7 @@ def run_configuration(loaded, model: VisorModel, examples: list[Example], active
 
 def mean_prefill_flops(model: VisorModel, records: list[VisorSampleRecord], active) -> float:
     shape = LLMShape.from_config(model.text_config)
-    return sum(prefill_flops(shape, model.config, active, r.llm_visual_tokens, r.llm_text_tokens).total
+    return sum(visor_prefill_flops(shape, model.config, active, r.llm_visual_tokens, r.llm_text_tokens).total
                for r in records) / max(1, len(records))
 
 

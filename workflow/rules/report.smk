@@ -1,4 +1,7 @@
-# Tidy results and the HTML report rendered from papermill notebooks.
+# Tidy results and the HTML report: papermill notebooks (notebooks/<section>.ipynb, reading result tables only)
+# executed and rendered without code to reports/<section>.html, then gathered into reports/final.html.
+import hashlib
+import json
 
 
 rule aggregate:
@@ -19,14 +22,49 @@ rule aggregate:
         "../scripts/aggregate.py"
 
 
-rule report:
+# The report's sections, in order (each a notebook in notebooks/).
+REPORT_SECTIONS = ["report", "tradeoffs", "policy", "hired", "paired", "results"]
+
+
+def config_sha256():
+    """SHA-256 of the validated configuration (defaults filled in), shown in the report's provenance."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+rule report_section:
     input:
         summary="results/summary.csv",
         samples="results/samples.csv",
-        notebook=f"{workflow.basedir}/notebooks/report.ipynb",
+        latency="results/latency.csv",
+        claims="results/claims.csv",
+        notebook=f"{workflow.basedir}/notebooks/{{section}}.ipynb",
+    output:
+        notebook="results/notebooks/{section}.ipynb",
+        html="reports/{section}.html",
+    params:
+        parameters={"profile": config["audit"]["profile"], "config_sha256": config_sha256(),
+                    "seed": config["seed"], "resamples": config["audit"]["resamples"]},
+    wildcard_constraints:
+        section="|".join(REPORT_SECTIONS),
+    log:
+        "logs/report/{section}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/render_report.py"
+
+
+# Gathering the rendered sections is instant: on a cluster it runs where Snakemake runs.
+localrules:
+    report,
+
+
+rule report:
+    input:
+        expand("results/notebooks/{section}.ipynb", section=REPORT_SECTIONS),
     output:
         html="reports/final.html",
-        notebook="results/notebooks/report.ipynb",
     log:
         "logs/report.log",
     threads: 1

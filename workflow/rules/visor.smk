@@ -19,6 +19,11 @@ def visor_section(keys):
 
 def check_visor_config():
     """VISOR sweeps only on models VISOR is trained for; val splits large enough for both uses."""
+    for method, sweeps in config["methods"].items():
+        for i, sweep in enumerate(sweeps):
+            if method != "visor" and sweep.get("grid", {}).get("sa_layers") == VIABLE:
+                raise ValueError(f"config error at methods.{method}[{i}].grid.sa_layers: 'viable' (the viable "
+                                 "configurations of a trained VISOR) is for method visor only")
     if "visor" not in config["methods"]:
         return
     for model in VISOR_MODELS:

@@ -1,0 +1,147 @@
+"""Fake evaluation and latency records with the structure the workflow writes, turned into the real tables by
+`visor_model.results` (so the columns are the real ones). Accuracy follows a simple model: fine-grained
+benchmarks lose accuracy when visual tokens are dropped, VISOR keeps it with enough SA layers; per-document
+outcomes share a latent difficulty, so runs on the same documents are positively correlated (as real ones are).
+Used by the report and claims tests and to render a full report for inspection:
+
+    python tests/fake_results.py OUTDIR   # writes OUTDIR/{summary,samples,latency}.csv
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from visor_model.results import latency_table, sample_table, summary_table
+
+BENCHMARKS = {"synth_background": ("coarse", "easy", 2.0e8), "synth_shape": ("medium", "easy", 2.1e8),
+              "synth_marker": ("fine", "hard", 2.4e8)}
+MODELS = {"reference_ov": "llava_onevision", "reference_next": "llava_next"}
+VERSIONS = {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.23.0", "lmms_eval": "0.7.3",
+            "snakemake": "9.27.1", "pandas": "3.1.1", "seaborn": "0.13.2", "papermill": "2.7.0"}
+SA_MAX = 2
+
+
+def accuracy(kind: str, method: str, setting: dict, sa_layers: float | None = None) -> float:
+    """Probability of a correct answer."""
+    base = {"coarse": 0.97, "medium": 0.9, "fine": 0.85}[kind]
+    if method in ("llava_full",):
+        return base
+    if method in ("random_drop", "hired"):
+        budget = setting["budget"]
+        keep = {"coarse": 1.0, "medium": 0.9, "fine": 0.35}[kind]
+        quality = {"random_drop": 0.6, "hired": 1.0}[method] * (0.9 if setting.get("mode") == "reference_code" else 1.0)
+        loss = (1 - budget) * (1 - keep) * (2 - quality)
+        return max(0.05, base - 0.8 * loss * base)
+    k = sa_layers if sa_layers is not None else setting.get("sa_layers", SA_MAX)
+    acc = base - {"coarse": 0.01, "medium": 0.03, "fine": 0.18}[kind] * (SA_MAX - k) / SA_MAX
+    if setting.get("token_budget"):
+        acc -= {"coarse": 0.0, "medium": 0.01, "fine": 0.05}[kind] * (1 - setting["token_budget"])
+    return acc
+
+
+def flops(full: float, method: str, setting: dict, sa_layers: float | None = None) -> float:
+    if method == "llava_full":
+        return full
+    if method in ("random_drop", "hired"):
+        return full * (0.12 + 0.88 * setting["budget"])
+    k = sa_layers if sa_layers is not None else setting.get("sa_layers", SA_MAX)
+    value = full * (0.1 + 0.25 * k / SA_MAX)
+    if setting.get("token_budget"):
+        value *= 0.4 + 0.6 * setting["token_budget"]
+    return value
+
+
+def runs(with_visor=True, with_next=True, hired_on_ov=True):
+    out = []
+    models = [m for m in MODELS if with_next or m != "reference_next"]
+    for model in models:
+        out.append((model, "llava_full", {}))
+        out += [(model, "random_drop", {"budget": b, "seed": 0}) for b in (0.1, 0.2, 0.4, 0.6, 1.0)]
+    if with_next:
+        out += [("reference_next", "hired", {"budget": b, "alpha": 0.5, "mode": mode, "score": "cls"})
+                for b in (0.1, 0.2, 0.4, 0.6, 1.0) for mode in ("paper", "reference_code")]
+    if hired_on_ov:
+        out += [("reference_ov", "hired", {"budget": b, "alpha": 0.5, "mode": "paper", "score": "mean_received"})
+                for b in (0.1, 0.2, 0.4, 0.6, 1.0)]
+    if with_visor:
+        out += [("reference_ov", "visor", {"sa_layers": k}) for k in range(SA_MAX + 1)]
+        out += [("reference_ov", "visor", {"threshold": t}) for t in (0.5, 0.7, 0.9, 0.95, 0.99)]
+        out += [("reference_ov", "visor", {"threshold": 0.9, "token_budget": b}) for b in (0.5, 0.25)]
+    return out
+
+
+def setting_id(setting: dict) -> str:
+    return "_".join(f"{k}-{setting[k]}" for k in sorted(setting)) or "default"
+
+
+def records(n: int = 60, seed: int = 0, **kwargs):
+    rng = np.random.default_rng(seed)
+    difficulty = {b: rng.random(n) for b in BENCHMARKS}
+    evaluations, latencies = [], []
+    for model, method, setting in runs(**kwargs):
+        for benchmark, (kind, cluster, full_flops) in BENCHMARKS.items():
+            samples = []
+            for doc in range(n):
+                sa = None
+                if method == "visor" and "threshold" in setting:
+                    hard_doc = difficulty[benchmark][doc] > (0.6 if kind == "fine" else 0.9)
+                    sa = min(SA_MAX, int(hard_doc) + int(setting["threshold"] >= 0.9 and kind == "fine"))
+                p = accuracy(kind, method, setting, sa)
+                correct = float(difficulty[benchmark][doc] < p)
+                f = flops(full_flops, method, setting, sa)
+                tokens = 120 if method in ("llava_full", "visor") else int(120 * setting["budget"])
+                samples.append({"doc_id": doc, "answer": "x", "target": "x", "exact_match": correct,
+                                "anls": correct, "input_tokens": 140, "output_tokens": 1, "visual_tokens": 120,
+                                "visual_tokens_kept": tokens,
+                                "newline_tokens_kept": 0 if setting.get("mode") == "reference_code" else 10,
+                                "llm_visual_tokens": tokens, "llm_text_tokens": 20,
+                                "flops_vision": 5e7, "flops_projector": 1e6, "flops_selection": 0.0,
+                                "flops_llm_prefill": f, "flops_llm_prefill_dense": 1.3 * f,
+                                "flops_llm_decode": 1e6, "flops_lm_head": 1e5, "flops_total": f + 5.2e7,
+                                "fastv_macs": 0.55 * f, "layers_sa": sa if sa is not None else setting.get("sa_layers"),
+                                "sa_layers": sa if sa is not None else setting.get("sa_layers")})
+            evaluations.append({
+                "model": model, "method": method, "setting_id": setting_id(setting), "setting": setting,
+                "benchmark": benchmark, "task": benchmark, "kind": kind, "cluster": cluster,
+                "metrics": {"exact_match": float(np.mean([s["exact_match"] for s in samples]))}, "n": n,
+                "samples": samples,
+                "checkpoint": {"family": MODELS[model], "source": "shipped", "revision": None,
+                               "weights_sha256": "ab" * 32},
+                "provenance": {"device": "cpu (x86_64, 2 cores)", "versions": VERSIONS}})
+        prefill_flops = flops(2.2e8, method, setting) + 5.1e7
+        prefill = 0.002 + prefill_flops / 2e10
+        decode = 0.004 + (0.0002 if method == "llava_full" else 0.0001)
+        latencies.append({
+            "model": model, "method": method, "setting_id": setting_id(setting), "setting": setting,
+            "timings": {name: {"median": v, "q25": 0.95 * v, "q75": 1.05 * v, "iqr": 0.1 * v, "n": 40}
+                        for name, v in (("prefill_s", prefill), ("decode_per_token_s", decode),
+                                        ("generate_s", prefill + 3 * decode), ("preprocess_s", 0.003))},
+            "memory": {"peak_mb": 900 + prefill_flops / 1e6, "method": "rss"},
+            "flops": {"mean": {"flops_llm_prefill": flops(2.2e8, method, setting), "flops_prefill": prefill_flops,
+                               "flops_total": prefill_flops + 3e6}},
+            "config": {"samples": 8, "repeats": 5, "warmup": 2, "max_new_tokens": 4, "threads": 1,
+                       "dtype": "float32"},
+            "environment": {"device": "cpu (x86_64, 2 cores)", "versions": VERSIONS}})
+    return evaluations, latencies
+
+
+def tables(n: int = 60, seed: int = 0, **kwargs):
+    evaluations, latencies = records(n, seed, **kwargs)
+    return summary_table(evaluations, seed=seed), sample_table(evaluations), latency_table(latencies)
+
+
+def write(folder: Path, **kwargs) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    summary, samples, latency = tables(**kwargs)
+    paths = {"summary": folder / "summary.csv", "samples": folder / "samples.csv", "latency": folder / "latency.csv"}
+    summary.to_csv(paths["summary"], index=False)
+    samples.to_csv(paths["samples"], index=False)
+    latency.to_csv(paths["latency"], index=False)
+    return paths
+
+
+if __name__ == "__main__":
+    print(write(Path(sys.argv[1])))

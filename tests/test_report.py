@@ -1,0 +1,342 @@
+"""The report and the claims audit: the computations (visor_model.analysis, visor_model.claims), the claims
+file, and the notebooks rendered on full and on sparse tables (every section says what is missing)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import fake_results
+from visor_model import analysis, claims
+from visor_model.claims import Measurement, Tables, audit, judge, load_claims
+
+REPO = Path(__file__).resolve().parent.parent
+CLAIMS = REPO / "config" / "claims.yaml"
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+import render_report  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tables():
+    summary, samples, latency = fake_results.tables(n=60)
+    return Tables(summary, samples, latency, seed=0, resamples=400)
+
+
+# --- analysis -------------------------------------------------------------------------------------------
+
+def test_pareto_mask_keeps_undominated_points_and_ties():
+    cost = [1, 2, 3, 4, 2, np.nan]
+    quality = [0.5, 0.7, 0.6, 0.9, 0.7, 1.0]
+    assert analysis.pareto_mask(cost, quality).tolist() == [True, True, False, True, True, False]
+
+
+def test_paired_bootstrap_constant_difference_has_a_degenerate_interval():
+    mean, low, high = analysis.paired_bootstrap({"b": np.ones((2, 30))}, resamples=200)
+    assert (mean, low, high) == (1.0, 1.0, 1.0)
+
+
+def test_paired_bootstrap_resamples_documents_once_for_all_comparisons():
+    rng = np.random.default_rng(0)
+    d = rng.choice([-1.0, 0.0, 1.0], size=200)
+    # two comparisons with opposite differences on the same documents: their mean is exactly 0 in every resample
+    mean, low, high = analysis.paired_bootstrap({"b": np.vstack([d, -d])}, resamples=300)
+    assert mean == 0 and low == 0 and high == 0
+    # a single comparison: the interval covers the mean and has width
+    mean, low, high = analysis.paired_bootstrap({"b": d[None, :]}, resamples=300)
+    assert low < mean < high
+
+
+def test_series_and_setting_labels():
+    rows = [({"method": "llava_full"}, "full"), ({"method": "hired", "mode": "reference_code"}, "hired_code"),
+            ({"method": "hired", "mode": "paper"}, "hired_paper"), ({"method": "visor", "sa_layers": 2.0}, "visor_fixed"),
+            ({"method": "visor", "threshold": 0.9}, "visor_policy"),
+            ({"method": "visor", "threshold": 0.9, "token_budget": 0.5}, "visor_tr"),
+            ({"method": "random_drop", "budget": 0.2}, "random_drop")]
+    for row, key in rows:
+        assert analysis.series_key(row) == key
+    assert set(analysis.PALETTE) == set(analysis.SERIES_LABELS.values())
+    assert len(set(analysis.PALETTE.values())) == len(analysis.PALETTE)  # one colour per method
+    assert analysis.setting_label({"budget": 0.2, "mode": "paper"}) == "budget 0.2"
+    assert analysis.setting_label({"threshold": 0.9, "token_budget": 0.5}) == "tau 0.9, tokens 0.5"
+    assert analysis.setting_label({"sa_layers": 2.0}) == "SA layers 2"
+    assert analysis.setting_label({}) == "full"
+
+
+def test_cluster_table_averages_clusters_and_inverts_the_mean_ratio(tables):
+    table = analysis.cluster_table(tables.summary)
+    full = table[(table["model"] == "reference_ov") & (table["series_label"] == "full model")].iloc[0]
+    rows = tables.summary[(tables.summary["model"] == "reference_ov") & (tables.summary["method"] == "llava_full")]
+    assert full["easy_avg"] == pytest.approx(100 * rows[rows["cluster"] == "easy"]["accuracy"].mean())
+    assert full["hard_avg"] == pytest.approx(100 * rows[rows["cluster"] == "hard"]["accuracy"].mean())
+    assert (full["n_easy"], full["n_hard"], full["flops_saving"]) == (2, 1, pytest.approx(1.0))
+    visor = table[table["setting_id"] == "sa_layers-0"].iloc[0]
+    ratio = tables.summary[tables.summary["setting_id"] == "sa_layers-0"]["llm_prefill_ratio"].mean()
+    assert visor["flops_saving"] == pytest.approx(1 / ratio)
+
+
+def test_matched_comparisons_pair_the_nearest_flops_within_the_limit(tables):
+    comparisons = analysis.matched_comparisons(tables.summary, tables.samples, resamples=200)
+    assert not comparisons.empty
+    assert comparisons["flop_ratio"].between(1 / 1.5, 1.5).all()
+    assert (comparisons["a"] != comparisons["b"]).all()
+    row = comparisons[(comparisons["a"] == "VISOR (fixed configuration)") & (comparisons["benchmark"] == "synth_marker")
+                      & (comparisons["b"] == "random drop")].iloc[0]
+    assert row["difference"] == pytest.approx(row["a_accuracy"] - row["b_accuracy"])
+    assert row["ci_low"] <= row["difference"] <= row["ci_high"]
+    assert "points higher than random drop" in analysis.describe_comparison(row)
+    strict = analysis.matched_comparisons(tables.summary, tables.samples, max_flop_ratio=1.0001, resamples=50)
+    assert strict["flop_ratio"].between(1 / 1.0001, 1.0001).all()
+
+
+def test_hired_fidelity_is_code_minus_paper(tables):
+    fidelity = analysis.hired_fidelity(tables.summary, tables.samples, resamples=100)
+    assert set(fidelity["model"]) == {"reference_next"}
+    assert np.allclose(fidelity["difference"], fidelity["code_accuracy"] - fidelity["paper_accuracy"])
+    assert (fidelity["code_newline_tokens"] == 0).all()
+
+
+def test_policy_configurations_shares_sum_to_one(tables):
+    configurations = analysis.policy_configurations(tables.samples, tables.summary)
+    assert not configurations.empty
+    totals = configurations.groupby(["model", "benchmark", "setting_id"])["share"].sum()
+    assert np.allclose(totals, 1.0)
+
+
+def test_analysis_on_empty_or_old_tables_returns_empty_frames():
+    empty = pd.DataFrame()
+    assert analysis.cluster_table(empty).empty
+    assert analysis.matched_comparisons(empty, empty).empty
+    assert analysis.hired_fidelity(empty, empty).empty
+    assert analysis.policy_configurations(empty, empty).empty
+    summary = pd.DataFrame({"model": ["m"], "method": ["llava_full"], "setting_id": ["default"], "benchmark": ["b"],
+                            "accuracy": [0.5]})
+    assert analysis.matched_comparisons(summary, empty).empty  # no FLOP columns
+
+
+# --- the claims file and the verdicts -------------------------------------------------------------------
+
+def test_claims_file_is_valid_and_covers_the_papers_claims():
+    loaded = load_claims(CLAIMS)
+    ids = {claim["id"] for claim in loaded}
+    for claim_id in ("visor_saving_8_6x", "visor_near_full_sa_layers", "visor_beats_hired_hard",
+                     "visor_beats_visionzip_hard", "visor_docvqa_1_6x_seed", "visor_tr_saving_18x",
+                     "hired_20_close_to_full_coarse", "hired_docvqa_20", "hired_docvqa_40", "hired_throughput_4_7x",
+                     "hired_ttft_minus_78", "hired_beats_random_fine", "hired_code_matches_paper"):
+        assert claim_id in ids
+    seed = next(c for c in loaded if c["id"] == "visor_docvqa_1_6x_seed")
+    assert seed["provenance"] == "unverified"
+    for claim in loaded:
+        assert claim["profiles"] or claim["not_testable_reason"]
+    # the checkpoint-specific numbers are paper-profile only; the behaviour claims are tested offline
+    by_id = {claim["id"]: claim for claim in loaded}
+    assert by_id["hired_docvqa_20"]["profiles"] == ["paper"]
+    for claim_id in ("visor_beats_hired_hard", "hired_beats_random_fine", "hired_20_close_to_full_coarse",
+                     "hired_code_matches_paper"):
+        assert "offline" in by_id[claim_id]["profiles"]
+
+
+def test_load_claims_rejects_unknown_computations_and_tests(tmp_path):
+    claim = {"id": "x", "claim": "c", "source": "s", "paper_value": 1, "unit": "x", "profiles": ["offline"],
+             "not_testable_reason": "r", "computation": "no_such_thing", "args": {}, "test": {"type": "greater", "threshold": 0}}
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump({"claims": [claim]}))
+    with pytest.raises(ValueError, match="unknown computation 'no_such_thing'"):
+        load_claims(path)
+    claim.update(computation="paired_gap", test={"type": "roughly"})
+    path.write_text(yaml.safe_dump({"claims": [claim]}))
+    with pytest.raises(ValueError, match="unknown test 'roughly'"):
+        load_claims(path)
+
+
+@pytest.mark.parametrize("test,m,verdict", [
+    ({"type": "at_least", "target": 8.6, "tolerance": 1.0}, Measurement(7.7), "reproduced"),
+    ({"type": "at_least", "target": 8.6, "tolerance": 1.0}, Measurement(7.5), "not reproduced"),
+    ({"type": "within", "target": 60.8, "tolerance": 2.0}, Measurement(62.0), "reproduced"),
+    ({"type": "within", "target": 60.8, "tolerance": 2.0}, Measurement(63.0), "not reproduced"),
+    ({"type": "between", "low": -14, "high": 19}, Measurement(20.0), "not reproduced"),
+    ({"type": "greater", "threshold": 0}, Measurement(3.0, 0.5, 6.0), "reproduced"),
+    ({"type": "greater", "threshold": 0}, Measurement(3.0, -0.5, 6.0), "not reproduced"),
+    ({"type": "greater", "threshold": 1.0}, Measurement(1.6), "reproduced"),
+    ({"type": "less", "threshold": 0}, Measurement(-3.0, -6.0, -0.1), "reproduced"),
+    ({"type": "no_worse_than", "margin": 2.0}, Measurement(-1.0, -1.9, 0.5), "reproduced"),
+    ({"type": "no_worse_than", "margin": 2.0}, Measurement(-1.0, -2.5, 0.5), "not reproduced"),
+    ({"type": "equivalent", "margin": 1.0}, Measurement(0.2, -0.8, 0.9), "reproduced"),
+    ({"type": "equivalent", "margin": 1.0}, Measurement(-1.0, -1.6, -0.4), "not reproduced"),
+    ({"type": "at_least", "target": 1.0}, Measurement(float("nan"), detail="none qualifies"), "not reproduced"),
+])
+def test_judge(test, m, verdict):
+    assert judge(test, m)[0] == verdict
+
+
+def test_judge_names_a_difference_in_the_claimed_direction_that_is_not_significant():
+    verdict, reason = judge({"type": "greater", "threshold": 0}, Measurement(2.0, -1.0, 5.0), "points")
+    assert verdict == "not reproduced" and "not significant" in reason
+
+
+def test_audit_offline_profile_on_full_tables(tables):
+    table = audit(load_claims(CLAIMS), tables, "offline").set_index("id")
+    assert set(table["verdict"]) <= set(claims.VERDICTS)
+    # checkpoint-specific numbers: not testable offline, with the claim's reason
+    assert table.loc["hired_docvqa_20", "verdict"] == "not testable in this profile"
+    assert "LLaVA-NeXT-7B" in table.loc["hired_docvqa_20", "reason"]
+    # behaviour claims measured on the fake tables (fine-grained accuracy kept by VISOR, lost by dropping)
+    for claim_id in ("visor_beats_hired_hard", "visor_beats_random_drop_hard", "hired_beats_random_fine",
+                     "hired_loses_fine_at_20", "hired_drops_fine_more_than_coarse", "visor_policy_adapts",
+                     "hired_20_close_to_full_coarse", "hired_prefill_faster"):
+        assert table.loc[claim_id, "verdict"] == "reproduced", (claim_id, table.loc[claim_id, "reason"])
+    row = table.loc["visor_beats_hired_hard"]
+    assert row["ci_low"] <= row["reproduced_value"] <= row["ci_high"]
+    # a sweep with one alpha cannot test the alpha ablation
+    assert table.loc["hired_alpha_half_best", "verdict"] == "not testable in this profile"
+    assert "alpha" in table.loc["hired_alpha_half_best", "reason"]
+
+
+def test_audit_is_deterministic(tables):
+    first = audit(load_claims(CLAIMS), tables, "offline")
+    second = audit(load_claims(CLAIMS), tables, "offline")
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_audit_with_missing_runs_says_what_is_missing():
+    summary, samples, _ = fake_results.tables(n=30, with_visor=False, hired_on_ov=False)
+    table = audit(load_claims(CLAIMS), Tables(summary, samples, pd.DataFrame(), resamples=100), "offline").set_index("id")
+    row = table.loc["visor_beats_hired_hard"]
+    assert row["verdict"] == "not testable in this profile" and "no run of" in row["reason"]
+    assert "latency" in table.loc["hired_prefill_faster", "reason"]
+
+
+def test_models_at_floor_make_comparisons_not_testable():
+    summary, samples, latency = fake_results.tables(n=20)
+    samples["exact_match"] = 0.0
+    summary["accuracy"] = 0.0
+    table = audit(load_claims(CLAIMS), Tables(summary, samples, latency, resamples=100), "offline").set_index("id")
+    row = table.loc["hired_beats_random_fine"]
+    assert row["verdict"] == "not testable in this profile" and "every compared run scores 0" in row["reason"]
+
+
+def test_summary_in_words(tables):
+    table = audit(load_claims(CLAIMS), tables, "offline")
+    text = claims.summary_markdown(table)
+    counts = table["verdict"].value_counts()
+    assert f"{counts['reproduced']} reproduced" in text
+    assert "**What held:**" in text and "**What did not hold:**" in text
+    assert "VISOR keeps accuracy on hard (fine-grained) tasks" in text
+
+
+# --- notebooks ----------------------------------------------------------------------------------------
+
+SECTIONS = ("report", "tradeoffs", "policy", "hired", "paired", "results")
+HEADINGS = ("Summary: what held and what did not", "The claims audit", "Accuracy against LLM-prefill FLOPs",
+            "Easy and hard clusters", "Latency against FLOPs", "VISOR's policy", "HiRED: the published algorithm",
+            "Paired comparisons at matched FLOPs", "Results table", "Provenance")
+
+
+def render(folder: Path, summary, samples, latency) -> tuple[str, list]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {name: folder / f"{name}.csv" for name in ("summary", "samples", "latency", "claims")}
+    summary.to_csv(paths["summary"], index=False)
+    samples.to_csv(paths["samples"], index=False)
+    latency.to_csv(paths["latency"], index=False)
+    audit(load_claims(CLAIMS), Tables.read(paths["summary"], paths["samples"], paths["latency"], resamples=100),
+          "offline").to_csv(paths["claims"], index=False)
+    parameters = {f"{name}_path": str(path) for name, path in paths.items()}
+    parameters.update(profile="offline", config_sha256="ab" * 32, seed=0, resamples=100)
+    executed, errors = [], []
+    for section in SECTIONS:
+        notebook = render_report.execute_section(str(REPO / "notebooks" / f"{section}.ipynb"),
+                                                 folder / f"{section}.ipynb", parameters)
+        errors += [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"
+                   or o.get("name") == "stderr"]
+        executed.append(folder / f"{section}.ipynb")
+    render_report.export(render_report.gather(executed), folder / "final.html")
+    return (folder / "final.html").read_text(), errors
+
+
+def test_notebooks_have_a_parameters_cell_and_read_result_tables_only():
+    import nbformat
+
+    for section in SECTIONS:
+        notebook = nbformat.read(REPO / "notebooks" / f"{section}.ipynb", as_version=4)
+        tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, section
+        source = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+        assert "results/eval" not in source and "read_json" not in source
+
+
+def test_report_renders_every_section_without_code(tmp_path):
+    summary, samples, latency = fake_results.tables(n=40)
+    html, errors = render(tmp_path / "full", summary, samples, latency)
+    assert not errors, errors
+    for heading in HEADINGS:
+        assert heading in html, heading
+    assert "Not shown" not in html
+    assert html.count("<img") >= 10
+    assert "reproduced" in html and "Contents:" in html
+    assert "import " not in html  # code cells excluded
+
+
+def test_report_degrades_gracefully_without_methods_latency_or_flops(tmp_path):
+    summary, samples, _ = fake_results.tables(n=20, with_visor=False, with_next=False, hired_on_ov=False)
+    summary = summary.drop(columns=[c for c in summary.columns if c.startswith("mean_flops") or c.endswith("_ratio")
+                                    or c.endswith("_saving")])
+    html, errors = render(tmp_path / "sparse", summary, samples, pd.DataFrame())
+    assert not errors, errors
+    for heading in HEADINGS:
+        assert heading in html, heading
+    for sentence in ("no LLM-prefill FLOP counts", "no latency table", "no VISOR policy evaluations",
+                     "no model evaluated with both HiRED modes", "no two methods ran on the same model"):
+        assert sentence in html, sentence
+
+
+def test_gather_puts_the_sections_in_order_after_a_table_of_contents(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_markdown_cell, new_notebook
+
+    paths = []
+    for i, title in enumerate(("# Report\n\nintro", "## Second section", "## Third section")):
+        path = tmp_path / f"{i}.ipynb"
+        nbformat.write(new_notebook(cells=[new_markdown_cell(title)]), path)
+        paths.append(path)
+    merged = render_report.gather(paths)
+    sources = [c.source for c in merged.cells]
+    assert sources[0].startswith("# Report")
+    assert sources[1].startswith("**Contents:**") and "(#Second-section)" in sources[1]
+    assert sources[2:] == ["## Second section", "## Third section"]
+
+
+def test_unset_setting_fields_match_each_other(tables):
+    """Runs without an alpha (the micro config's grids leave it out) still pair on `alpha`."""
+    summary = tables.summary.copy()
+    summary.loc[summary["method"] == "hired", "alpha"] = np.nan
+    table = audit(load_claims(CLAIMS), Tables(summary, tables.samples, tables.latency, resamples=100),
+                  "offline").set_index("id")
+    assert table.loc["hired_code_matches_paper", "verdict"] != "not testable in this profile"
+
+
+def test_a_policy_trained_at_floor_is_not_tested(tables):
+    samples = tables.samples.copy()
+    summary = tables.summary.copy()
+    policy = (samples["method"] == "visor") & samples["setting_id"].str.startswith("threshold")
+    samples.loc[policy, "exact_match"] = 0.0
+    table = audit(load_claims(CLAIMS), Tables(summary, samples, tables.latency, resamples=100), "offline").set_index("id")
+    assert "every compared run scores 0" in table.loc["visor_policy_adapts", "reason"]
+
+
+def test_gather_numbers_figures_through_the_report(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    paths = []
+    for i in range(2):
+        cell = new_code_cell("", outputs=[new_output("display_data", data={"text/markdown": "**Figure 1.** a plot"})])
+        path = tmp_path / f"{i}.ipynb"
+        nbformat.write(new_notebook(cells=[cell]), path)
+        paths.append(path)
+    merged = render_report.gather(paths)
+    captions = [o["data"]["text/markdown"] for c in merged.cells for o in c.get("outputs", [])]
+    assert captions == ["**Figure 1.** a plot", "**Figure 2.** a plot"]

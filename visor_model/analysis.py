@@ -1,0 +1,411 @@
+"""Computations behind the report: method series and colours, the Pareto frontier, VISOR's Table-1 layout,
+paired bootstrap comparisons at matched FLOPs. Pure pandas/numpy over the tidy tables of
+`visor_model.results` (summary.csv, samples.csv, latency.csv); the notebooks only call these and plot.
+
+A *series* is what the report draws as one curve with one colour: a method, split where one method has
+variants that the papers report as different rows (HiRED as published vs the official code's behaviour; VISOR's
+fixed configurations, its policy, and VISOR-TR).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+# --- series and colours -----------------------------------------------------------------------------------
+
+SERIES = ("full", "random_drop", "hired_paper", "hired_code", "visor_fixed", "visor_policy", "visor_tr")
+SERIES_LABELS = {
+    "full": "full model",
+    "random_drop": "random drop",
+    "hired_paper": "HiRED (paper)",
+    "hired_code": "HiRED (official code)",
+    "visor_fixed": "VISOR (fixed configuration)",
+    "visor_policy": "VISOR (policy)",
+    "visor_tr": "VISOR-TR (VISOR + token reduction)",
+}
+# One colour per series, everywhere in the report (colour-blind-safe Okabe-Ito hues).
+PALETTE = {
+    "full model": "#000000",
+    "random drop": "#999999",
+    "HiRED (paper)": "#E69F00",
+    "HiRED (official code)": "#D55E00",
+    "VISOR (fixed configuration)": "#56B4E9",
+    "VISOR (policy)": "#0072B2",
+    "VISOR-TR (VISOR + token reduction)": "#009E73",
+}
+MARKERS = {"full model": "*", "random drop": "x", "HiRED (paper)": "o", "HiRED (official code)": "s",
+           "VISOR (fixed configuration)": "D", "VISOR (policy)": "^", "VISOR-TR (VISOR + token reduction)": "v"}
+METRIC_SAMPLE_COLUMN = {"accuracy": "exact_match", "anls": "anls"}
+KEY = ["model", "method", "setting_id", "benchmark"]
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def series_key(row) -> str:
+    """The series of one summary/latency row (a dict or a pandas row)."""
+    method = row["method"]
+    if method == "llava_full":
+        return "full"
+    if method == "hired":
+        return "hired_code" if row.get("mode") == "reference_code" else "hired_paper"
+    if method == "visor":
+        if not _missing(row.get("token_budget")):
+            return "visor_tr"
+        if not _missing(row.get("threshold")):
+            return "visor_policy"
+        return "visor_fixed"
+    return method
+
+
+def add_series(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with `series` (key) and `series_label` columns; absent setting columns count as unset."""
+    table = table.copy()
+    if table.empty:
+        table["series"] = pd.Series(dtype=str)
+        table["series_label"] = pd.Series(dtype=str)
+        return table
+    for column in ("mode", "token_budget", "threshold"):
+        if column not in table:
+            table[column] = np.nan
+    table["series"] = [series_key(row) for row in table.to_dict("records")]
+    table["series_label"] = table["series"].map(lambda s: SERIES_LABELS.get(s, s))
+    return table
+
+
+def series_order(table: pd.DataFrame) -> list[str]:
+    """Series labels present in `table`, in the report's fixed order (unknown series last)."""
+    present = list(dict.fromkeys(table["series_label"]))
+    known = [SERIES_LABELS[s] for s in SERIES if SERIES_LABELS[s] in present]
+    return known + [s for s in present if s not in known]
+
+
+def colour(label: str) -> str:
+    return PALETTE.get(label, "#CC79A7")
+
+
+def setting_label(row) -> str:
+    """A short human label of a setting: 'budget 0.2', 'SA layers 2', 'tau 0.9, tokens 0.5', 'full'."""
+    parts = []
+    for field, name in (("budget", "budget"), ("sa_layers", "SA layers"), ("threshold", "tau"),
+                        ("token_budget", "tokens"), ("mode", "mode"), ("alpha", "alpha"), ("score", "score"),
+                        ("seed", "seed")):
+        value = row.get(field)
+        if _missing(value) or field in ("mode", "score", "seed", "alpha"):
+            continue
+        if field == "sa_layers":
+            value = int(value)
+        parts.append(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}")
+    return ", ".join(parts) or "full"
+
+
+# --- units ------------------------------------------------------------------------------------------------
+
+def flop_unit(values) -> tuple[float, str]:
+    """(divisor, unit) for FLOP counts: FLOPs, kFLOPs, MFLOPs, GFLOPs, TFLOPs by the largest value."""
+    values = [v for v in np.asarray(values, dtype=float).ravel() if np.isfinite(v)]
+    largest = max(values) if values else 1.0
+    for divisor, unit in ((1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "kFLOPs")):
+        if largest >= divisor:
+            return divisor, unit
+    return 1.0, "FLOPs"
+
+
+# --- Pareto frontier -------------------------------------------------------------------------------------
+
+def pareto_mask(cost, quality) -> np.ndarray:
+    """True for the points no other point dominates (at most the cost and at least the quality, one of them
+    strictly). NaN points are never on the frontier."""
+    cost, quality = np.asarray(cost, dtype=float), np.asarray(quality, dtype=float)
+    valid = np.isfinite(cost) & np.isfinite(quality)
+    mask = np.zeros(len(cost), dtype=bool)
+    for i in np.flatnonzero(valid):
+        others = valid.copy()
+        others[i] = False
+        dominated = others & (cost <= cost[i]) & (quality >= quality[i]) & ((cost < cost[i]) | (quality > quality[i]))
+        mask[i] = not dominated.any()
+    return mask
+
+
+def pareto_frontier(table: pd.DataFrame, cost: str = "mean_flops_llm_prefill", quality: str = "accuracy",
+                    by=("model", "benchmark")) -> pd.DataFrame:
+    """`table` with a boolean `pareto` column: on the frontier of its (model, benchmark) group."""
+    table = table.copy()
+    table["pareto"] = False
+    if table.empty or cost not in table or quality not in table:
+        return table
+    for index in table.groupby(list(by), sort=False).groups.values():
+        part = table.loc[index]
+        table.loc[index, "pareto"] = pareto_mask(part[cost], part[quality])
+    return table
+
+
+# --- VISOR's Table 1 -------------------------------------------------------------------------------------
+
+def cluster_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per model x series x setting, laid out like VISOR's Table 1: the mean accuracy (points) over
+    the easy and over the hard benchmarks, how many benchmarks each average covers, and the FLOP saving
+    = 1 / (the mean over benchmarks of llm_prefill_ratio, LLM prefill FLOPs relative to the full model)."""
+    columns = ["model", "series_label", "setting", "setting_id", "easy_avg", "hard_avg", "n_easy", "n_hard",
+               "llm_prefill_ratio", "flops_saving"]
+    if summary.empty or "cluster" not in summary:
+        return pd.DataFrame(columns=columns)
+    table = add_series(summary)
+    rows = []
+    for (model, setting_id, label), part in table.groupby(["model", "setting_id", "series_label"], sort=False):
+        row = {"model": model, "series_label": label, "setting": setting_label(part.iloc[0]),
+               "setting_id": setting_id}
+        for cluster in ("easy", "hard"):
+            scores = part.loc[part["cluster"] == cluster, "accuracy"]
+            row[f"{cluster}_avg"] = 100 * scores.mean() if len(scores) else np.nan
+            row[f"n_{cluster}"] = len(scores)
+        ratio = part["llm_prefill_ratio"].mean() if "llm_prefill_ratio" in part else np.nan
+        row["llm_prefill_ratio"] = ratio
+        row["flops_saving"] = 1 / ratio if ratio and np.isfinite(ratio) else np.nan
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=columns)
+    order = {label: i for i, label in enumerate(SERIES_LABELS.values())}
+    out["_order"] = out["series_label"].map(order).fillna(len(order))
+    return out.sort_values(["model", "_order", "flops_saving"], na_position="last").drop(columns="_order") \
+              .reset_index(drop=True)
+
+
+# --- paired bootstrap ------------------------------------------------------------------------------------
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_distribution(differences: dict, resamples: int = BOOTSTRAP_RESAMPLES,
+                           seed: int = 0) -> tuple[float, np.ndarray]:
+    """The mean paired difference and its bootstrap distribution (an array of `resamples` values).
+
+    `differences` maps a group (a benchmark) to an array (comparisons x documents) of per-document
+    differences, every row aligned on the same documents. The statistic is the mean over all comparisons of
+    their mean difference; each resample draws the documents of every group with replacement, once for all
+    comparisons of that group (so comparisons on the same documents stay paired)."""
+    groups = {g: np.atleast_2d(np.asarray(d, dtype=float)) for g, d in differences.items() if np.size(d)}
+    if not groups:
+        return float("nan"), np.full(resamples, np.nan)
+    total = sum(d.shape[0] for d in groups.values())
+    point = sum(d.mean(axis=1).sum() for d in groups.values()) / total
+    rng = np.random.default_rng(seed)
+    stats = np.zeros(resamples)
+    for group in sorted(groups, key=str):
+        d = groups[group]
+        index = rng.integers(0, d.shape[1], size=(resamples, d.shape[1]))
+        stats += d[:, index].mean(axis=2).sum(axis=0)
+    return float(point), stats / total
+
+
+def percentile_interval(stats: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    if not np.isfinite(stats).all():
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(stats, tail)), float(np.percentile(stats, 100 - tail))
+
+
+def paired_bootstrap(differences: dict, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+    """Mean paired difference and its percentile bootstrap interval (see `bootstrap_distribution`)."""
+    point, stats = bootstrap_distribution(differences, resamples, seed)
+    return (point, *percentile_interval(stats, level))
+
+
+def bootstrap_mean(groups: dict, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float, float]:
+    """Mean over groups of each group's mean, with a bootstrap interval resampling within every group."""
+    return paired_bootstrap({g: np.asarray(v, dtype=float)[None, :] for g, v in groups.items()}, resamples,
+                            seed, level)
+
+
+def sample_scores(samples: pd.DataFrame, row, metric: str = "accuracy") -> pd.Series:
+    """Per-document scores (indexed by doc_id) of one summary row's evaluation."""
+    column = METRIC_SAMPLE_COLUMN.get(metric, metric)
+    if samples.empty or column not in samples:
+        return pd.Series(dtype=float)
+    part = samples[(samples["model"] == row["model"]) & (samples["method"] == row["method"])
+                   & (samples["setting_id"] == row["setting_id"]) & (samples["benchmark"] == row["benchmark"])]
+    return part.set_index("doc_id")[column].astype(float).groupby(level=0).first()
+
+
+def difference_matrices(samples: pd.DataFrame, pairs, metric: str = "accuracy") -> dict:
+    """benchmark -> (pairs x documents) per-document differences a - b of (a_row, b_row) summary-row pairs,
+    aligned on the documents every pair of that benchmark shares."""
+    by_benchmark: dict[str, list] = {}
+    for a, b in pairs:
+        sa, sb = sample_scores(samples, a, metric), sample_scores(samples, b, metric)
+        common = sa.index.intersection(sb.index)
+        if len(common):
+            by_benchmark.setdefault(a["benchmark"], []).append(sa[common] - sb[common])
+    matrices = {}
+    for benchmark, diffs in by_benchmark.items():
+        shared = diffs[0].index
+        for diff in diffs[1:]:
+            shared = shared.intersection(diff.index)
+        shared = shared.sort_values()
+        if len(shared):
+            matrices[benchmark] = np.vstack([diff[shared].to_numpy() for diff in diffs])
+    return matrices
+
+
+def paired_difference(samples: pd.DataFrame, pairs, metric: str = "accuracy", seed: int = 0,
+                      resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """Mean difference a - b (points) over (a_row, b_row) pairs of summary rows, each pair on the documents
+    both evaluated, with a paired bootstrap CI (documents resampled per benchmark). Returns mean, ci_low,
+    ci_high (points), n_docs (document pairs, summed over pairs) and pairs (how many)."""
+    differences = difference_matrices(samples, pairs, metric)
+    mean, low, high = paired_bootstrap(differences, resamples=resamples, seed=seed)
+    return {"mean": 100 * mean, "ci_low": 100 * low, "ci_high": 100 * high,
+            "n_docs": int(sum(d.size for d in differences.values())),
+            "pairs": sum(d.shape[0] for d in differences.values())}
+
+
+def nearest_by_flops(candidates: pd.DataFrame, flops: float, column: str = "mean_flops_llm_prefill"):
+    """The candidate row whose FLOPs are nearest to `flops` on a log scale, and the ratio candidate / flops."""
+    candidates = candidates[np.isfinite(candidates[column].astype(float))] if column in candidates else candidates[:0]
+    if candidates.empty or not np.isfinite(flops) or flops <= 0:
+        return None, float("nan")
+    distance = np.abs(np.log(candidates[column].astype(float) / flops))
+    best = candidates.loc[distance.idxmin()]
+    return best, float(best[column] / flops)
+
+
+def matched_comparisons(summary: pd.DataFrame, samples: pd.DataFrame, anchors=("visor_fixed", "visor_policy",
+                        "visor_tr", "hired_paper"), competitors=("hired_paper", "hired_code", "random_drop"),
+                        max_flop_ratio: float = 1.5, metric: str = "accuracy", seed: int = 0,
+                        resamples: int = BOOTSTRAP_RESAMPLES) -> pd.DataFrame:
+    """Every setting of an anchor series against the competitor setting nearest in LLM-prefill FLOPs, on the
+    same model and benchmark and the same documents: the paired difference (points) with a bootstrap CI.
+    Pairs whose FLOPs differ by more than `max_flop_ratio` either way are left out."""
+    columns = ["model", "benchmark", "cluster", "a", "a_setting", "b", "b_setting", "a_flops", "b_flops",
+               "flop_ratio", "a_accuracy", "b_accuracy", "difference", "ci_low", "ci_high", "n_docs"]
+    if summary.empty or "mean_flops_llm_prefill" not in summary:
+        return pd.DataFrame(columns=columns)
+    table = add_series(summary)
+    rows = []
+    for (model, benchmark), part in table.groupby(["model", "benchmark"], sort=False):
+        for _, a in part[part["series"].isin(anchors)].iterrows():
+            for competitor in competitors:
+                if competitor == a["series"]:
+                    continue
+                b, ratio = nearest_by_flops(part[part["series"] == competitor], float(a["mean_flops_llm_prefill"]))
+                if b is None or not (1 / max_flop_ratio <= ratio <= max_flop_ratio):
+                    continue
+                result = paired_difference(samples, [(a, b)], metric=metric, seed=seed, resamples=resamples)
+                if not result["pairs"]:
+                    continue
+                rows.append({"model": model, "benchmark": benchmark, "cluster": a.get("cluster"),
+                             "a": a["series_label"], "a_setting": setting_label(a), "b": b["series_label"],
+                             "b_setting": setting_label(b), "a_flops": a["mean_flops_llm_prefill"],
+                             "b_flops": b["mean_flops_llm_prefill"], "flop_ratio": ratio,
+                             "a_accuracy": 100 * a["accuracy"], "b_accuracy": 100 * b["accuracy"],
+                             "difference": result["mean"], "ci_low": result["ci_low"],
+                             "ci_high": result["ci_high"], "n_docs": result["n_docs"]})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def significance_words(low: float, high: float) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "no interval could be computed"
+    if low > 0:
+        return "a significant advantage (the 95% CI excludes zero)"
+    if high < 0:
+        return "a significant deficit (the 95% CI excludes zero)"
+    return "not a significant difference (the 95% CI includes zero)"
+
+
+def describe_comparison(row) -> str:
+    """One sentence for a row of `matched_comparisons`."""
+    direction = "higher" if row["difference"] > 0 else "lower" if row["difference"] < 0 else "the same"
+    amount = f"{abs(row['difference']):.1f} points {direction} than" if direction != "the same" else "the same as"
+    return (f"On {row['benchmark']} ({row['model']}), {row['a']} [{row['a_setting']}] scores {amount} "
+            f"{row['b']} [{row['b_setting']}] at {row['flop_ratio']:.2f}x its LLM-prefill FLOPs "
+            f"(95% CI {row['ci_low']:+.1f} to {row['ci_high']:+.1f}, {int(row['n_docs'])} paired samples): "
+            f"{significance_words(row['ci_low'], row['ci_high'])}.")
+
+
+def summarise_comparisons(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Per model x benchmark x (a, b): how many matched settings, mean difference, how many significant."""
+    if comparisons.empty:
+        return pd.DataFrame(columns=["model", "benchmark", "a", "b", "settings", "mean_difference",
+                                     "significantly_better", "significantly_worse"])
+    grouped = comparisons.groupby(["model", "benchmark", "a", "b"], sort=False)
+    return grouped.agg(settings=("difference", "size"), mean_difference=("difference", "mean"),
+                       significantly_better=("ci_low", lambda s: int((s > 0).sum())),
+                       significantly_worse=("ci_high", lambda s: int((s < 0).sum()))).reset_index()
+
+
+# --- HiRED fidelity: the paper's algorithm against the official code's behaviour ------------------------
+
+def hired_fidelity(summary: pd.DataFrame, samples: pd.DataFrame, metric: str = "accuracy", seed: int = 0,
+                   resamples: int = BOOTSTRAP_RESAMPLES) -> pd.DataFrame:
+    """Per model x benchmark x budget where both HiRED modes ran: accuracies, the paired difference
+    official code - paper (points, CI), tokens kept by each (patch and newline tokens)."""
+    columns = ["model", "benchmark", "budget", "paper_accuracy", "code_accuracy", "difference", "ci_low",
+               "ci_high", "paper_tokens", "code_tokens", "paper_newline_tokens", "code_newline_tokens"]
+    if summary.empty or "mode" not in summary:
+        return pd.DataFrame(columns=columns)
+    hired = summary[summary["method"] == "hired"]
+    rows = []
+    for (model, benchmark, budget), part in hired.groupby(["model", "benchmark", "budget"], sort=True):
+        modes = {mode: group for mode, group in part.groupby("mode")}
+        if not {"paper", "reference_code"} <= set(modes):
+            continue
+        for _, paper in modes["paper"].iterrows():
+            for _, code in modes["reference_code"].iterrows():
+                if any(not _same(paper.get(f), code.get(f)) for f in ("alpha", "score")):
+                    continue
+                result = paired_difference(samples, [(code, paper)], metric=metric, seed=seed, resamples=resamples)
+                rows.append({"model": model, "benchmark": benchmark, "budget": budget,
+                             "paper_accuracy": 100 * paper["accuracy"], "code_accuracy": 100 * code["accuracy"],
+                             "difference": result["mean"], "ci_low": result["ci_low"],
+                             "ci_high": result["ci_high"],
+                             "paper_tokens": paper.get("mean_visual_tokens_kept"),
+                             "code_tokens": code.get("mean_visual_tokens_kept"),
+                             "paper_newline_tokens": paper.get("mean_newline_tokens_kept"),
+                             "code_newline_tokens": code.get("mean_newline_tokens_kept")})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _same(a, b) -> bool:
+    return (_missing(a) and _missing(b)) or a == b
+
+
+# --- VISOR's policy ---------------------------------------------------------------------------------------
+
+def policy_configurations(samples: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per-sample SA-layer counts chosen by VISOR's policy: model, benchmark, threshold, token_budget,
+    sa_layers, count, share (of that evaluation's samples)."""
+    columns = ["model", "benchmark", "setting_id", "threshold", "token_budget", "sa_layers", "count", "share"]
+    if samples.empty or "sa_layers" not in samples or summary.empty or "threshold" not in summary:
+        return pd.DataFrame(columns=columns)
+    policy = summary[(summary["method"] == "visor") & summary["threshold"].notna()]
+    if policy.empty:
+        return pd.DataFrame(columns=columns)
+    settings = policy[["model", "setting_id", "threshold"] + (["token_budget"] if "token_budget" in policy else [])] \
+        .drop_duplicates(["model", "setting_id"])
+    chosen = samples[samples["method"] == "visor"].merge(settings, on=["model", "setting_id"])
+    chosen = chosen[chosen["sa_layers"].notna()]
+    if chosen.empty:
+        return pd.DataFrame(columns=columns)
+    if "token_budget" not in chosen:
+        chosen["token_budget"] = np.nan
+    counts = chosen.groupby(["model", "benchmark", "setting_id", "threshold", "token_budget", "sa_layers"],
+                            dropna=False).size().rename("count").reset_index()
+    counts["share"] = counts["count"] / counts.groupby(["model", "benchmark", "setting_id"])["count"].transform("sum")
+    counts["sa_layers"] = counts["sa_layers"].astype(int)
+    return counts[columns]
+
+
+def describe_comparison_group(row) -> str:
+    """One sentence for a row of `summarise_comparisons`."""
+    n, better, worse = int(row["settings"]), int(row["significantly_better"]), int(row["significantly_worse"])
+    verdict = (f"significantly better in {better} of {n} matched settings" if better else
+               f"not significantly better in any of {n} matched settings")
+    verdict += f" and significantly worse in {worse}" if worse else ""
+    return (f"On {row['benchmark']} ({row['model']}), {row['a']} against {row['b']} at the nearest LLM-prefill FLOP "
+            f"level: mean difference {row['mean_difference']:+.1f} points, {verdict}.")

@@ -1,0 +1,725 @@
+"""The claims audit: each claim of `config/claims.yaml` is measured by a named computation over the result
+tables (summary.csv, samples.csv, latency.csv) and judged by its test.
+
+    claims = load_claims("config/claims.yaml")
+    table = audit(claims, Tables.read("results/summary.csv", "results/samples.csv", "results/latency.csv"),
+                  profile="offline")
+
+A claim lists the profiles where it is testable (`offline`: the small reference models on synthetic
+benchmarks; `paper`: the papers' checkpoints on the lmms-eval benchmarks). Outside them its verdict is
+"not testable in this profile", with the claim's `not_testable_reason`. Inside them, a computation that finds
+the runs it needs missing (a method, a benchmark, a column) also yields "not testable in this profile", with
+the reason naming what is missing. Otherwise the test decides between "reproduced" and "not reproduced":
+
+  at_least {target, tolerance}   value >= target - tolerance
+  at_most {target, tolerance}    value <= target + tolerance
+  within {target, tolerance}     |value - target| <= tolerance
+  between {low, high}            low <= value <= high
+  greater {threshold}            the CI's lower end > threshold (the point value where there is no CI)
+  less {threshold}               the CI's upper end < threshold (likewise)
+  no_worse_than {margin}         the CI's lower end >= -margin (non-inferiority)
+  equivalent {margin}            the CI lies within [-margin, margin]
+
+Accuracies and differences are in points (accuracy x 100); CIs are 95% bootstrap intervals over documents,
+paired where two runs share documents.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from visor_model import analysis
+from visor_model.analysis import add_series, paired_difference, sample_scores, setting_label
+
+VERDICTS = ("reproduced", "not reproduced", "not testable in this profile")
+PROFILES = ("offline", "paper")
+TESTS = {"at_least": ("target", "tolerance"), "at_most": ("target", "tolerance"), "within": ("target", "tolerance"),
+         "between": ("low", "high"), "greater": ("threshold",), "less": ("threshold",),
+         "no_worse_than": ("margin",), "equivalent": ("margin",)}
+CLAIM_FIELDS = ("id", "claim", "source", "paper_value", "unit", "profiles", "computation", "test")
+COLUMNS = ["id", "claim", "source", "provenance", "profile", "paper_value", "unit", "test", "tolerance",
+           "reproduced_value", "ci_low", "ci_high", "verdict", "reason", "computation", "detail"]
+
+
+class NotTestable(Exception):
+    """The runs a computation needs are not in the results (the message says which)."""
+
+
+@dataclass
+class Measurement:
+    value: float
+    ci_low: float = float("nan")
+    ci_high: float = float("nan")
+    detail: str = ""
+
+
+@dataclass
+class Tables:
+    summary: pd.DataFrame
+    samples: pd.DataFrame
+    latency: pd.DataFrame = field(default_factory=pd.DataFrame)
+    seed: int = 0
+    resamples: int = analysis.BOOTSTRAP_RESAMPLES
+
+    @classmethod
+    def read(cls, summary, samples, latency=None, seed: int = 0, resamples: int = analysis.BOOTSTRAP_RESAMPLES):
+        return cls(read_table(summary), read_table(samples), read_table(latency), seed, resamples)
+
+
+def read_table(path) -> pd.DataFrame:
+    """A CSV table, or an empty frame when the path is None, missing or empty."""
+    if path is None or not Path(path).exists() or Path(path).stat().st_size == 0:
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+# --- selection helpers -------------------------------------------------------------------------------------
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _as_list(value):
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _matches(value, wanted) -> bool:
+    if _missing(wanted):
+        return _missing(value)
+    if _missing(value):
+        return False
+    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool):
+        try:
+            return math.isclose(float(value), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
+        except (TypeError, ValueError):
+            return False
+    return str(value) == str(wanted)
+
+
+RELATIVE_SA = {"largest": lambda v: max(v), "smallest": lambda v: min(v)}
+
+
+def _resolve_sa(wanted, available: list[int]):
+    """sa_layers given as 'largest', 'smallest' or 'largest-K' resolves against the counts that ran."""
+    if not isinstance(wanted, str):
+        return wanted
+    if not available:
+        return None
+    if wanted in RELATIVE_SA:
+        return RELATIVE_SA[wanted](available)
+    if wanted.startswith("largest-"):
+        target = max(available) - int(wanted.split("-", 1)[1])
+        return target if target in available else None
+    raise ValueError(f"unknown sa_layers selector {wanted!r}")
+
+
+def select(summary: pd.DataFrame, family=None, series=None, setting=None, cluster=None, kind=None,
+           benchmark=None, model=None) -> pd.DataFrame:
+    """Summary rows (with series columns) of a family/model, series, setting filter and benchmark selection."""
+    if summary.empty:
+        return add_series(summary)
+    table = add_series(summary)
+    if family is not None and "family" in table:
+        table = table[table["family"].isin(_as_list(family))]
+    if model is not None:
+        table = table[table["model"].isin(_as_list(model))]
+    if series is not None:
+        table = table[table["series"].isin(_as_list(series))]
+    if cluster is not None:
+        table = table[table["cluster"].isin(_as_list(cluster))] if "cluster" in table else table[:0]
+    if kind is not None:
+        table = table[table["kind"].isin(_as_list(kind))] if "kind" in table else table[:0]
+    if benchmark is not None:
+        table = table[table["benchmark"].isin(_as_list(benchmark))]
+    for key, wanted in (setting or {}).items():
+        if key not in table:
+            table = table[:0] if wanted is not None else table
+            continue
+        if key == "sa_layers" and isinstance(wanted, str):
+            parts = []
+            for _, part in table.groupby("model"):
+                available = sorted(int(v) for v in part["sa_layers"].dropna().unique())
+                resolved = _resolve_sa(wanted, available)
+                parts.append(part[[_matches(v, resolved) for v in part["sa_layers"]]] if resolved is not None
+                             else part[:0])
+            table = pd.concat(parts) if parts else table[:0]
+            continue
+        table = table[[_matches(v, wanted) for v in table[key]]]
+    return table
+
+
+def describe_selection(family=None, series=None, setting=None, cluster=None, kind=None, benchmark=None) -> str:
+    what = " or ".join(analysis.SERIES_LABELS.get(s, s) for s in _as_list(series)) or "any method"
+    if setting:
+        what += f" ({', '.join(f'{k} {v}' for k, v in setting.items())})"
+    where = []
+    if family:
+        where.append(f"a {family} model")
+    for name, value in (("cluster", cluster), ("kind", kind), ("benchmark", benchmark)):
+        if value is not None:
+            where.append(f"{name} {'/'.join(map(str, _as_list(value)))}")
+    return what + (" on " + ", ".join(where) if where else "")
+
+
+def require(rows: pd.DataFrame, **selection) -> pd.DataFrame:
+    if rows.empty:
+        raise NotTestable(f"the results have no run of {describe_selection(**selection)}")
+    return rows
+
+
+def _flop_column(summary: pd.DataFrame, column: str = "mean_flops_llm_prefill") -> None:
+    if column not in summary or summary[column].isna().all():
+        raise NotTestable(f"the results have no {column} column (FLOP accounting missing)")
+
+
+def _spec(spec) -> dict:
+    """A run spec of a claim: a series name, or {series, setting}."""
+    if isinstance(spec, str):
+        return {"series": spec, "setting": {}}
+    return {"series": spec["series"], "setting": dict(spec.get("setting") or {})}
+
+
+def _benchmarks(args) -> dict:
+    return {key: args[key] for key in ("cluster", "kind", "benchmark") if args.get(key) is not None}
+
+
+# --- computations ------------------------------------------------------------------------------------------
+
+COMPUTATIONS: dict = {}
+
+
+def computation(function):
+    COMPUTATIONS[function.__name__] = function
+    return function
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if metric in ("accuracy", "anls") else 1.0
+
+
+@computation
+def metric_value(tables: Tables, family, series, benchmark, setting=None, metric="accuracy") -> Measurement:
+    """A metric of one run (points for accuracy/ANLS) with a bootstrap CI over its documents."""
+    rows = require(select(tables.summary, family, series, setting, benchmark=benchmark), family=family,
+                   series=series, setting=setting, benchmark=benchmark)
+    if metric not in rows or rows[metric].isna().all():
+        raise NotTestable(f"the summary table has no {metric} value for {benchmark} (it records exact match "
+                          f"and ANLS per sample; task-specific scores such as MME's are not aggregated)")
+    row = rows.iloc[0]
+    scores = sample_scores(tables.samples, row, metric)
+    low, high = (analysis.bootstrap_mean({0: scores.to_numpy()}, tables.resamples, tables.seed)[1:]
+                 if len(scores) else (float("nan"), float("nan")))
+    scale = _scale(metric)
+    return Measurement(scale * float(row[metric]), scale * low, scale * high,
+                       f"{row['model']} {setting_label(row)} on {benchmark}, n={int(row['n'])}")
+
+
+def _cluster_rows(tables: Tables, rows: pd.DataFrame, cluster) -> pd.DataFrame:
+    return rows[rows["cluster"].isin(_as_list(cluster))] if "cluster" in rows else rows[:0]
+
+
+def _average_with_ci(tables: Tables, rows: pd.DataFrame, metric="accuracy") -> Measurement:
+    groups = {}
+    for _, row in rows.iterrows():
+        scores = sample_scores(tables.samples, row, metric)
+        if len(scores):
+            groups[row["benchmark"]] = scores.to_numpy()
+    value = _scale(metric) * rows[metric].mean()
+    if len(groups) == len(rows):
+        _, low, high = analysis.bootstrap_mean(groups, tables.resamples, tables.seed)
+        return Measurement(value, _scale(metric) * low, _scale(metric) * high)
+    return Measurement(value)
+
+
+def _saving(rows: pd.DataFrame, flops: str = "llm_prefill", full: pd.DataFrame | None = None) -> float:
+    """FLOP saving of one setting's rows: 1 / mean over benchmarks of its FLOPs relative to the full model's."""
+    if flops == "llm_prefill":
+        ratio = rows["llm_prefill_ratio"].astype(float).mean()
+        return 1 / ratio if np.isfinite(ratio) and ratio > 0 else float("nan")
+    terms = [f"mean_flops_{t}" for t in ("vision", "projector", "selection", "llm_prefill")]
+    if full is None or any(t not in rows for t in terms):
+        return float("nan")
+    base = full.set_index("benchmark")[terms].fillna(0).sum(axis=1)
+    own = rows.set_index("benchmark")[terms].fillna(0).sum(axis=1)
+    ratio = (own / base.reindex(own.index)).mean()
+    return 1 / ratio if np.isfinite(ratio) and ratio > 0 else float("nan")
+
+
+@computation
+def max_saving_at_accuracy(tables: Tables, family, series, margin=1.0, cluster=("easy", "hard"), benchmark=None,
+                           metric="accuracy", flops="llm_prefill") -> Measurement:
+    """The largest FLOP saving among the settings of `series` whose accuracy is at least the full model's
+    minus `margin` points on every cluster (or on `benchmark`). flops: llm_prefill (the papers' convention)
+    or prefill_with_vision (vision tower, projector and selection counted too). NaN: no setting qualifies."""
+    _flop_column(tables.summary)
+    groups = [("benchmark", b) for b in _as_list(benchmark)] if benchmark else [("cluster", c) for c in _as_list(cluster)]
+    best, best_detail, candidates, savings = float("nan"), "", 0, []
+    for model, full in select(tables.summary, family, "full").groupby("model"):
+        runs = select(tables.summary, family, series, model=model)
+        for setting_id, rows in runs.groupby("setting_id"):
+            reference_ok, detail = True, []
+            for column, value in groups:
+                mine, base = rows[rows[column] == value], full[full[column] == value]
+                if mine.empty or base.empty:
+                    reference_ok = False
+                    break
+                gap = _scale(metric) * (mine[metric].mean() - base[metric].mean())
+                detail.append(f"{value} {gap:+.1f}")
+                reference_ok &= gap >= -margin
+            candidates += 1
+            saving = _saving(rows, flops, full)
+            savings += [saving] if np.isfinite(saving) else []
+            if reference_ok and np.isfinite(saving) and not (saving <= best):
+                best = saving
+                best_detail = f"{model} {setting_label(rows.iloc[0])}: {saving:.2f}x, accuracy vs full " + ", ".join(detail)
+    if candidates == 0:
+        raise NotTestable(f"the results have no run of {describe_selection(family, series)} beside a full model")
+    if not savings:
+        raise NotTestable("no FLOP saving could be computed (the full model's LLM-prefill FLOPs are missing)")
+    full_rows = select(tables.summary, family, "full")
+    _at_floor(tables, [row for _, row in full_rows.iterrows()], metric)
+    if not np.isfinite(best):
+        return Measurement(float("nan"), detail=f"none of {candidates} settings stays within {margin} points of "
+                           f"the full model on {', '.join(str(v) for _, v in groups)}")
+    return Measurement(best, detail=best_detail)
+
+
+@computation
+def cluster_average_at_saving(tables: Tables, family, series, cluster=None, benchmark=None, saving=None,
+                              metric="accuracy") -> Measurement:
+    """The mean accuracy (points) over a cluster's benchmarks (or the named ones) of the setting of `series`
+    whose FLOP saving is nearest to `saving` (the paper's operating point; any setting of the full model)."""
+    where = {"cluster": cluster, "benchmark": benchmark}
+    rows = require(select(tables.summary, family, series, **where), family=family, series=series, **where)
+    choice = None
+    if saving is not None:
+        _flop_column(tables.summary)
+        options = [(abs(math.log(s / saving)), setting_id, s) for setting_id, part in
+                   select(tables.summary, family, series).groupby("setting_id")
+                   if np.isfinite(s := _saving(part))]
+        if not options:
+            raise NotTestable("no FLOP saving could be computed (llm_prefill_ratio missing)")
+        _, choice, achieved = min(options)
+        rows = require(rows[rows["setting_id"] == choice], family=family, series=series, **where)
+    rows = rows[rows["setting_id"] == rows["setting_id"].iloc[0]]
+    measurement = _average_with_ci(tables, rows, metric)
+    measurement.detail = (f"{rows.iloc[0]['model']} {setting_label(rows.iloc[0])}"
+                          + (f" (saving {achieved:.2f}x, nearest to {saving}x)" if choice else "")
+                          + f" over {', '.join(rows['benchmark'])}")
+    return measurement
+
+
+def _pairs(tables: Tables, family, a, b, match_on, benchmarks: dict):
+    a, b = _spec(a), _spec(b)
+    a_rows = require(select(tables.summary, family, a["series"], a["setting"], **benchmarks), family=family,
+                     **a, **benchmarks)
+    b_rows = require(select(tables.summary, family, b["series"], b["setting"], **benchmarks), family=family,
+                     **b, **benchmarks)
+    pairs = []
+    for _, x in a_rows.iterrows():
+        same = b_rows[(b_rows["model"] == x["model"]) & (b_rows["benchmark"] == x["benchmark"])]
+        for key in match_on:
+            same = same[[_matches(v, x.get(key)) for v in same[key]]] if key in same else same[:0]
+        pairs += [(x, y) for _, y in same.iterrows()]
+    if not pairs:
+        raise NotTestable(f"no run of {describe_selection(family, **a)} has a counterpart of "
+                          f"{describe_selection(family, **b)} on the same model and benchmark"
+                          + (f" with the same {', '.join(match_on)}" if match_on else ""))
+    return pairs
+
+
+def _at_floor(tables: Tables, rows, metric="accuracy") -> None:
+    """Runs that score the same on every document (all wrong, or all right) carry no information about a
+    difference: the models are not trained enough (the micro config) or the benchmark is saturated."""
+    values = pd.concat([sample_scores(tables.samples, row, metric) for row in rows]) if len(rows) else pd.Series()
+    if len(values) and values.nunique() == 1:
+        raise NotTestable(f"every compared run scores {100 * values.iloc[0]:.0f} on every document (models "
+                          f"at floor or ceiling), so no comparison is informative")
+
+
+def _difference(tables: Tables, pairs, metric="accuracy") -> Measurement:
+    _at_floor(tables, [row for pair in pairs for row in pair], metric)
+    result = paired_difference(tables.samples, pairs, metric, tables.seed, tables.resamples)
+    if not result["pairs"]:
+        raise NotTestable("the per-sample table has no shared documents for these runs")
+    models = sorted({a["model"] for a, _ in pairs})
+    benchmarks = sorted({a["benchmark"] for a, _ in pairs})
+    detail = (f"{result['pairs']} paired runs on {', '.join(benchmarks)} ({', '.join(models)}), "
+              f"{result['n_docs']} document pairs")
+    return Measurement(result["mean"], result["ci_low"], result["ci_high"], detail)
+
+
+@computation
+def paired_gap(tables: Tables, family, a, b, match_on=(), metric="accuracy", cluster=None, kind=None,
+               benchmark=None) -> Measurement:
+    """Mean paired difference a - b (points) over the same documents, runs matched on model, benchmark and
+    the `match_on` setting fields (e.g. budget)."""
+    pairs = _pairs(tables, family, a, b, list(match_on), _benchmarks(locals()))
+    return _difference(tables, pairs, metric)
+
+
+@computation
+def gap_between_groups(tables: Tables, family, a, b, group, first, second, match_on=(), metric="accuracy") -> Measurement:
+    """(a - b on the `first` benchmarks) - (a - b on the `second`), `group` being cluster or kind: e.g. how
+    much more token dropping loses on fine-grained than on coarse tasks. Independent bootstrap per group."""
+    stats, details = [], []
+    groups = [_pairs(tables, family, a, b, list(match_on), {group: value}) for value in (first, second)]
+    _at_floor(tables, [row for pairs in groups for pair in pairs for row in pair], metric)
+    for k, (value, pairs) in enumerate(zip((first, second), groups)):
+        aligned = analysis.difference_matrices(tables.samples, pairs, metric)
+        if not aligned:
+            raise NotTestable("the per-sample table has no shared documents for these runs")
+        stats.append(analysis.bootstrap_distribution(aligned, tables.resamples, tables.seed + k))
+        details.append(f"{value}: {100 * stats[-1][0]:+.1f}")
+    point = 100 * (stats[0][0] - stats[1][0])
+    spread = 100 * (stats[0][1] - stats[1][1])
+    return Measurement(point, *analysis.percentile_interval(spread),
+                       "a - b " + ", ".join(details) + " points")
+
+
+@computation
+def paired_gap_at_matched_flops(tables: Tables, family, a, b, max_flop_ratio=1.5, metric="accuracy",
+                                cluster=None, kind=None, benchmark=None) -> Measurement:
+    """Mean paired difference (points) between every setting of series `a` and the setting of series `b`
+    nearest to it in LLM-prefill FLOPs (same model, benchmark and documents); pairs further apart than
+    `max_flop_ratio` are left out."""
+    _flop_column(tables.summary)
+    benchmarks = _benchmarks(locals())
+    a_rows = require(select(tables.summary, family, a, **benchmarks), family=family, series=a, **benchmarks)
+    b_rows = require(select(tables.summary, family, b, **benchmarks), family=family, series=b, **benchmarks)
+    pairs, ratios = [], []
+    for _, x in a_rows.iterrows():
+        candidates = b_rows[(b_rows["model"] == x["model"]) & (b_rows["benchmark"] == x["benchmark"])]
+        y, ratio = analysis.nearest_by_flops(candidates, float(x["mean_flops_llm_prefill"]))
+        if y is not None and 1 / max_flop_ratio <= ratio <= max_flop_ratio:
+            pairs.append((x, y))
+            ratios.append(ratio)
+    if not pairs:
+        raise NotTestable(f"no run of {describe_selection(family, a)} has a {describe_selection(None, b)} run "
+                          f"within {max_flop_ratio}x of its LLM-prefill FLOPs on the same model and benchmark")
+    measurement = _difference(tables, pairs, metric)
+    measurement.detail += (f"; FLOPs of b / a from {min(ratios):.2f} to {max(ratios):.2f}; pairs: "
+                           + "; ".join(f"{setting_label(x)} vs {setting_label(y)}" for x, y in pairs[:8])
+                           + ("; ..." if len(pairs) > 8 else ""))
+    return measurement
+
+
+@computation
+def extra_saving(tables: Tables, family, a, b, match_on=("threshold",)) -> Measurement:
+    """How many times fewer LLM-prefill FLOPs series `a` spends than series `b` at the same `match_on`
+    settings (mean over benchmarks and matched settings of FLOPs(b) / FLOPs(a))."""
+    _flop_column(tables.summary)
+    pairs = _pairs(tables, family, a, b, list(match_on), {})
+    ratios = [float(y["mean_flops_llm_prefill"]) / float(x["mean_flops_llm_prefill"]) for x, y in pairs]
+    ratios = [r for r in ratios if np.isfinite(r)]
+    if not ratios:
+        raise NotTestable("the matched runs have no LLM-prefill FLOPs")
+    return Measurement(float(np.mean(ratios)), detail=f"{len(ratios)} matched runs, from {min(ratios):.2f}x "
+                                                      f"to {max(ratios):.2f}x")
+
+
+@computation
+def policy_compute_gap(tables: Tables, family, first="hard", second="easy", group="cluster") -> Measurement:
+    """Mean SA layers VISOR's policy runs per sample on the `first` benchmarks minus on the `second` (same
+    policy settings), from the per-sample `sa_layers` column."""
+    samples = tables.samples
+    if samples.empty or "sa_layers" not in samples:
+        raise NotTestable("the per-sample table has no sa_layers column")
+    policy = select(tables.summary, family, "visor_policy")
+    require(policy, family=family, series="visor_policy")
+    _at_floor(tables, [row for _, row in policy.iterrows()])  # a router trained on runs at floor learns nothing
+    means, details = [], []
+    for k, value in enumerate((first, second)):
+        rows = policy[policy[group] == value] if group in policy else policy[:0]
+        groups = {}
+        for _, row in rows.iterrows():
+            part = samples[(samples["model"] == row["model"]) & (samples["method"] == "visor")
+                           & (samples["setting_id"] == row["setting_id"]) & (samples["benchmark"] == row["benchmark"])]
+            values = part["sa_layers"].dropna().to_numpy(dtype=float)
+            if len(values):
+                groups[(row["benchmark"], row["setting_id"])] = values[None, :]
+        if not groups:
+            raise NotTestable(f"the policy has no per-sample sa_layers on {group} {value}")
+        means.append(analysis.bootstrap_distribution(groups, tables.resamples, tables.seed + k))
+        details.append(f"{value} {means[-1][0]:.2f}")
+    spread = means[0][1] - means[1][1]
+    return Measurement(means[0][0] - means[1][0], *analysis.percentile_interval(spread),
+                       "mean SA layers per sample: " + ", ".join(details))
+
+
+def _latency_rows(tables: Tables, family, series, setting=None) -> pd.DataFrame:
+    latency = tables.latency
+    if latency.empty:
+        raise NotTestable("there is no latency table (results/latency.csv)")
+    if "family" not in latency and not tables.summary.empty:
+        families = tables.summary.drop_duplicates("model").set_index("model")["family"]
+        latency = latency.assign(family=latency["model"].map(families))
+    rows = select(latency, family, series, setting)
+    return require(rows, family=family, series=series, setting=setting)
+
+
+@computation
+def latency_ratio(tables: Tables, family, series, setting=None, timing="prefill_s", form="speedup") -> Measurement:
+    """Measured latency against the full model of the same model: speedup = full / method (median times),
+    reduction_percent = 100 x (1 - method / full). No CI (the latency table holds quartiles, not samples):
+    the detail gives the range spanned by the quartiles."""
+    rows = _latency_rows(tables, family, series, setting)
+    full = _latency_rows(tables, family, "full")
+    row = rows.iloc[0]
+    base = full[full["model"] == row["model"]]
+    if base.empty:
+        raise NotTestable(f"no full-model latency of {row['model']}")
+    base = base.iloc[0]
+    column = f"{timing}_median"
+    if column not in row or _missing(row[column]):
+        raise NotTestable(f"the latency table has no {column}")
+
+    def ratio(mine, full_):
+        return full_ / mine if form == "speedup" else 100 * (1 - mine / full_)
+
+    value = ratio(row[column], base[column])
+    bounds = [ratio(row.get(f"{timing}_q75"), base.get(f"{timing}_q25")),
+              ratio(row.get(f"{timing}_q25"), base.get(f"{timing}_q75"))]
+    spread = (f"; quartile ratios {_number(min(bounds))} to {_number(max(bounds))}"
+              if all(b is not None and np.isfinite(b) for b in bounds) else "")
+    return Measurement(float(value), detail=f"{row['model']} {setting_label(row)}: {timing} median {row[column]:.4g} s "
+                                            f"vs full {base[column]:.4g} s on {row.get('device', '?')}{spread}")
+
+
+@computation
+def decode_share_of_prefill_gain(tables: Tables, family, series, setting=None) -> Measurement:
+    """(decode_speedup - 1) / (prefill_speedup - 1) of one setting: the share of the prefill speed-up that
+    per-token decoding also gets (0: none, 1: all of it)."""
+    rows = _latency_rows(tables, family, series, setting)
+    row = rows.iloc[0]
+    if _missing(row.get("prefill_speedup")) or _missing(row.get("decode_speedup")):
+        raise NotTestable("the latency table has no speed-ups (no full-model latency)")
+    if row["prefill_speedup"] <= 1:
+        raise NotTestable(f"the prefill is not faster ({row['prefill_speedup']:.2f}x), so there is no gain to share")
+    return Measurement(float((row["decode_speedup"] - 1) / (row["prefill_speedup"] - 1)),
+                       detail=f"{row['model']} {setting_label(row)}: prefill {row['prefill_speedup']:.2f}x, "
+                              f"decode {row['decode_speedup']:.2f}x")
+
+
+@computation
+def memory_saving(tables: Tables, family, series, setting=None) -> Measurement:
+    """Peak memory of the full model minus the method's (GB = 1024 MB)."""
+    rows = _latency_rows(tables, family, series, setting)
+    full = _latency_rows(tables, family, "full")
+    row = rows.iloc[0]
+    base = full[full["model"] == row["model"]]
+    if base.empty or _missing(row.get("peak_memory_mb")):
+        raise NotTestable("no peak memory of the method and the full model")
+    base = base.iloc[0]
+    return Measurement(float((base["peak_memory_mb"] - row["peak_memory_mb"]) / 1024),
+                       detail=f"{row['model']}: {base['peak_memory_mb']:.0f} MB -> {row['peak_memory_mb']:.0f} MB "
+                              f"({row.get('memory_method', '?')})")
+
+
+@computation
+def best_setting_value(tables: Tables, family, series, field_name, metric="accuracy", setting=None) -> Measurement:
+    """The value of `field_name` (e.g. alpha) whose runs have the best mean accuracy; needs two values at least."""
+    rows = require(select(tables.summary, family, series, setting), family=family, series=series, setting=setting)
+    if field_name not in rows or rows[field_name].nunique() < 2:
+        values = sorted(rows[field_name].dropna().unique()) if field_name in rows else []
+        raise NotTestable(f"the sweep has {len(values)} value(s) of {field_name} "
+                          f"({', '.join(map(str, values)) or 'none'}); a comparison needs two at least")
+    means = rows.groupby(field_name)[metric].mean()
+    return Measurement(float(means.idxmax()), detail=", ".join(f"{field_name} {k}: {100 * v:.1f}" for k, v in means.items()))
+
+
+@computation
+def fastv_formula_error(tables: Tables, family) -> Measurement:
+    """FastV's prefill formula (2 x MACs) against the analytic causal LLM-prefill count of the full model,
+    in percent, averaged over benchmarks."""
+    rows = require(select(tables.summary, family, "full"), family=family, series="full")
+    if "mean_fastv_macs" not in rows or rows["mean_fastv_macs"].isna().all():
+        raise NotTestable("the summary has no mean_fastv_macs column")
+    _flop_column(rows)
+    error = 100 * (2 * rows["mean_fastv_macs"] / rows["mean_flops_llm_prefill"] - 1)
+    return Measurement(float(error.mean()), detail=f"from {error.min():+.1f}% to {error.max():+.1f}% over "
+                                                   f"{len(error)} benchmark(s)")
+
+
+# --- claims file, verdicts, audit -----------------------------------------------------------------------
+
+def load_claims(path) -> list[dict]:
+    """The claims of a claims YAML (a `claims:` list), checked: fields, computations, tests, profiles."""
+    document = yaml.safe_load(Path(path).read_text())
+    claims = document["claims"] if isinstance(document, dict) else document
+    seen = set()
+    for claim in claims:
+        missing = [f for f in CLAIM_FIELDS if f not in claim]
+        where = f"claim {claim.get('id', '?')!r}"
+        if missing:
+            raise ValueError(f"{where}: missing {', '.join(missing)}")
+        if claim["id"] in seen:
+            raise ValueError(f"{where}: duplicate id")
+        seen.add(claim["id"])
+        if claim["computation"] not in COMPUTATIONS:
+            raise ValueError(f"{where}: unknown computation {claim['computation']!r}; known: {', '.join(sorted(COMPUTATIONS))}")
+        for test in [claim["test"], *(claim.get("profile_test") or {}).values()]:
+            kind = test.get("type")
+            if kind not in TESTS:
+                raise ValueError(f"{where}: unknown test {kind!r}; known: {', '.join(TESTS)}")
+            absent = [k for k in TESTS[kind] if k not in test and k != "tolerance"]
+            if absent:
+                raise ValueError(f"{where}: test {kind} needs {', '.join(absent)}")
+        unknown = set(claim["profiles"]) - set(PROFILES)
+        if unknown:
+            raise ValueError(f"{where}: unknown profile(s) {', '.join(sorted(unknown))}")
+        if set(PROFILES) - set(claim["profiles"]) and not claim.get("not_testable_reason"):
+            raise ValueError(f"{where}: needs a not_testable_reason for the profiles it is not testable in")
+    return claims
+
+
+def _number(value) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def _fmt(value, unit="") -> str:
+    text = _number(value)
+    if text == "n/a":
+        return text
+    return f"{text}{unit}" if unit in ("x", "%") else f"{text} {unit}".strip()
+
+
+def format_value(value, low=float("nan"), high=float("nan"), unit="") -> str:
+    """'27.4 points [17.7, 39.3]' (value with unit, then the CI); 'n/a' without a value."""
+    if not (isinstance(value, (int, float)) and np.isfinite(value)):
+        return "n/a"
+    ci = f" [{_number(low)}, {_number(high)}]" if np.isfinite(low) and np.isfinite(high) else ""
+    return _fmt(value, unit) + ci
+
+
+def describe_test(test: dict, unit: str = "", ci: bool = False) -> str:
+    """What a test needs, to follow 'the claim needs' (`ci`: say which end of the CI decides)."""
+    kind = test["type"]
+    tol = test.get("tolerance", 0)
+    if kind == "at_least":
+        return f"at least {_fmt(test['target'] - tol, unit)}"
+    if kind == "at_most":
+        return f"at most {_fmt(test['target'] + tol, unit)}"
+    if kind == "within":
+        return f"{_number(test['target'])} ± {_fmt(tol, unit)}"
+    if kind == "between":
+        return f"between {_fmt(test['low'], unit)} and {_fmt(test['high'], unit)}"
+    if kind == "greater":
+        return f"more than {_fmt(test['threshold'], unit)}" + (" (the 95% CI above it)" if ci else "")
+    if kind == "less":
+        return f"less than {_fmt(test['threshold'], unit)}" + (" (the 95% CI below it)" if ci else "")
+    if kind == "no_worse_than":
+        return f"no worse than -{_fmt(test['margin'], unit)}" + (" (the 95% CI's lower end)" if ci else "")
+    return ("a 95% CI" if ci else "a value") + f" within ±{_fmt(test['margin'], unit)}"
+
+
+def judge(test: dict, m: Measurement, unit: str = "") -> tuple[str, str]:
+    """(verdict, reason) of a measurement under a test. Tests on a CI use the point value where there is none."""
+    value, low, high = m.value, m.ci_low, m.ci_high
+    has_ci = np.isfinite(low) and np.isfinite(high)
+    measured = f"measured {_fmt(value, unit)}" + (f" (95% CI {_number(low)} to {_number(high)})" if has_ci else "")
+    if not np.isfinite(value):
+        return "not reproduced", f"{m.detail or 'no value could be measured'}; the claim needs {describe_test(test, unit)}"
+    kind = test["type"]
+    tol = test.get("tolerance", 0)
+    if kind == "at_least":
+        ok = value >= test["target"] - tol
+    elif kind == "at_most":
+        ok = value <= test["target"] + tol
+    elif kind == "within":
+        ok = abs(value - test["target"]) <= tol
+    elif kind == "between":
+        ok = test["low"] <= value <= test["high"]
+    elif kind in ("greater", "less"):
+        sign = 1 if kind == "greater" else -1
+        bound = (low if kind == "greater" else high) if has_ci else value
+        ok = sign * (bound - test["threshold"]) > 0
+        if not ok and has_ci and sign * (value - test["threshold"]) > 0:
+            return "not reproduced", (f"{measured}: in the claimed direction but not significant (the CI reaches "
+                                      f"{_fmt(test['threshold'], unit)})")
+    elif kind == "no_worse_than":
+        ok = (low if has_ci else value) >= -test["margin"]
+    elif kind == "equivalent":
+        ok = (-test["margin"] <= low and high <= test["margin"]) if has_ci else abs(value) <= test["margin"]
+    else:
+        raise ValueError(f"unknown test {kind!r}")
+    return ("reproduced" if ok else "not reproduced"), f"{measured}; the claim needs {describe_test(test, unit, has_ci)}"
+
+
+def audit_claim(claim: dict, tables: Tables, profile: str) -> dict:
+    test = {**claim["test"], **((claim.get("profile_test") or {}).get(profile) or {})}
+    unit = claim.get("unit", "")
+    row = {"id": claim["id"], "claim": claim["claim"].strip(), "source": claim["source"],
+           "provenance": claim.get("provenance", "paper"), "profile": profile,
+           "paper_value": str(claim["paper_value"]), "unit": unit, "test": describe_test(test, unit),
+           "tolerance": test.get("tolerance", test.get("margin", "")), "reproduced_value": float("nan"),
+           "ci_low": float("nan"), "ci_high": float("nan"), "computation": claim["computation"], "detail": ""}
+    if profile not in claim["profiles"]:
+        return {**row, "verdict": VERDICTS[2], "reason": claim["not_testable_reason"].strip()}
+    args = {**(claim.get("args") or {}), **((claim.get("profile_args") or {}).get(profile) or {})}
+    try:
+        m = COMPUTATIONS[claim["computation"]](tables, **args)
+    except NotTestable as missing:
+        return {**row, "verdict": VERDICTS[2], "reason": f"{missing} in this run"}
+    verdict, reason = judge(test, m, unit)
+    if claim.get("provenance") == "unverified":
+        reason += " (the claim's source is unverified)"
+    return {**row, "reproduced_value": m.value, "ci_low": m.ci_low, "ci_high": m.ci_high, "verdict": verdict,
+            "reason": reason, "detail": m.detail}
+
+
+def audit(claims: list[dict], tables: Tables, profile: str) -> pd.DataFrame:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    return pd.DataFrame([audit_claim(claim, tables, profile) for claim in claims], columns=COLUMNS)
+
+
+# --- the report's summary in words ----------------------------------------------------------------------
+
+PROFILE_WORDS = {
+    "offline": "the offline profile (small reference models of the real LLaVA classes, trained here on "
+               "synthetic benchmarks): claims about behaviour are tested; checkpoint-specific numbers are not",
+    "paper": "the paper profile (the papers' checkpoints on the lmms-eval benchmarks)",
+}
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """What held and what did not, in words, from an audit table (results/claims.csv)."""
+    if table.empty:
+        return "No claims were audited."
+    profile = table["profile"].iloc[0]
+    counts = table["verdict"].value_counts()
+    held, failed = table[table["verdict"] == VERDICTS[0]], table[table["verdict"] == VERDICTS[1]]
+    untestable = table[table["verdict"] == VERDICTS[2]]
+    out = [(f"This run audited {len(table)} claims in {PROFILE_WORDS.get(profile, profile)}. "
+            f"**{counts.get(VERDICTS[0], 0)} reproduced, {counts.get(VERDICTS[1], 0)} not reproduced, "
+            f"{counts.get(VERDICTS[2], 0)} not testable in this profile.**"), ""]
+
+    def bullets(rows):
+        return [f"- **{r['claim']}** {r['reason'][0].upper()}{r['reason'][1:]}." for _, r in rows.iterrows()]
+
+    if held.empty and failed.empty:
+        out += ["No claim could be tested with this run's results; the list below says what each one needs.", ""]
+    else:
+        out += ["**What held:**", ""] + (bullets(held) or ["- none of the tested claims."]) + [""]
+        out += ["**What did not hold:**", ""] + (bullets(failed) or ["- none: every tested claim held."]) + [""]
+    missing_runs = untestable[untestable["reason"].str.endswith("in this run")]
+    if len(missing_runs):
+        out += [f"**Testable in this profile, but not with this run's results** ({len(missing_runs)}):", ""]
+        out += [f"- {r['claim']} — {r['reason']}." for _, r in missing_runs.iterrows()] + [""]
+    other = len(untestable) - len(missing_runs)
+    if other:
+        out += [(f"{other} further claims are checkpoint- or hardware-specific and need another profile; the "
+                 f"table below gives each one's reason.")]
+    return "\n".join(out)

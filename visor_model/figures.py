@@ -1,0 +1,257 @@
+"""The report's figures (matplotlib), one function per figure, each returning the Figure or None when the
+tables lack what it needs. Colours and markers come from `visor_model.analysis.PALETTE` / `MARKERS`, so a
+series has one colour everywhere in the report."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
+import numpy as np
+import pandas as pd
+
+from visor_model import analysis
+from visor_model.analysis import MARKERS, add_series, colour, flop_unit, series_order
+
+PANEL = (4.6, 3.4)
+
+
+def _plain_log_ticks(ax):
+    """Log-scale x axis with plain numbers (20, 50, 100) instead of powers of ten."""
+    ax.set_xscale("log")
+    formatter = mticker.FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(formatter)
+    ax.xaxis.set_minor_formatter(mticker.FuncFormatter(
+        lambda value, _: f"{value:g}" if f"{value:g}"[0] in "25" else ""))
+
+
+def _panels(n: int, width: float = PANEL[0], height: float = PANEL[1]):
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _legend(fig, axes):
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(list(handles.values()), list(handles.keys()), loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)), frameon=False, fontsize=8)
+
+
+def accuracy_vs_flops(summary: pd.DataFrame, benchmark: str):
+    """Accuracy (%) against mean LLM-prefill FLOPs per sample on one benchmark, one panel per model: every
+    series' curve (error bars: 95% CI), the Pareto frontier as a dashed step line, frontier points ringed."""
+    part = summary[summary["benchmark"] == benchmark]
+    part = part[np.isfinite(part["mean_flops_llm_prefill"].astype(float))] if "mean_flops_llm_prefill" in part else part[:0]
+    if part.empty:
+        return None
+    part = analysis.pareto_frontier(add_series(part))
+    divisor, unit = flop_unit(part["mean_flops_llm_prefill"])
+    models = list(dict.fromkeys(part["model"]))
+    fig, axes = _panels(len(models))
+    for ax, model in zip(axes, models):
+        rows = part[part["model"] == model]
+        for label in series_order(rows):
+            points = rows[rows["series_label"] == label].sort_values("mean_flops_llm_prefill")
+            x = points["mean_flops_llm_prefill"] / divisor
+            y = 100 * points["accuracy"]
+            err = [100 * (points["accuracy"] - points["accuracy_ci_low"]),
+                   100 * (points["accuracy_ci_high"] - points["accuracy"])]
+            ax.errorbar(x, y, yerr=err, color=colour(label), marker=MARKERS.get(label, "o"), markersize=6,
+                        linewidth=1.5, capsize=2, label=label, alpha=0.9)
+        frontier = rows[rows["pareto"]].sort_values("mean_flops_llm_prefill")
+        ax.step(frontier["mean_flops_llm_prefill"] / divisor, 100 * frontier["accuracy"], where="post",
+                color="black", linestyle="--", linewidth=1, label="Pareto frontier")
+        ax.scatter(frontier["mean_flops_llm_prefill"] / divisor, 100 * frontier["accuracy"], s=160,
+                   facecolors="none", edgecolors="black", linewidths=1)
+        _plain_log_ticks(ax)
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel(f"LLM-prefill FLOPs per sample ({unit}, log scale)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(model, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"{benchmark}: accuracy against LLM-prefill compute", fontsize=11)
+    _legend(fig, axes)
+    fig.tight_layout()
+    return fig
+
+
+def cluster_plot(table: pd.DataFrame):
+    """Easy and hard cluster averages (%) against the FLOP saving, one panel per model (from cluster_table)."""
+    table = table[np.isfinite(table["flops_saving"].astype(float))] if not table.empty else table
+    if table.empty:
+        return None
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = _panels(len(models))
+    for ax, model in zip(axes, models):
+        rows = table[table["model"] == model]
+        for label in series_order(rows):
+            points = rows[rows["series_label"] == label].sort_values("flops_saving")
+            for cluster, style in (("easy", ":"), ("hard", "-")):
+                if points[f"{cluster}_avg"].notna().any():
+                    ax.plot(points["flops_saving"], points[f"{cluster}_avg"], linestyle=style, color=colour(label),
+                            marker=MARKERS.get(label, "o"), label=f"{label}" if cluster == "hard" else None)
+        _plain_log_ticks(ax)
+        ax.set_xlabel("LLM-prefill FLOP saving against the full model (x, log scale)")
+        ax.set_ylabel("cluster average accuracy (%)")
+        ax.set_title(f"{model}: hard (solid) and easy (dotted)", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    _legend(fig, axes)
+    fig.tight_layout()
+    return fig
+
+
+def latency_vs_flops(latency: pd.DataFrame):
+    """Median time to first token (ms) against mean prefill FLOPs (vision tower, projector, selection, LLM
+    prefill, first LM-head call) and median per-token decode time against the same, per model; error bars:
+    interquartile range."""
+    needed = {"prefill_s_median", "mean_flops_prefill"}
+    if latency.empty or not needed <= set(latency):
+        return None
+    table = add_series(latency)
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(2, len(models), figsize=(PANEL[0] * len(models), 2 * PANEL[1]), squeeze=False)
+    divisor, unit = flop_unit(table["mean_flops_prefill"])
+    for column, model in enumerate(models):
+        rows = table[table["model"] == model]
+        for row_index, timing, name in ((0, "prefill_s", "time to first token (ms)"),
+                                        (1, "decode_per_token_s", "decode time per token (ms)")):
+            ax = axes[row_index][column]
+            if f"{timing}_median" not in rows:
+                ax.set_visible(False)
+                continue
+            for label in series_order(rows):
+                points = rows[rows["series_label"] == label].sort_values("mean_flops_prefill")
+                y = 1000 * points[f"{timing}_median"]
+                err = [1000 * (points[f"{timing}_median"] - points[f"{timing}_q25"]),
+                       1000 * (points[f"{timing}_q75"] - points[f"{timing}_median"])]
+                ax.errorbar(points["mean_flops_prefill"] / divisor, y, yerr=err, color=colour(label),
+                            marker=MARKERS.get(label, "o"), linestyle="none", capsize=2, label=label)
+            ax.set_xlabel(f"prefill FLOPs per sample, vision included ({unit})")
+            ax.set_ylabel(name)
+            device = rows["device"].iloc[0] if "device" in rows else ""
+            ax.set_title(f"{model} ({device})", fontsize=9)
+            ax.grid(True, alpha=0.3)
+    _legend(fig, [ax for row in axes for ax in row])
+    fig.tight_layout()
+    return fig
+
+
+def policy_histogram(configurations: pd.DataFrame):
+    """Share of samples per SA-layer count chosen by VISOR's policy, one panel per benchmark, one group of
+    bars per threshold (VISOR-TR settings excluded)."""
+    table = configurations[configurations["token_budget"].isna()] if not configurations.empty else configurations
+    if table.empty:
+        return None
+    benchmarks = list(dict.fromkeys(table["benchmark"]))
+    thresholds = sorted(table["threshold"].unique())
+    layers = sorted(table["sa_layers"].unique())
+    fig, axes = _panels(len(benchmarks), 4.0, 3.2)
+    blues = plt.cm.Blues(np.linspace(0.35, 0.95, len(thresholds)))
+    width = 0.8 / len(thresholds)
+    for ax, benchmark in zip(axes, benchmarks):
+        rows = table[table["benchmark"] == benchmark]
+        for i, threshold in enumerate(thresholds):
+            shares = rows[rows["threshold"] == threshold].groupby("sa_layers")["share"].sum().reindex(layers, fill_value=0)
+            ax.bar(np.arange(len(layers)) + (i - (len(thresholds) - 1) / 2) * width, 100 * shares.to_numpy(),
+                   width=width, color=blues[i], label=f"tau = {threshold:g}")
+        ax.set_xticks(np.arange(len(layers)), [str(k) for k in layers])
+        ax.set_xlabel("SA layers run (configuration size)")
+        ax.set_ylabel("samples (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(benchmark, fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    _legend(fig, axes[:1])
+    fig.suptitle("VISOR policy: configurations chosen per sample", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def policy_threshold(summary: pd.DataFrame):
+    """Accuracy (%) and mean LLM-prefill FLOPs against the policy threshold, one line per benchmark."""
+    if summary.empty or "threshold" not in summary:
+        return None
+    table = add_series(summary)
+    rows = table[table["series"] == "visor_policy"]
+    if rows.empty:
+        return None
+    fig, axes = _panels(2, 4.6, 3.3)
+    markers = ["o", "s", "^", "D", "v", "P", "X"]
+    for i, (key, part) in enumerate(rows.groupby(["model", "benchmark"], sort=False)):
+        part = part.sort_values("threshold")
+        label = f"{key[1]} ({key[0]})"
+        axes[0].plot(part["threshold"], 100 * part["accuracy"], marker=markers[i % len(markers)],
+                     color=colour("VISOR (policy)"), alpha=0.4 + 0.6 * (i + 1) / len(rows.groupby(["model", "benchmark"])),
+                     label=label)
+        if "mean_flops_llm_prefill" in part and part["mean_flops_llm_prefill"].notna().any():
+            divisor, unit = flop_unit(rows["mean_flops_llm_prefill"])
+            axes[1].plot(part["threshold"], part["mean_flops_llm_prefill"] / divisor, marker=markers[i % len(markers)],
+                         color=colour("VISOR (policy)"), alpha=0.4 + 0.6 * (i + 1) / len(rows.groupby(["model", "benchmark"])),
+                         label=label)
+            axes[1].set_ylabel(f"LLM-prefill FLOPs per sample ({unit})")
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].set_ylim(-2, 102)
+    for ax in axes:
+        ax.set_xlabel("policy threshold tau")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_title("accuracy against threshold", fontsize=10)
+    axes[1].set_title("compute against threshold", fontsize=10)
+    _legend(fig, axes[:1])
+    fig.tight_layout()
+    return fig
+
+
+def hired_modes(summary: pd.DataFrame):
+    """Accuracy (%) against the token budget for HiRED as published and as its official code behaves, one
+    panel per model x benchmark where both ran."""
+    if summary.empty or "mode" not in summary:
+        return None
+    table = add_series(summary)
+    hired = table[table["method"] == "hired"]
+    keys = [k for k, part in hired.groupby(["model", "benchmark"], sort=False) if part["mode"].nunique() > 1]
+    if not keys:
+        return None
+    fig, axes = _panels(len(keys), 3.6, 3.2)
+    for ax, (model, benchmark) in zip(axes, keys):
+        part = hired[(hired["model"] == model) & (hired["benchmark"] == benchmark)]
+        for label in series_order(part):
+            points = part[part["series_label"] == label].sort_values("budget")
+            ax.errorbar(100 * points["budget"], 100 * points["accuracy"],
+                        yerr=[100 * (points["accuracy"] - points["accuracy_ci_low"]),
+                              100 * (points["accuracy_ci_high"] - points["accuracy"])],
+                        color=colour(label), marker=MARKERS.get(label, "o"), capsize=2, label=label)
+        full = table[(table["series"] == "full") & (table["model"] == model) & (table["benchmark"] == benchmark)]
+        if not full.empty:
+            ax.axhline(100 * full["accuracy"].iloc[0], color=colour("full model"), linestyle=":", label="full model")
+        ax.set_xlabel("token budget (% of visual tokens)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.set_title(f"{benchmark} ({model})", fontsize=9)
+        ax.grid(True, alpha=0.3)
+    _legend(fig, axes)
+    fig.tight_layout()
+    return fig
+
+
+def forest(comparisons: pd.DataFrame, title: str):
+    """Paired differences (points) with 95% CIs, one row per comparison, coloured by the competitor."""
+    if comparisons.empty:
+        return None
+    rows = comparisons.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8.5, 0.24 * len(rows) + 1.3))
+    y = np.arange(len(rows))[::-1]
+    for yi, (_, row) in zip(y, rows.iterrows()):
+        ax.errorbar(row["difference"], yi, xerr=[[row["difference"] - row["ci_low"]], [row["ci_high"] - row["difference"]]],
+                    color=colour(row["b"]), marker=MARKERS.get(row["b"], "o"), capsize=2, label=f"against {row['b']}")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [f"{r['benchmark']}: {r['a_setting']} vs {r['b_setting']}" for _, r in rows.iterrows()], fontsize=7)
+    ax.set_xlabel("accuracy difference, anchor minus competitor (points, paired 95% CI)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    handles = {}
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+        handles.setdefault(label, handle)
+    ax.legend(handles.values(), handles.keys(), fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
