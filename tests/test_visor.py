@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import pytest
@@ -26,10 +28,14 @@ from visor_model.visor import (
 )
 
 
+# Two VISOR slots (CA 0 / SA 1, CA 3 / SA 4) need six LLM layers; the shipped reference has three.
+SIX_LAYER_HOST = ReferenceConfig(family="llava_onevision", text_layers=6)
+
+
 @pytest.fixture(scope="module")
 def host():
     tokenizer = build_tokenizer(benchmarks.vocabulary())
-    model, processor = build_reference_model(ReferenceConfig(family="llava_onevision"), tokenizer, seed=0)
+    model, processor = build_reference_model(SIX_LAYER_HOST, tokenizer, seed=0)
     model.eval()
     loaded = LoadedCheckpoint(model, tokenizer, processor, "llava_onevision", None, "test", None, "")
     examples = []
@@ -119,7 +125,8 @@ def test_compute_grows_with_sa_layers(host):
     costs = [visor_prefill_flops(shape, config, active, 150, 12).total for active in config.family()]
     assert costs == sorted(costs) and len(set(costs)) == len(costs)
     big = VisorConfig(n_layers=24)
-    costs = [visor_prefill_flops(shape, big, active, 700, 30).total for active in big.family()]
+    deep = dataclasses.replace(shape, n_layers=24)
+    costs = [visor_prefill_flops(deep, big, active, 700, 30).total for active in big.family()]
     assert [len(a) for a in big.family()] == list(range(9)) and costs == sorted(costs)
 
 
@@ -171,7 +178,7 @@ def test_training_resumes_to_same_state(host, tmp_path):
 
     def fresh():
         tokenizer = build_tokenizer(benchmarks.vocabulary())
-        model, _ = build_reference_model(ReferenceConfig(family="llava_onevision"), tokenizer, seed=0)
+        model, _ = build_reference_model(SIX_LAYER_HOST, tokenizer, seed=0)
         return VisorModel(model, VisorConfig(n_layers=6))
 
     straight = fresh()

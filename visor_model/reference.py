@@ -62,7 +62,7 @@ class ReferenceConfig:
     vision_layers: int = 3
     vision_heads: int = 2
     text_hidden: int = 64
-    text_layers: int = 6
+    text_layers: int = 3
     text_heads: int = 4
     text_kv_heads: int = 2
     text_intermediate: int = 172

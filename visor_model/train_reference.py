@@ -69,12 +69,14 @@ class EncodedExamples:
 
 def curriculum_weights(examples: list[Example], progress: float) -> torch.Tensor:
     """Sampling weights at a fraction `progress` of training. From scratch, a model learns to find a small
-    marker among ~200 visual tokens only after big markers showed it where to look: the first fifth of training
-    sees only marker examples with markers of >= 10 px, the next fifth adds the other tasks and markers of
-    >= 6 px, the rest sees everything; marker examples stay oversampled 3x."""
-    if progress < 0.2:
-        return torch.tensor([float(e.task == "synth_marker" and (e.marker_size or 0) >= 10) for e in examples])
-    min_size = 6 if progress < 0.4 else 0
+    marker among ~200 visual tokens only after big markers showed it where to look: for the first 30% of
+    training marker examples enter only with markers of >= 10 px (the other tasks at a tenth of the weight),
+    until 55% with >= 6 px, then all; marker examples are oversampled 3x from 30% on."""
+    if progress < 0.3:
+        return torch.tensor([
+            (1.0 if (e.marker_size or 0) >= 10 else 0.0) if e.task == "synth_marker" else 0.1 for e in examples
+        ])
+    min_size = 6 if progress < 0.55 else 0
     return torch.tensor([
         1.0 if e.task != "synth_marker" else 3.0 * ((e.marker_size or 0) >= min_size) for e in examples
     ])

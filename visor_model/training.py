@@ -28,7 +28,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 32
     learning_rate: float = 1e-3
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
