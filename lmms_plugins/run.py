@@ -2,7 +2,7 @@
 
 lmms-eval's CLI exits 0 when an evaluation fails, and its wrappers turn generation errors into empty answers.
 `run_lmms_eval` therefore checks what was written: a results file for the task, the expected number of
-samples, a per-sample log, and a share of empty answers below a threshold. Any failure raises
+samples, a per-sample log, and a share of empty answers without a reported generation below a threshold. Any failure raises
 `EvaluationFailed` with a message that names the problem and the log to read.
 """
 
@@ -107,13 +107,20 @@ def check_outputs(
     samples = [json.loads(line) for line in samples_files[0].read_text().splitlines() if line.strip()]
     if expected_samples is not None and len(samples) != expected_samples:
         raise EvaluationFailed(f"{task}: expected {expected_samples} samples, lmms-eval logged {len(samples)}")
-    empty = sum(not logged_answer(sample).strip() for sample in samples)
+    empty = sum(not logged_answer(sample).strip() and not model_reported_generation(sample) for sample in samples)
     if samples and empty / len(samples) > max_empty_fraction:
         raise EvaluationFailed(
             f"{task}: {empty} of {len(samples)} answers are empty (more than {max_empty_fraction:.0%}); lmms-eval "
             f"wrappers turn generation errors into empty answers, see {log_path}"
         )
     return EvaluationOutput(results=results, samples=samples, results_path=results_path, samples_path=samples_files[0])
+
+
+def model_reported_generation(sample: dict) -> bool:
+    """Whether the model reported a generation for the sample (its token counts). An empty answer with a
+    reported generation is the model's own answer (it emitted end-of-sequence first), not a swallowed error."""
+    counts = (sample.get("token_counts") or [None])[0]
+    return bool(counts) and counts.get("output_tokens") is not None
 
 
 def logged_answer(sample: dict) -> str:

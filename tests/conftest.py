@@ -13,6 +13,7 @@ from types import SimpleNamespace  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from visor_model import benchmarks  # noqa: E402
@@ -49,6 +50,19 @@ def llm_logits(loaded, reducer, image, question="what colour is the square"):
         inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
     ).last_hidden_state
     return loaded.model.lm_head(hidden)
+
+
+def micro_workdir(tmp_path: Path, edit=None) -> Path:
+    """A copy of the micro config in a fresh working directory (shipped paths made absolute)."""
+    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
+    for model in config["models"].values():
+        if model["checkpoint"]["source"] == "shipped":
+            model["checkpoint"]["path"] = str((REPO / ".test" / model["checkpoint"]["path"]).resolve())
+    if edit is not None:
+        edit(config)
+    (tmp_path / "config").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
 
 
 def save_checkpoint(model, tokenizer, image_processor, folder: Path) -> Path:

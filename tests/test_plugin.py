@@ -68,11 +68,15 @@ def test_bad_budget_fails_with_its_message(next_checkpoint, task_dir, tmp_path):
 
 def test_empty_answers_above_the_threshold_fail(cli_runs, tmp_path):
     run = cli_runs["full_b1"]
-    samples = [dict(s, filtered_resps="") for s in run.samples]
+    swallowed = [dict(s, filtered_resps="", token_counts=[None]) for s in run.samples]  # a wrapper's silent error
+    answered_empty = [dict(s, filtered_resps="") for s in run.samples]  # the model's own empty answers
     out = tmp_path / "model"
     out.mkdir()
     (out / "x_results.json").write_text(json.dumps(run.results))
-    (out / "x_samples_synth_marker.jsonl").write_text("\n".join(json.dumps(s) for s in samples))
+    samples_log = out / "x_samples_synth_marker.jsonl"
+    samples_log.write_text("\n".join(json.dumps(s) for s in answered_empty))
+    assert len(check_outputs(tmp_path, "synth_marker", tmp_path / "log", 8, max_empty_fraction=0.05).samples) == 8
+    samples_log.write_text("\n".join(json.dumps(s) for s in swallowed))
     with pytest.raises(EvaluationFailed, match="8 of 8 answers are empty"):
         check_outputs(tmp_path, "synth_marker", tmp_path / "log", 8, max_empty_fraction=0.05)
     with pytest.raises(EvaluationFailed, match="expected 9 samples"):

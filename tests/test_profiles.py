@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import micro_workdir
+
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 PAPER = REPO / "config" / "paper.yaml"
@@ -48,19 +50,6 @@ def jobs(output: str) -> list[tuple[str, dict]]:
         wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
         found.append((rule.group(1), dict(kv.split("=", 1) for kv in wildcards.group(1).split(", ")) if wildcards else {}))
     return found
-
-
-def micro_workdir(tmp_path: Path, edit=None) -> Path:
-    """A copy of the micro config in a fresh working directory (shipped paths made absolute)."""
-    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
-    for model in config["models"].values():
-        if model["checkpoint"]["source"] == "shipped":
-            model["checkpoint"]["path"] = str((REPO / ".test" / model["checkpoint"]["path"]).resolve())
-    if edit is not None:
-        edit(config)
-    (tmp_path / "config").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    return tmp_path
 
 
 # --- the paper profile ----------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ file, and the notebooks rendered on full and on sparse tables (every section say
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,11 @@ import yaml
 
 import fake_results
 from visor_model import analysis, claims
+from visor_model import report as render_report
 from visor_model.claims import Measurement, Tables, audit, judge, load_claims
 
 REPO = Path(__file__).resolve().parent.parent
 CLAIMS = REPO / "config" / "claims.yaml"
-sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-import render_report  # noqa: E402
 
 
 @pytest.fixture(scope="module")

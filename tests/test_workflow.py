@@ -8,23 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+
+from conftest import micro_workdir
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-
-
-def micro_workdir(tmp_path: Path, edit=None) -> Path:
-    """A copy of the micro config in a fresh working directory (shipped paths made absolute)."""
-    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
-    for model in config["models"].values():
-        if model["checkpoint"]["source"] == "shipped":
-            model["checkpoint"]["path"] = str((REPO / ".test" / model["checkpoint"]["path"]).resolve())
-    if edit is not None:
-        edit(config)
-    (tmp_path / "config").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    return tmp_path
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:

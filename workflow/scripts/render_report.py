@@ -2,69 +2,10 @@
 report_section), or gather the executed sections into reports/final.html with a table of contents (rule report).
 """
 
-import html
-import re
 import sys
 from pathlib import Path
 
-import nbformat
-import papermill
-from nbconvert import HTMLExporter
-from nbformat.v4 import new_markdown_cell
-
-from visor_model.files import write_atomically
-
-
-TITLE = "VISOR and HiRED: an accuracy-per-FLOP audit"
-
-
-def export(notebook, path: Path, title: str = TITLE) -> None:
-    notebook.metadata["title"] = title
-    body, _ = HTMLExporter(exclude_input=True).from_notebook_node(notebook)
-    write_atomically(path, lambda tmp: tmp.write_text(body))
-
-
-def execute_section(notebook: str, executed: Path, parameters: dict) -> nbformat.NotebookNode:
-    executed.parent.mkdir(parents=True, exist_ok=True)
-    tmp = executed.with_name(f".{executed.name}.tmp.ipynb")
-    try:
-        papermill.execute_notebook(notebook, str(tmp), parameters=parameters, kernel_name="python3",
-                                   progress_bar=False)
-        tmp.replace(executed)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return nbformat.read(executed, as_version=4)
-
-
-def anchor(title: str) -> str:
-    """nbconvert's heading id: the text with spaces as hyphens."""
-    return re.sub(r"\s", "-", title.strip())
-
-
-def renumber_figures(notebook) -> None:
-    """Number the figure captions ("**Figure N.**", numbered per section) through the whole report."""
-    number = 0
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            text = output.get("data", {}).get("text/markdown")
-            if isinstance(text, str) and re.match(r"\*\*Figure \d+\.\*\*", text):
-                number += 1
-                output["data"]["text/markdown"] = re.sub(r"^\*\*Figure \d+\.\*\*", f"**Figure {number}.**", text)
-
-
-def gather(notebooks: list[Path]) -> nbformat.NotebookNode:
-    """One notebook of every section's cells, in order, after a table of contents of their ## headings."""
-    merged = nbformat.read(notebooks[0], as_version=4)
-    for path in notebooks[1:]:
-        merged.cells += nbformat.read(path, as_version=4).cells
-    renumber_figures(merged)
-    headings = [line[3:].strip() for cell in merged.cells if cell.cell_type == "markdown"
-                for line in cell.source.splitlines() if line.startswith("## ")]
-    contents = "**Contents:** " + " · ".join(f"[{html.escape(h)}](#{anchor(h)})" for h in headings)
-    title = next((i for i, c in enumerate(merged.cells) if c.cell_type == "markdown"), 0)
-    merged.cells.insert(title + 1, new_markdown_cell(contents))
-    return merged
-
+from visor_model.report import TITLE, execute_section, export, gather
 
 if __name__ == "__main__":
     sys.stdout = sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake object)
