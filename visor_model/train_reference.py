@@ -21,13 +21,18 @@ import torch
 from visor_model import benchmarks
 from visor_model.checkpoints import LoadedCheckpoint
 from visor_model.methods import FullTokens, RandomDrop
-from visor_model.reference import ReferenceConfig, build_reference_model, build_tokenizer
+from visor_model.reference import (
+    ReferenceConfig,
+    build_reference_model,
+    build_tokenizer,
+)
 from visor_model.runner import VisionLanguageRunner, prompt_ids
 from visor_model.training import (
     Example,
     ProgressLog,
     TrainConfig,
     batch_indices,
+    exact_match,
     learning_rate,
     load_train_state,
     read_examples,
@@ -101,7 +106,7 @@ def accuracy(runner: VisionLanguageRunner, examples: list[Example], batch_size: 
         chunk = examples[start : start + batch_size]
         records = runner.generate([e.image for e in chunk], [e.question for e in chunk],
                                   [str(start + i) for i in range(len(chunk))], [4] * len(chunk))
-        correct += sum(r.answer.strip().lower() == e.answer for r, e in zip(records, chunk))
+        correct += sum(exact_match(r.answer, e.answer) for r, e in zip(records, chunk))
     return correct / len(examples)
 
 

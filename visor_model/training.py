@@ -60,6 +60,11 @@ def read_examples(parquet_path: str | Path, task: str) -> list[Example]:
     ]
 
 
+def exact_match(answer: str, target: str) -> float:
+    """1.0 when the answer equals the target up to case and surrounding white space."""
+    return float(answer.strip().lower() == target.strip().lower())
+
+
 def learning_rate(config: TrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to min_lr_ratio of the peak."""
     if step < config.warmup_steps:

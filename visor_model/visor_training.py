@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from visor_model.accounting import visor_prefill_flops
 from visor_model.checkpoints import LoadedCheckpoint, load_checkpoint
 from visor_model.files import write_atomically
 from visor_model.flops import LLMShape
@@ -53,12 +54,12 @@ from visor_model.training import (
     ProgressLog,
     TrainConfig,
     batch_indices,
+    exact_match,
     learning_rate,
     load_train_state,
     read_examples,
     save_train_state,
 )
-from visor_model.accounting import visor_prefill_flops
 from visor_model.visor import (
     VisorConfig,
     VisorModel,
@@ -307,10 +308,6 @@ class VisorSampleRecord(SampleRecord):
     router_probabilities: list[float] | None = None
 
 
-def score(answer: str, target: str) -> float:
-    return float(answer.strip().lower() == target.strip().lower())
-
-
 def run_configuration(loaded, model: VisorModel, examples: list[Example], active, batch_size: int = 32,
                       reducer=None) -> list[VisorSampleRecord]:
     runner = VisorRunner(loaded, model, reducer, active=active)
@@ -347,7 +344,7 @@ def viable_configurations(loaded, model: VisorModel, examples: list[Example], ba
     evaluated = []
     for active in model.config.family():
         records = run_configuration(loaded, model, examples, active, batch_size)
-        accuracy = sum(score(r.answer, e.answer) for r, e in zip(records, examples)) / len(examples)
+        accuracy = sum(exact_match(r.answer, e.answer) for r, e in zip(records, examples)) / len(examples)
         evaluated.append({"configuration": list(active), "sa_layers": len(active), "accuracy": accuracy,
                           "flops": mean_prefill_flops(model, records, active)})
         print(f"configuration {active}: accuracy {accuracy:.3f}, prefill FLOPs {evaluated[-1]['flops']:.3e}",
@@ -378,7 +375,7 @@ def sufficient(scores: torch.Tensor) -> torch.Tensor:
 def label_configurations(loaded, model: VisorModel, examples: list[Example], batch_size: int = 32) -> torch.Tensor:
     """[N, n_viable] 0/1 policy labels (see `sufficient`)."""
     answers = configuration_answers(loaded, model, examples, batch_size)
-    return sufficient(torch.tensor([[score(a, e.answer) for a, e in zip(column, examples)] for column in answers]).T)
+    return sufficient(torch.tensor([[exact_match(a, e.answer) for a, e in zip(column, examples)] for column in answers]).T)
 
 
 def routing_features_batches(loaded, model: VisorModel, examples: list[Example], batch_size: int):
@@ -510,7 +507,7 @@ def label_policy(universal_dir: Path, task_dirs: list[Path], labels_path: Path, 
     examples = [example for _, example in rows]
     started = time.time()
     answers = configuration_answers(loaded, model, examples, policy.inference_batch_size)
-    scores = torch.tensor([[score(a, e.answer) for a, e in zip(column, examples)] for column in answers]).T
+    scores = torch.tensor([[exact_match(a, e.answer) for a, e in zip(column, examples)] for column in answers]).T
     labels = sufficient(scores)
     table = pd.DataFrame({"task": [e.task for e in examples], "split": "val", "row": [row for row, _ in rows],
                           "target": [e.answer for e in examples]})
