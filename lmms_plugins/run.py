@@ -1,17 +1,23 @@
-"""Run one lmms-eval evaluation through the stock CLI and refuse results that are not trustworthy.
+"""Run one lmms-eval evaluation with lmms-eval's own evaluator and refuse results that are not trustworthy.
 
-lmms-eval's CLI exits 0 when an evaluation fails, and its wrappers turn generation errors into empty answers.
-`run_lmms_eval` therefore checks what was written: a results file for the task, the expected number of
-samples, a per-sample log, and a share of empty answers without a reported generation below a threshold. Any failure raises
-`EvaluationFailed` with a message that names the problem and the log to read.
+`run_lmms_eval` does in this process what `python -m lmms_eval --log_samples ...` does (the plugins work from
+that CLI as well): `lmms_eval.evaluator.simple_evaluate` on one task, then lmms-eval's `EvaluationTracker`
+writes the results JSON and the per-sample log. In process, a local task folder is indexed alone, not with
+lmms-eval's hundreds of built-in task YAMLs (the CLI indexes them on every start: seconds per evaluation), and
+an exception reaches the caller instead of being logged and swallowed (the CLI exits 0 when an evaluation
+fails). What was written is then checked anyway: a results file for the task, the expected number of samples,
+and a share of empty answers without a reported generation below a threshold (lmms-eval's wrappers turn
+generation errors into empty answers). Any failure raises `EvaluationFailed` with a message that names the
+problem and the log to read.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,31 +56,59 @@ def run_lmms_eval(
     offline: bool = True,
     seed: int = 0,
 ) -> EvaluationOutput:
-    output_dir = Path(output_dir)
-    command = [
-        sys.executable, "-m", "lmms_eval",
-        "--model", model,
-        "--model_args", model_args_string(model_args),
-        "--tasks", task,
-        "--batch_size", str(batch_size),
-        "--output_path", str(output_dir),
-        "--log_samples",
-        "--seed", f"{seed},{seed},{seed},{seed}",
-    ]
-    if include_path is not None:
-        command += ["--include_path", str(include_path)]
-    if limit is not None:
-        command += ["--limit", str(limit)]
-    env = dict(os.environ)
-    if offline:
-        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    with open(log_path, "a") as log:
-        log.write(f"$ {' '.join(command)}\n")
-        log.flush()
-        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if completed.returncode != 0:
-        raise EvaluationFailed(f"lmms-eval exited with status {completed.returncode} for {model} on {task}; see {log_path}")
+    """Evaluate lmms-eval model id `model` with `model_args` on `task` (from `include_path`, or lmms-eval's
+    built-in tasks when None), log to `log_path`, write lmms-eval's outputs under `output_dir`, check them."""
+    if offline:  # before lmms-eval imports `datasets`, which reads them once
+        os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    import lmms_eval.evaluator  # noqa: F401  (importing lmms_eval.models resets loguru's handlers)
+    from loguru import logger
+
+    output_dir, log_path = Path(output_dir), Path(log_path)
+    with open(log_path, "a") as log, redirect_stdout(log), redirect_stderr(log):
+        logger.remove()  # lmms-eval logs through loguru; like its CLI, send that log to one place: this file
+        logger.add(log, level="INFO", colorize=False)
+        try:
+            print(f"lmms-eval evaluator: --model {model} --model_args {model_args_string(model_args)} --tasks {task} "
+                  f"--batch_size {batch_size} --output_path {output_dir} --log_samples --seed {seed}"
+                  + (f" --include_path {include_path}" if include_path is not None else "")
+                  + (f" --limit {limit}" if limit is not None else ""), flush=True)
+            evaluate(model, model_args, task, output_dir, include_path, batch_size, limit, seed)
+        except EvaluationFailed:
+            raise
+        except Exception as error:
+            traceback.print_exc()
+            raise EvaluationFailed(f"lmms-eval failed for {model} on {task}: {type(error).__name__}: {error}; "
+                                   f"see {log_path}") from error
+        finally:
+            logger.remove()
+            logger.add(sys.stderr, level="WARNING")  # as after importing lmms_eval.models, on stderr
     return check_outputs(output_dir, task, log_path, expected_samples, max_empty_fraction)
+
+
+def evaluate(model: str, model_args: dict, task: str, output_dir: Path, include_path: Path | None, batch_size: int,
+             limit: int | None, seed: int) -> None:
+    """The evaluation part of lmms-eval's CLI (`cli_evaluate_single`) for one task, with `--log_samples`."""
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.loggers import EvaluationTracker
+    from lmms_eval.tasks import TaskManager
+    from lmms_eval.utils import get_datetime_str
+
+    task_manager = TaskManager("INFO", include_path=None if include_path is None else str(include_path),
+                               include_defaults=include_path is None, model_name=model)
+    if not task_manager.match_tasks([task]):
+        where = f"in {include_path}" if include_path is not None else "among lmms-eval's tasks"
+        raise EvaluationFailed(f"unknown lmms-eval task {task!r}: no task of that name {where}")
+    tracker, datetime_str = EvaluationTracker(output_path=str(output_dir)), get_datetime_str()
+    results = simple_evaluate(
+        model=model, model_args=model_args_string(model_args), tasks=[task], batch_size=batch_size, limit=limit,
+        log_samples=True, evaluation_tracker=tracker, task_manager=task_manager, random_seed=seed,
+        numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, datetime_str=datetime_str,
+    )
+    if results is None:  # only ranks other than 0 get None; this process is rank 0
+        raise EvaluationFailed(f"lmms-eval returned no results for {model} on {task}")
+    samples = results.pop("samples")
+    tracker.save_results_aggregated(results=results, samples=samples, datetime_str=datetime_str)
+    tracker.save_results_samples(task_name=task, samples=samples[task])
 
 
 def last_error(log_path: Path) -> str:

@@ -135,6 +135,15 @@ def test_bench_rows_for_every_method():
     assert table.count("\n| ") == 7 and "realised share" in table
 
 
+def test_bench_batch_multiplies_the_work_not_the_ratios():
+    single = run_bench(TOY, warmup=0, repeats=1, max_new_tokens=2, threads=1, log=lambda line: None)
+    batched = run_bench(TOY, warmup=0, repeats=1, max_new_tokens=2, threads=1, batch_size=3, log=lambda line: None)
+    assert batched["batch_size"] == 3 and "batch of 3 x prompt" in markdown(batched)
+    for one, three in zip(single["rows"], batched["rows"]):
+        assert three["prefill_flops"] == 3 * one["prefill_flops"]
+        assert three["flop_ratio"] == pytest.approx(one["flop_ratio"])
+
+
 def test_bench_cli_with_caps(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["--arch", "llava-ov-0.5b", "--layers", "2", "--visual-tokens", "12", "--text-tokens", "6",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -18,12 +21,25 @@ def test_entry_points_register_every_model_id():
         assert get_model(model_id).__name__ == class_name
 
 
+def stock_cli(model: str, model_args: dict, task_dir, out, log, batch_size: int = 1) -> int:
+    """`python -m lmms_eval` as a user types it, with the plugin's task folder as --include_path."""
+    command = [sys.executable, "-m", "lmms_eval", "--model", model, "--model_args",
+               ",".join(f"{k}={v}" for k, v in model_args.items()), "--tasks", "synth_marker", "--include_path",
+               str(task_dir), "--batch_size", str(batch_size), "--output_path", str(out), "--log_samples"]
+    with open(log, "w") as handle:
+        return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=600,
+                              env=dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")).returncode
+
+
 @pytest.fixture(scope="module")
 def cli_runs(tiny_checkpoint, task_dir, tmp_path_factory):
-    """llava_full at batch size 1 and 4, and random_drop at 20%, through the stock lmms-eval CLI."""
+    """llava_full at batch size 1 through the stock lmms-eval CLI; llava_full at batch size 4 and random_drop at
+    20% through `run_lmms_eval` (lmms-eval's evaluator in this process)."""
     out = tmp_path_factory.mktemp("lmms")
-    runs = {}
-    for name, model, args, batch_size in [("full_b1", "llava_full", {}, 1), ("full_b4", "llava_full", {}, 4),
+    assert stock_cli("llava_full", {"pretrained": tiny_checkpoint, "device": "cpu"}, task_dir, out / "full_b1",
+                     out / "full_b1.log") == 0
+    runs = {"full_b1": check_outputs(out / "full_b1", "synth_marker", out / "full_b1.log", 8, 1.0)}
+    for name, model, args, batch_size in [("full_b4", "llava_full", {}, 4),
                                           ("drop", "random_drop", {"budget": 0.2, "seed": 0}, 4)]:
         runs[name] = run_lmms_eval(
             model, {"pretrained": str(tiny_checkpoint), "device": "cpu", **args}, "synth_marker", out / name,
@@ -42,6 +58,14 @@ def test_cli_writes_results_and_per_sample_logs(cli_runs):
     assert full.results["throughput"]["avg_visual_tokens_kept"] > 0
 
 
+def test_in_process_evaluator_writes_what_the_cli_writes(cli_runs):
+    cli, in_process = cli_runs["full_b1"], cli_runs["full_b4"]
+    assert in_process.results_path.name.endswith("_results.json")
+    assert in_process.samples_path.name.endswith("_samples_synth_marker.jsonl")
+    assert in_process.results["results"]["synth_marker"] == cli.results["results"]["synth_marker"]
+    assert [s["doc_id"] for s in in_process.samples] == [s["doc_id"] for s in cli.samples]
+
+
 def test_batching_does_not_change_greedy_answers(cli_runs):
     answers = [[logged_answer(s) for s in cli_runs[name].samples] for name in ("full_b1", "full_b4")]
     assert answers[0] == answers[1]
@@ -53,15 +77,23 @@ def test_random_drop_reports_kept_tokens_per_sample(cli_runs):
         assert counts["visual_tokens_kept"] == tokens_for_budget(0.2, counts["visual_tokens"])
 
 
-def test_failed_evaluation_fails_the_job_although_the_cli_exits_zero(task_dir, tmp_path):
-    with pytest.raises(EvaluationFailed, match="wrote no results file"):
+def test_a_failed_cli_run_is_caught_although_the_cli_exits_zero(task_dir, tmp_path):
+    assert stock_cli("llava_full", {"pretrained": tmp_path / "missing"}, task_dir, tmp_path / "out",
+                     tmp_path / "log") == 0
+    with pytest.raises(EvaluationFailed, match="wrote no results file for synth_marker.*last error: .*does not exist"):
+        check_outputs(tmp_path / "out", "synth_marker", tmp_path / "log", 8, 0.05)
+
+
+def test_missing_checkpoint_fails_the_evaluation_with_its_message(task_dir, tmp_path):
+    with pytest.raises(EvaluationFailed, match="lmms-eval failed for llava_full on synth_marker: .*does not exist"):
         run_lmms_eval("llava_full", {"pretrained": str(tmp_path / "missing")}, "synth_marker", tmp_path / "out",
                       tmp_path / "log", include_path=task_dir)
-    assert "does not exist" in (tmp_path / "log").read_text()
+    assert "Traceback" in (tmp_path / "log").read_text()
+    assert not any(tmp_path.rglob("*_results.json"))
 
 
 def test_bad_budget_fails_with_its_message(next_checkpoint, task_dir, tmp_path):
-    with pytest.raises(EvaluationFailed, match=r"last error: .*budget must be in \(0, 1\], got 1.5"):
+    with pytest.raises(EvaluationFailed, match=r"random_drop on synth_marker: .*budget must be in \(0, 1\], got 1.5"):
         run_lmms_eval("random_drop", {"pretrained": str(next_checkpoint), "budget": 1.5}, "synth_marker",
                       tmp_path / "out", tmp_path / "log", include_path=task_dir)
 
@@ -84,7 +116,7 @@ def test_empty_answers_above_the_threshold_fail(cli_runs, tmp_path):
 
 
 def test_unknown_task_fails_with_the_task_name(next_checkpoint, task_dir, tmp_path):
-    with pytest.raises(EvaluationFailed, match="no results file for synth_nope.*last error: .*synth_nope"):
+    with pytest.raises(EvaluationFailed, match=f"unknown lmms-eval task 'synth_nope': no task of that name in {task_dir}"):
         run_lmms_eval("llava_full", {"pretrained": str(next_checkpoint)}, "synth_nope", tmp_path / "out",
                       tmp_path / "log", include_path=task_dir)
 
@@ -95,6 +127,6 @@ def test_corrupt_benchmark_parquet_fails_the_job(next_checkpoint, task_dir, tmp_
     broken = tmp_path / "synth_marker"
     shutil.copytree(task_dir, broken)
     (broken / "test.parquet").write_bytes(b"PAR1 this is not parquet")
-    with pytest.raises(EvaluationFailed, match="no results file for synth_marker.*last error"):
+    with pytest.raises(EvaluationFailed, match="lmms-eval failed for llava_full on synth_marker: "):
         run_lmms_eval("llava_full", {"pretrained": str(next_checkpoint)}, "synth_marker", tmp_path / "out",
                       tmp_path / "log", include_path=broken)

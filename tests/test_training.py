@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from safetensors.torch import load_file
 
@@ -13,8 +15,8 @@ from visor_model.training import ProgressLog, TrainConfig
 CONFIG = TrainConfig(steps=4, batch_size=2, save_every=2, log_every=1, warmup_steps=1)
 
 
-def run(task_dir, out, state):
-    return train_reference("llava_onevision", [task_dir], out, state, tiny_config("llava_onevision"), CONFIG,
+def run(task_dir, out, state, config=CONFIG):
+    return train_reference("llava_onevision", [task_dir], out, state, tiny_config("llava_onevision"), config,
                            val_per_task=2)
 
 
@@ -37,8 +39,19 @@ def test_interrupted_training_resumes_to_the_same_weights(task_dir, tmp_path, mo
     capsys.readouterr()
     record = run(task_dir, tmp_path / "resumed", tmp_path / "state_resumed")
     resumed = load_file(str(tmp_path / "resumed" / "model.safetensors"))
-    assert "resuming from step 2" in capsys.readouterr().out
+    assert "resuming reference training from step 2" in capsys.readouterr().out
     assert record["train_config"]["steps"] == 4
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert (straight[name] == resumed[name]).all(), name
+
+
+def test_a_state_saved_with_another_recipe_is_discarded_not_resumed(task_dir, tmp_path, capsys):
+    state = tmp_path / "state"
+    run(task_dir, tmp_path / "first", state, replace(CONFIG, steps=3, save_every=1))  # leaves the state of step 2
+    assert (state / "state.json").is_file()
+    capsys.readouterr()
+    run(task_dir, tmp_path / "second", state)
+    out = capsys.readouterr().out
+    assert f"discarding the training state in {state}: it was made with another configuration" in out
+    assert "resuming" not in out

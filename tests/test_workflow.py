@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -81,27 +84,33 @@ RESULT_COLUMNS = ["model", "method", "setting_id", "benchmark", "n", "accuracy",
                   "accuracy_ci_high", "mean_visual_tokens_kept"]
 
 
-def test_interrupted_fresh_run_resumes_to_identical_results(micro_run, tmp_path):
-    """Interrupt a second fresh run during evaluation, rerun it: it completes, and its accuracy and token
-    tables equal the first run's (repeatability and resumption at once)."""
-    import os
-    import signal
-    import time
-
-    workdir = micro_workdir(tmp_path)
+def run_until(workdir: Path, reached, what: str) -> None:
+    """Start a `--cores 2` run and stop it with SIGINT (Ctrl-C, to the whole process group) as soon as
+    `reached()` holds."""
     process = subprocess.Popen(SNAKEMAKE + ["--directory", str(workdir), "--cores", "2", "reports/final.html"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 900
-    while time.time() < deadline and process.poll() is None:
-        if any((workdir / "results" / "eval").rglob("*.json")):
-            break
-        time.sleep(0.5)
-    assert process.poll() is None, "the run finished before it could be interrupted"
+    while time.time() < deadline and process.poll() is None and not reached():
+        time.sleep(0.05)
+    assert process.poll() is None, f"the run finished before it could be interrupted {what}"
     os.killpg(process.pid, signal.SIGINT)
     process.wait(timeout=300)
     assert not (workdir / "results" / "summary.csv").exists()
+
+
+def test_interrupted_fresh_run_resumes_to_identical_results(micro_run, tmp_path):
+    """Interrupt a second fresh run during reference training, rerun it and interrupt it again during
+    evaluation, then rerun it to the end: training resumes from its last saved step, and the accuracy and
+    token tables equal the uninterrupted run's (repeatability and resumption at once)."""
+    workdir = micro_workdir(tmp_path)
+    state = workdir / "resources" / "train_state" / "reference_ov" / "state.json"
+    run_until(workdir, state.is_file, "during training")
+    assert not (workdir / "resources" / "trained" / "reference_ov" / "training.json").exists()
+    run_until(workdir, lambda: any((workdir / "results" / "eval").rglob("*.json")), "during evaluation")
     result = snakemake(workdir, "--cores", "2", "reports/final.html")
     assert result.returncode == 0, result.stderr[-5000:]
+    train_log = (workdir / "logs" / "train_reference" / "reference_ov.log").read_text()
+    assert "resuming reference training from step" in train_log
     first = pd.read_csv(micro_run / "results" / "summary.csv")[RESULT_COLUMNS]
     second = pd.read_csv(workdir / "results" / "summary.csv")[RESULT_COLUMNS]
     key = ["model", "method", "setting_id", "benchmark"]

@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from visor_model import provenance
 from visor_model.accounting import llm_prefill_flops
 from visor_model.flops import LLMShape, lm_head_flops
 from visor_model.generation import greedy_generate
@@ -97,11 +98,22 @@ class Architecture:
         return config
 
 
+def reference_architecture(name: str, family: str, note: str) -> Architecture:
+    """The LLM of a reference model (`visor_model.reference.ReferenceConfig` defaults, the synthetic benchmarks'
+    vocabulary): 192 visual tokens = a 2x2 AnyRes grid of 48-px crops (5 x 36 patches) + 12 row newlines, the
+    largest the synthetic images produce; 8 text tokens."""
+    from visor_model.benchmarks import vocabulary
+    from visor_model.reference import ReferenceConfig, build_tokenizer
+
+    c = ReferenceConfig(family=family)
+    decoder = "qwen2" if family == "llava_onevision" else "llama"
+    return Architecture(name, decoder, c.text_hidden, c.text_intermediate, c.text_layers, c.text_heads,
+                        c.text_kv_heads, len(build_tokenizer(vocabulary())), 192, 8, note)
+
+
 ARCHITECTURES = {a.name: a for a in (
-    # the project's reference models (visor_model.reference defaults); 192 visual tokens = a 2x2 AnyRes grid of
-    # 48-px crops (5 x 36 patches) + 12 row newlines, the largest the synthetic images produce; 8 text tokens
-    Architecture("reference_ov", "qwen2", 128, 344, 6, 4, 2, 40, 192, 8, "LlavaOnevision reference (Qwen2)"),
-    Architecture("reference_next", "llama", 128, 344, 6, 4, 2, 40, 192, 8, "LlavaNext reference (Llama)"),
+    reference_architecture("reference_ov", "llava_onevision", "LlavaOnevision reference (Qwen2)"),
+    reference_architecture("reference_next", "llava_next", "LlavaNext reference (Llama)"),
     # hub models: LLM shapes of their text configs; 64 text tokens (system prompt + question)
     Architecture("llava-ov-0.5b", "qwen2", 896, 4864, 24, 14, 2, 151936, 7290, 64,
                  "llava-onevision-qwen2-0.5b-ov (Qwen2-0.5B), anyres_max_9: 10 x 729 tokens"),
@@ -153,8 +165,10 @@ def build_host(arch: Architecture, layers: int | None, vocab: int | None, dtype:
     return host.eval()
 
 
-def synthetic_batch(host: LLMHost, n_text: int, n_visual: int, seed: int = 0, text_before: int = 5) -> SplicedBatch:
-    """One prompt: `text_before` text tokens, `n_visual` visual-token embeddings, the remaining text tokens."""
+def synthetic_batch(host: LLMHost, n_text: int, n_visual: int, seed: int = 0, text_before: int = 5,
+                    batch_size: int = 1) -> SplicedBatch:
+    """`batch_size` copies of one prompt: `text_before` text tokens, `n_visual` visual-token embeddings, the
+    remaining text tokens."""
     embed = host.get_input_embeddings()
     device, dtype = embed.weight.device, embed.weight.dtype
     generator = torch.Generator().manual_seed(seed)
@@ -163,12 +177,12 @@ def synthetic_batch(host: LLMHost, n_text: int, n_visual: int, seed: int = 0, te
     visual = (torch.randn(n_visual, embed.embedding_dim, generator=generator) * 0.02).to(device, dtype)
     with torch.no_grad():
         text = embed(ids)
-    inputs = torch.cat([text[:text_before], visual, text[text_before:]])[None]
-    T = inputs.shape[1]
-    visual_mask = torch.zeros(1, T, dtype=torch.bool, device=device)
-    visual_mask[0, text_before : text_before + n_visual] = True
-    return SplicedBatch(inputs_embeds=inputs, attention_mask=torch.ones(1, T, dtype=torch.long, device=device),
-                        position_ids=torch.arange(T, device=device)[None], visual_mask=visual_mask)
+    inputs = torch.cat([text[:text_before], visual, text[text_before:]])[None].repeat(batch_size, 1, 1)
+    B, T = inputs.shape[:2]
+    visual_mask = torch.zeros(B, T, dtype=torch.bool, device=device)
+    visual_mask[:, text_before : text_before + n_visual] = True
+    return SplicedBatch(inputs_embeds=inputs, attention_mask=torch.ones(B, T, dtype=torch.long, device=device),
+                        position_ids=torch.arange(T, device=device)[None].repeat(B, 1), visual_mask=visual_mask)
 
 
 @dataclass(frozen=True)
@@ -191,7 +205,9 @@ SETTINGS = (
 def run_bench(arch: Architecture, layers: int | None = None, n_visual: int | None = None, n_text: int | None = None,
               vocab: int | None = None, dtype: str = "auto", device: str = "auto", warmup: int = 1, repeats: int = 3,
               max_new_tokens: int = 4, threads: int | None = None, settings=SETTINGS, budget: float = 0.2,
-              peak: float | None = None, log=print) -> dict:
+              peak: float | None = None, batch_size: int = 1, log=print) -> dict:
+    """Times every setting's generation on the same synthetic prompts (`batch_size` copies of one prompt per
+    forward: batch 1 measures latency, a larger batch throughput, where fixed per-call costs are shared)."""
     from visor_model.visor import VisorConfig, VisorModel
 
     if threads:
@@ -213,7 +229,7 @@ def run_bench(arch: Architecture, layers: int | None = None, n_visual: int | Non
     for setting in settings:
         kept = n_visual if setting.kept >= 1.0 else max(1, math.floor(budget * n_visual + 1e-9))
         if kept not in batches:
-            batches[kept] = synthetic_batch(host, n_text, kept)
+            batches[kept] = synthetic_batch(host, n_text, kept, batch_size=batch_size)
         active = None if setting.sa is None else (family[0] if setting.sa == "min" else family[-1])
         plans.append((setting, kept, active, None if active is None else visor.config.roles(active)))
 
@@ -238,7 +254,8 @@ def run_bench(arch: Architecture, layers: int | None = None, n_visual: int | Non
     rows = []
     for (setting, kept, active, roles), timing in zip(plans, timings):
         conv = visor.config.conv_kernel if roles else 0
-        flops = llm_prefill_flops(shape, n_text, kept, "causal", roles, conv).total + lm_head_flops(shape, 1).total
+        flops = batch_size * (llm_prefill_flops(shape, n_text, kept, "causal", roles, conv).total
+                              + lm_head_flops(shape, 1).total)
         prefill = stats([t.prefill_s for t in timing])
         decode = stats([s for t in timing for s in t.decode_steps_s])
         label = setting.method if active is None else setting.method.replace(setting.sa, f"sa={len(active)}")
@@ -255,17 +272,16 @@ def run_bench(arch: Architecture, layers: int | None = None, n_visual: int | Non
         row["realised_share"] = row["speedup"] * row["flop_ratio"]
         row["decode_speedup"] = base["decode_per_token_s"]["median"] / row["decode_per_token_s"]["median"]
         row["achieved_tflops"] = row["prefill_flops"] / row["prefill_s"]["median"] / 1e12
-    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else _cpu_name()
+    device_name = provenance.device_name(device)
     peak = peak if peak is not None else (peak_tflops(device_name) if device.startswith("cuda") else None)
     mfu = base["achieved_tflops"] / peak if peak else None
-    from visor_model.provenance import package_versions
-
     return {
         "architecture": asdict(arch), "layers": L, "layers_full": arch.layers, "n_visual": n_visual,
         "n_text": n_text, "vocab": config.vocab_size, "dtype": dtype, "device": device, "device_name": device_name,
         "attn_implementation": config._attn_implementation, "threads": torch.get_num_threads(),
-        "warmup": warmup, "repeats": repeats, "max_new_tokens": max_new_tokens, "budget": budget,
-        "peak_tflops": peak, "mfu_full_prefill": mfu, "rows": rows, "versions": package_versions(),
+        "batch_size": batch_size, "warmup": warmup, "repeats": repeats, "max_new_tokens": max_new_tokens,
+        "budget": budget,
+        "peak_tflops": peak, "mfu_full_prefill": mfu, "rows": rows, "versions": provenance.package_versions(),
         "load_average": {"before": load_before, "after": _load()},
     }
 
@@ -280,22 +296,6 @@ def _load() -> float | None:
         return None
 
 
-def _cpu_name() -> str:
-    import os
-    import platform
-
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU {name} ({os.cpu_count()} logical cores)"
-
-
 def markdown(result: dict) -> str:
     arch = result["architecture"]
     cap = "" if result["layers"] == result["layers_full"] else f" (of {result['layers_full']})"
@@ -305,7 +305,8 @@ def markdown(result: dict) -> str:
         (f"{result['device_name']}, {result['dtype']}, attention `{result['attn_implementation']}`, "
          f"{result['threads']} thread(s); LLM: hidden {arch['hidden']}, MLP {arch['intermediate']}, "
          f"{result['layers']} layers{cap}, {arch['heads']} heads / {arch['kv_heads']} KV heads, vocab "
-         f"{result['vocab']}; prompt {result['n_text']} text + {result['n_visual']} visual tokens; "
+         f"{result['vocab']}; batch of {result['batch_size']} x prompt {result['n_text']} text + "
+         f"{result['n_visual']} visual tokens; "
          f"median of {result['repeats']} (methods interleaved) after {result['warmup']} warm-up; "
          f"{result['max_new_tokens']} tokens generated; 1-min load average {result['load_average']['before']} "
          f"before, {result['load_average']['after']} after."),
@@ -343,6 +344,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--budget", type=float, default=0.2, help="token fraction of hired / random_drop / visor-tr")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts per forward (1: latency; more: throughput)")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak FLOP/s, if not in PEAK_TFLOPS")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", type=Path, help="append the tables here")
@@ -359,7 +361,8 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
         result = run_bench(arch, args.layers, n_visual, args.text_tokens, args.vocab, args.dtype, device,
                            args.warmup, args.repeats, args.max_new_tokens, args.threads, budget=args.budget,
-                           peak=args.peak_tflops, log=lambda line: print(line, file=sys.stderr, flush=True))
+                           peak=args.peak_tflops, batch_size=args.batch_size,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
         results.append(result)
         table = markdown(result)
         print(table, flush=True)

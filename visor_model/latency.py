@@ -321,7 +321,7 @@ def measure_latency(runner, accountant: FlopAccountant, inputs: list[tuple[Image
     timings = {name: stats([v for s in per_sample for v in s[name]])
                for name in ("prefill_s", "decode_per_token_s", "generate_s")}
     timings["preprocess_s"] = stats([s.preprocess_s for s in samples])
-    env = environment()
+    env = environment(str(device))
     env.update(torch_threads=torch.get_num_threads(), clock=clock.description,
                cuda=torch.version.cuda if torch.cuda.is_available() else None)
     return {

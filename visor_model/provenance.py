@@ -19,13 +19,23 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def device_name() -> str:
+def device_name(device: str = "auto") -> str:
+    """The GPU's name for a CUDA device; otherwise the CPU's model name and logical core count."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"CPU {name} ({os.cpu_count()} logical cores)"
 
 
-def environment() -> dict:
-    return {"versions": package_versions(), "device": device_name(), "platform": platform.platform()}
+def environment(device: str = "auto") -> dict:
+    """Versions, the device (`device` as given to torch; "auto": CUDA where available) and the platform."""
+    return {"versions": package_versions(), "device": device_name(device), "platform": platform.platform()}

@@ -22,20 +22,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from visor_model.analysis import bootstrap_mean
+
 SETTING_FIELDS = ("budget", "alpha", "mode", "score", "threshold", "sa_layers", "token_budget", "seed")
-BOOTSTRAP_RESAMPLES = 2000
-
-
-def bootstrap_ci(scores: np.ndarray, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of per-sample scores."""
-    if len(scores) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = rng.choice(scores, size=(BOOTSTRAP_RESAMPLES, len(scores)), replace=True).mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
-
-
 def sample_table(records: list[dict]) -> pd.DataFrame:
     rows = []
     for record in records:
@@ -50,7 +39,7 @@ def summary_table(records: list[dict], seed: int = 0) -> pd.DataFrame:
     for record in records:
         samples = pd.DataFrame(record["samples"])
         scores = samples["exact_match"].to_numpy(dtype=float)
-        low, high = bootstrap_ci(scores, seed)
+        _, low, high = bootstrap_mean({record["benchmark"]: scores}, seed=seed)  # percentile bootstrap CI
         row = {
             "model": record["model"],
             "family": record["checkpoint"]["family"],

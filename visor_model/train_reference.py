@@ -34,8 +34,8 @@ from visor_model.training import (
     batch_indices,
     exact_match,
     learning_rate,
-    load_train_state,
     read_examples,
+    resume_train_state,
     save_train_state,
 )
 
@@ -146,10 +146,10 @@ def train_reference(
           flush=True)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    start_step = 0
-    if (state_dir / "state.json").is_file():
-        start_step = load_train_state(state_dir, model, optimizer)["step"]
-        print(f"resuming from step {start_step}", flush=True)
+    schedule = {k: v for k, v in asdict(config).items() if k not in ("threads", "save_every", "log_every")}
+    identity = json.loads(json.dumps({"family": family, "reference_config": asdict(reference), "train_config": schedule,
+                                      "tasks": [d.name for d in task_dirs]}))
+    start_step = resume_train_state(state_dir, model, optimizer, identity, "reference training")
     progress = ProgressLog(config.steps, config.log_every)
     started = time.time()
     model.train()
@@ -165,7 +165,7 @@ def train_reference(
         optimizer.step()
         progress.update(step, loss.item(), lr)
         if (step + 1) % config.save_every == 0 and step + 1 < config.steps:
-            save_train_state(state_dir, model, optimizer, step + 1, {"family": family})
+            save_train_state(state_dir, model, optimizer, step + 1, identity)
 
     model.eval()
     loaded = LoadedCheckpoint(model, tokenizer, image_processor, family, out_dir, str(out_dir), None, "")

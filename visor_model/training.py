@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -114,6 +115,24 @@ def save_train_state(state_dir: Path, model: torch.nn.Module, optimizer: torch.o
         old.rmdir()
     else:
         os.replace(tmp, state_dir)
+
+
+def resume_train_state(state_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, identity: dict,
+                       what: str) -> int:
+    """The step to start from: that of the state saved in `state_dir` if it was made with this `identity` (the
+    training configuration, the base checkpoint...; stored in its state.json), else 0. A state made with another
+    identity is discarded, never resumed."""
+    state_dir = Path(state_dir)
+    if not (state_dir / "state.json").is_file():
+        return 0
+    saved = json.loads((state_dir / "state.json").read_text())
+    if {key: saved.get(key) for key in identity} != identity:
+        print(f"discarding the training state in {state_dir}: it was made with another configuration", flush=True)
+        shutil.rmtree(state_dir)
+        return 0
+    step = load_train_state(state_dir, model, optimizer)["step"]
+    print(f"resuming {what} from step {step}", flush=True)
+    return step
 
 
 def load_train_state(state_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:

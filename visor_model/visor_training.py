@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -56,8 +55,8 @@ from visor_model.training import (
     batch_indices,
     exact_match,
     learning_rate,
-    load_train_state,
     read_examples,
+    resume_train_state,
     save_train_state,
 )
 from visor_model.visor import (
@@ -225,15 +224,7 @@ def train_universal(model: VisorModel, data, image_token_id: int, config: Univer
     optimizer = torch.optim.AdamW(trainable, lr=config.stage1_lr, weight_decay=0.0)
     schedule = {k: v for k, v in asdict(config).items() if k not in ("threads", "save_every", "log_every")}
     extra = json.loads(json.dumps({"universal_config": schedule, **(identity or {})}))
-    start_step = 0
-    if (state_dir / "state.json").is_file():
-        saved = json.loads((state_dir / "state.json").read_text())
-        if {key: saved.get(key) for key in extra} != extra:
-            print(f"discarding the training state in {state_dir}: it was made with another configuration", flush=True)
-            shutil.rmtree(state_dir)
-        else:
-            start_step = load_train_state(state_dir, model, optimizer)["step"]
-            print(f"resuming VISOR training from step {start_step}", flush=True)
+    start_step = resume_train_state(state_dir, model, optimizer, extra, "VISOR training")
     if callable(data):
         data = data() if start_step < config.steps else None
     progress = ProgressLog(config.steps, config.log_every)

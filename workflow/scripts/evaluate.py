@@ -1,4 +1,4 @@
-"""Evaluate one model x method x setting on one benchmark through the lmms-eval CLI; write a tidy record."""
+"""Evaluate one model x method x setting on one benchmark with lmms-eval's evaluator; write a tidy record."""
 
 import json
 import shutil
@@ -51,7 +51,7 @@ record = {
     "throughput": output.results.get("throughput", {}),
     "samples": sample_rows(output.samples),
     "checkpoint": checkpoint,
-    "provenance": environment(),
+    "provenance": environment(evaluation["device"]),
     "lmms_eval_results": str(output.results_path),
 }
 write_json_atomically(Path(snakemake.output[0]), record)

@@ -13,6 +13,7 @@ config = TrainConfig(
     steps=training["steps"],
     batch_size=training["batch_size"],
     learning_rate=training["learning_rate"],
+    save_every=training["save_every"],
     threads=snakemake.threads,
     seed=snakemake.params.seed,
 )
