@@ -2,9 +2,7 @@
 
 Targets of the foundation issue: at full compute >= 90% on the coarse task and >= 60% on the fine-grained
 task; random dropping to 20% of the visual tokens costs the fine-grained task >= 20 points and the coarse task
-<= 5 points. The shipped weights (1,000 steps of the recipe on 2 CPU cores) meet the coarse targets and show
-the discrimination clearly, but miss the fine-grained ones; that gap is pinned by a strict xfail, so the test
-turns red (XPASS) once better weights are shipped and the xfail must then be removed.
+<= 5 points. The shipped weights are 3,000 steps of the recipe (`config/config.yaml` training, seed 0).
 """
 
 from __future__ import annotations
@@ -44,15 +42,7 @@ def test_coarse_task_is_solved_and_robust_to_dropping(figures, name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_random_dropping_hurts_the_fine_task_far_more_than_the_coarse_one(figures, name):
-    fine, coarse = figures[name]["synth_marker"], figures[name]["synth_background"]
-    assert fine["full"] > 1 / 6 + 0.15  # well above chance (six colours)
-    assert fine["loss_points"] >= 10
-    assert fine["loss_points"] >= coarse["loss_points"] + 10
-
-
-@pytest.mark.xfail(strict=True, reason="shipped weights miss the fine-grained targets (>= 60% full, >= 20 points lost)")
-@pytest.mark.parametrize("name", MODELS)
-def test_fine_task_meets_the_issue_targets(figures, name):
+def test_fine_task_is_solved_and_random_dropping_hurts_it(figures, name):
     fine = figures[name]["synth_marker"]
-    assert fine["full"] >= 0.60 and fine["loss_points"] >= 20
+    assert fine["full"] >= 0.60
+    assert fine["loss_points"] >= 20

@@ -26,7 +26,7 @@ from visor_model.methods import stable_seed
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000
+    steps: int = 3000
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 50
