@@ -21,6 +21,7 @@ from visor_model.visor import (
     CA,
     SA,
     TEXT,
+    Layout,
     VisorConfig,
     VisorModel,
     check_threshold,
@@ -95,6 +96,36 @@ def test_zero_gates_add_nothing(host):
     with torch.no_grad():
         a, layout = with_ca.text_logits(batch, ())
     assert not torch.allclose(a[layout.text_valid], b[layout.text_valid])
+
+
+def test_layout_indexes_every_rows_text_and_visual_positions(host):
+    loaded, examples = host
+    batch = spliced(loaded, examples[:6])
+    layout = Layout.build(batch.attention_mask, batch.position_ids, batch.visual_mask)
+    real = batch.attention_mask.bool()
+    Tt = layout.text_index.shape[1]
+    assert len(set(layout.n_visual())) > 1  # rows of different lengths: the padding is exercised
+    for b in range(len(real)):
+        text = torch.nonzero(real[b] & ~batch.visual_mask[b]).squeeze(1)
+        visual = torch.nonzero(real[b] & batch.visual_mask[b]).squeeze(1)
+        assert torch.equal(layout.text_index[b, Tt - len(text):], text)  # left-padded
+        assert torch.equal(layout.visual_index[b, : len(visual)], visual)  # right-padded
+        assert layout.text_valid[b].sum() == len(text) and layout.text_valid[b, Tt - len(text):].all()
+        assert layout.visual_valid[b].sum() == len(visual) and layout.visual_valid[b, : len(visual)].all()
+        assert not layout.text_index[b, : Tt - len(text)].any() and not layout.visual_index[b, len(visual):].any()
+
+
+def test_a_padded_batch_gives_each_row_its_own_logits(host):
+    loaded, examples = host
+    visor = perturbed(VisorModel(loaded.model, VisorConfig(n_layers=6)))
+    batch = spliced(loaded, examples[:6])
+    for active in visor.config.family():
+        with torch.no_grad():
+            together, layout = visor.text_logits(batch, active)
+            for row in (0, 4):
+                alone, alone_layout = visor.text_logits(spliced(loaded, examples[row : row + 1]), active)
+                torch.testing.assert_close(together[row][layout.text_valid[row]], alone[0][alone_layout.text_valid[0]],
+                                           rtol=1e-4, atol=1e-5)
 
 
 def test_text_only_layers_see_text_length_tensors(host):

@@ -84,11 +84,18 @@ RESULT_COLUMNS = ["model", "method", "setting_id", "benchmark", "n", "accuracy",
                   "accuracy_ci_high", "mean_visual_tokens_kept"]
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C's default action. A job started in the background by a non-interactive shell (as CI
+    may start this suite) inherits SIGINT ignored, and Python keeps it ignored, so the workflow would not stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_until(workdir: Path, reached, what: str) -> None:
     """Start a `--cores 2` run and stop it with SIGINT (Ctrl-C, to the whole process group) as soon as
     `reached()` holds."""
     process = subprocess.Popen(SNAKEMAKE + ["--directory", str(workdir), "--cores", "2", "reports/final.html"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                               preexec_fn=default_sigint)
     deadline = time.time() + 900
     while time.time() < deadline and process.poll() is None and not reached():
         time.sleep(0.05)

@@ -296,19 +296,17 @@ class Layout:
         is_visual = real & visual_mask
         n_text, n_visual = is_text.sum(1), is_visual.sum(1)
         Tt, Tv = int(n_text.max()), max(1, int(n_visual.max()))
-        B, T = attention_mask.shape
-        device = attention_mask.device
-        text_index = torch.zeros(B, Tt, dtype=torch.long, device=device)
-        text_valid = torch.zeros(B, Tt, dtype=torch.bool, device=device)
-        visual_index = torch.zeros(B, Tv, dtype=torch.long, device=device)
-        visual_valid = torch.zeros(B, Tv, dtype=torch.bool, device=device)
-        for b in range(B):
-            t = torch.nonzero(is_text[b]).squeeze(1)
-            text_index[b, Tt - t.numel() :] = t
-            text_valid[b, Tt - t.numel() :] = True
-            v = torch.nonzero(is_visual[b]).squeeze(1)
-            visual_index[b, : v.numel()] = v
-            visual_valid[b, : v.numel()] = True
+        T = attention_mask.shape[1]
+        positions = torch.arange(T, device=attention_mask.device)
+        # every row's text (visual) positions first and in order: sort on position, others pushed behind by T
+        text_sorted = torch.where(is_text, positions, positions + T).sort(dim=1).values[:, :Tt]
+        visual_sorted = torch.where(is_visual, positions, positions + T).sort(dim=1).values[:, :Tv]
+        # text right-aligned (left-padded), visual left-aligned (right-padded); pads point at position 0
+        source = torch.arange(Tt, device=positions.device) - (Tt - n_text)[:, None]  # [B, Tt]
+        text_valid = source >= 0
+        text_index = torch.where(text_valid, text_sorted.gather(1, source.clamp(min=0)), 0)
+        visual_valid = torch.arange(Tv, device=positions.device) < n_visual[:, None]
+        visual_index = torch.where(visual_valid, visual_sorted, 0)
         return cls(attention_mask, position_ids, visual_mask, text_index, text_valid, visual_index, visual_valid)
 
     def select(self, rows: torch.Tensor) -> "Layout":
@@ -483,10 +481,15 @@ class VisorModel(nn.Module):
         lm, config = self.lm, self.config
         roles = config.roles(active)
         h, layout, cache = state.h, state.layout, state.cache
+        # Through a run of text-only and CA layers the text stream stays gathered in `text` (h's text rows are
+        # stale meanwhile); it goes back into h before an SA layer and at the end.
+        text = None
         full_mask = full_rotary = text_mask = text_rotary = visual_rotary = None
         for l in range(start, stop):
             layer = lm.layers[l]
             if roles[l] == SA:
+                if text is not None:
+                    h, text = put_rows(h, layout.text_index, layout.text_valid, text), None
                 if full_mask is None:
                     # exactly what the host's forward builds for this batch
                     full_mask = create_causal_mask(config=lm.config, inputs_embeds=h, attention_mask=layout.attention_mask,
@@ -508,13 +511,13 @@ class VisorModel(nn.Module):
                 kv = block.visual_kv(gather_rows(h, layout.visual_index), visual_rotary)
                 if cache is not None:
                     cache.cross[l] = kv
-                text = block(gather_rows(h, layout.text_index), text_rotary, kv, layout.visual_valid)
-            else:
+                text = gather_rows(h, layout.text_index) if text is None else text
+                text = block(text, text_rotary, kv, layout.visual_valid)
+            elif text is None:
                 text = gather_rows(h, layout.text_index)
             text = layer(text, attention_mask=text_mask, position_embeddings=text_rotary,
                          position_ids=layout.text_positions, past_key_values=cache, use_cache=cache is not None)
-            h = put_rows(h, layout.text_index, layout.text_valid, text)
-        state.h = h
+        state.h = h if text is None else put_rows(h, layout.text_index, layout.text_valid, text)
         return state
 
     def _positional_conv(self, h, layout: Layout) -> torch.Tensor:
