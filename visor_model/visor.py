@@ -328,14 +328,17 @@ class Layout:
 
 
 def gather_rows(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """h [B, T, d], index [B, n] -> [B, n, d]."""
-    return h.gather(1, index[..., None].expand(-1, -1, h.shape[-1]))
+    """h [B, T, d], index [B, n] -> [B, n, d] (whole rows copied by index_select, much faster than gather)."""
+    B, T, d = h.shape
+    flat = (index + T * torch.arange(B, device=index.device)[:, None]).flatten()  # [B * n] into h viewed [B*T, d]
+    return h.reshape(B * T, d).index_select(0, flat).view(B, index.shape[1], d)
 
 
 def put_rows(h: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """h with h[b, index[b, j]] = values[b, j] where valid[b, j] (out of place, differentiable)."""
-    rows = torch.arange(h.shape[0], device=h.device)[:, None].expand_as(index)
-    return h.index_put((rows[valid], index[valid]), values[valid])
+    B, T, d = h.shape
+    flat = (index + T * torch.arange(B, device=index.device)[:, None])[valid]  # rows of h viewed [B*T, d]
+    return h.reshape(B * T, d).index_copy(0, flat, values[valid]).view(B, T, d)
 
 
 class VisorCache:
