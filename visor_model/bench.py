@@ -300,7 +300,8 @@ def markdown(result: dict) -> str:
     arch = result["architecture"]
     cap = "" if result["layers"] == result["layers_full"] else f" (of {result['layers_full']})"
     lines = [
-        f"### {arch['name']}: {arch['note']}",
+        f"### {arch['name']}: {arch['note']}"
+        + (f", batch {result['batch_size']}" if result["batch_size"] > 1 else ""),
         "",
         (f"{result['device_name']}, {result['dtype']}, attention `{result['attn_implementation']}`, "
          f"{result['threads']} thread(s); LLM: hidden {arch['hidden']}, MLP {arch['intermediate']}, "
