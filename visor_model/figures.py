@@ -29,6 +29,12 @@ def _panels(n: int, width: float = PANEL[0], height: float = PANEL[1]):
     return fig, list(axes[0])
 
 
+def series_points(rows: pd.DataFrame, sort_by: str):
+    """(label, that series' rows sorted by `sort_by`) for every series of `rows`, in the report's order."""
+    for label in series_order(rows):
+        yield label, rows[rows["series_label"] == label].sort_values(sort_by)
+
+
 def _legend(fig, axes):
     handles = {}
     for ax in axes:
@@ -52,8 +58,7 @@ def accuracy_vs_flops(summary: pd.DataFrame, benchmark: str):
     fig, axes = _panels(len(models))
     for ax, model in zip(axes, models):
         rows = part[part["model"] == model]
-        for label in series_order(rows):
-            points = rows[rows["series_label"] == label].sort_values("mean_flops_llm_prefill")
+        for label, points in series_points(rows, "mean_flops_llm_prefill"):
             x = points["mean_flops_llm_prefill"] / divisor
             y = 100 * points["accuracy"]
             err = [100 * (points["accuracy"] - points["accuracy_ci_low"]),
@@ -86,8 +91,7 @@ def cluster_plot(table: pd.DataFrame):
     fig, axes = _panels(len(models))
     for ax, model in zip(axes, models):
         rows = table[table["model"] == model]
-        for label in series_order(rows):
-            points = rows[rows["series_label"] == label].sort_values("flops_saving")
+        for label, points in series_points(rows, "flops_saving"):
             for cluster, style in (("easy", ":"), ("hard", "-")):
                 if points[f"{cluster}_avg"].notna().any():
                     ax.plot(points["flops_saving"], points[f"{cluster}_avg"], linestyle=style, color=colour(label),
@@ -121,8 +125,7 @@ def latency_vs_flops(latency: pd.DataFrame):
             if f"{timing}_median" not in rows:
                 ax.set_visible(False)
                 continue
-            for label in series_order(rows):
-                points = rows[rows["series_label"] == label].sort_values("mean_flops_prefill")
+            for label, points in series_points(rows, "mean_flops_prefill"):
                 y = 1000 * points[f"{timing}_median"]
                 err = [1000 * (points[f"{timing}_median"] - points[f"{timing}_q25"]),
                        1000 * (points[f"{timing}_q75"] - points[f"{timing}_median"])]

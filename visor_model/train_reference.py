@@ -37,6 +37,7 @@ from visor_model.training import (
     read_examples,
     resume_train_state,
     save_train_state,
+    training_identity,
 )
 
 
@@ -146,9 +147,8 @@ def train_reference(
           flush=True)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = {k: v for k, v in asdict(config).items() if k not in ("threads", "save_every", "log_every")}
-    identity = json.loads(json.dumps({"family": family, "reference_config": asdict(reference), "train_config": schedule,
-                                      "tasks": [d.name for d in task_dirs]}))
+    identity = training_identity(family=family, reference_config=reference, train_config=config,
+                                 tasks=[d.name for d in task_dirs])
     start_step = resume_train_state(state_dir, model, optimizer, identity, "reference training")
     progress = ProgressLog(config.steps, config.log_every)
     started = time.time()

@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -115,6 +115,16 @@ def save_train_state(state_dir: Path, model: torch.nn.Module, optimizer: torch.o
         old.rmdir()
     else:
         os.replace(tmp, state_dir)
+
+
+def training_identity(**parts) -> dict:
+    """What a saved training state must match to be resumed (`resume_train_state`), JSON-normalised: every
+    dataclass part reduced to the fields that change the result (not threads, nor how often it saves and
+    logs), other parts as given."""
+    cadence = ("threads", "save_every", "log_every")
+    reduced = {name: {k: v for k, v in asdict(part).items() if k not in cadence} if is_dataclass(part) else part
+               for name, part in parts.items()}
+    return json.loads(json.dumps(reduced))
 
 
 def resume_train_state(state_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, identity: dict,

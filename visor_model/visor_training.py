@@ -58,6 +58,7 @@ from visor_model.training import (
     read_examples,
     resume_train_state,
     save_train_state,
+    training_identity,
 )
 from visor_model.visor import (
     VisorConfig,
@@ -222,8 +223,7 @@ def train_universal(model: VisorModel, data, image_token_id: int, config: Univer
     state_dir = Path(state_dir)
     trainable = [p for n, p in model.named_parameters() if not n.startswith(("visor.router", "visor.routing_token"))]
     optimizer = torch.optim.AdamW(trainable, lr=config.stage1_lr, weight_decay=0.0)
-    schedule = {k: v for k, v in asdict(config).items() if k not in ("threads", "save_every", "log_every")}
-    extra = json.loads(json.dumps({"universal_config": schedule, **(identity or {})}))
+    extra = training_identity(universal_config=config, **(identity or {}))
     start_step = resume_train_state(state_dir, model, optimizer, extra, "VISOR training")
     if callable(data):
         data = data() if start_step < config.steps else None
