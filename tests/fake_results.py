@@ -21,6 +21,7 @@ BENCHMARKS = {"synth_background": ("coarse", "easy", 2.0e8), "synth_shape": ("me
 MODELS = {"reference_ov": "llava_onevision", "reference_next": "llava_next"}
 VERSIONS = {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.23.0", "lmms_eval": "0.7.3",
             "snakemake": "9.27.1", "pandas": "3.1.1", "seaborn": "0.13.2", "papermill": "2.7.0"}
+LOCK = {"file": "requirements.lock", "sha256": "e41e3425ebd2" + "0" * 52}
 SA_MAX = 2
 
 
@@ -110,7 +111,7 @@ def records(n: int = 60, seed: int = 0, **kwargs):
                 "samples": samples,
                 "checkpoint": {"family": MODELS[model], "source": "shipped", "revision": None,
                                "weights_sha256": "ab" * 32},
-                "provenance": {"device": "cpu (x86_64, 2 cores)", "versions": VERSIONS}})
+                "provenance": {"device": "cpu (x86_64, 2 cores)", "versions": VERSIONS, "lock": LOCK}})
         prefill_flops = flops(2.2e8, method, setting) + 5.1e7
         prefill = 0.002 + prefill_flops / 2e10
         decode = 0.004 + (0.0002 if method == "llava_full" else 0.0001)
@@ -124,7 +125,7 @@ def records(n: int = 60, seed: int = 0, **kwargs):
                                "flops_total": prefill_flops + 3e6}},
             "config": {"samples": 8, "repeats": 5, "warmup": 2, "max_new_tokens": 4, "threads": 1,
                        "dtype": "float32"},
-            "environment": {"device": "cpu (x86_64, 2 cores)", "versions": VERSIONS}})
+            "environment": {"device": "cpu (x86_64, 2 cores)", "versions": VERSIONS, "lock": LOCK}})
     return evaluations, latencies
 
 

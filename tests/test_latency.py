@@ -105,7 +105,7 @@ def test_latency_table_has_speedups_against_llava_full():
         timing = {"median": prefill, "q25": prefill, "q75": prefill, "iqr": 0.0, "n": 4}
         return {"model": "m", "method": method, "setting_id": "default", "setting": {},
                 "timings": {"prefill_s": timing, "decode_per_token_s": dict(timing, median=0.01)},
-                "memory": {"peak_mb": 1.0, "method": "x"}, "environment": {"device": "cpu", "versions": {}},
+                "memory": {"peak_mb": 1.0, "method": "x"}, "environment": {"device": "cpu", "versions": {}, "lock": {"sha256": "0" * 64}},
                 "config": {"samples": 2, "repeats": 2, "warmup": 1, "max_new_tokens": 3, "threads": 1},
                 "flops": {"mean": {"flops_llm_prefill": flops, "flops_total": 2 * flops, "flops_prefill": 1.5 * flops}}}
 

@@ -282,6 +282,7 @@ def run_bench(arch: Architecture, layers: int | None = None, n_visual: int | Non
         "batch_size": batch_size, "warmup": warmup, "repeats": repeats, "max_new_tokens": max_new_tokens,
         "budget": budget,
         "peak_tflops": peak, "mfu_full_prefill": mfu, "rows": rows, "versions": provenance.package_versions(),
+        "lock": provenance.lock_record(),
         "load_average": {"before": load_before, "after": _load()},
     }
 

@@ -1,10 +1,12 @@
-"""Provenance recorded in every result: package versions and the device."""
+"""Provenance recorded in every result: package versions, the environment lock's hash and the device."""
 
 from __future__ import annotations
 
 import os
 import platform
 from importlib import metadata
+
+from visor_model import lockfile
 
 PACKAGES = ("torch", "transformers", "lmms_eval", "snakemake", "pandas", "seaborn", "papermill")
 
@@ -36,6 +38,12 @@ def device_name(device: str = "auto") -> str:
     return f"CPU {name} ({os.cpu_count()} logical cores)"
 
 
+def lock_record() -> dict[str, str]:
+    """The environment lock the install followed: its file name and SHA-256 (install.sh checks the venv equals it)."""
+    return {"file": lockfile.LOCK.name, "sha256": lockfile.lock_sha256()}
+
+
 def environment(device: str = "auto") -> dict:
-    """Versions, the device (`device` as given to torch; "auto": CUDA where available) and the platform."""
-    return {"versions": package_versions(), "device": device_name(device), "platform": platform.platform()}
+    """Versions, the lock, the device (`device` as given to torch; "auto": CUDA where available), the platform."""
+    return {"versions": package_versions(), "lock": lock_record(), "device": device_name(device),
+            "platform": platform.platform()}

@@ -66,6 +66,7 @@ def summary_table(records: list[dict], seed: int = 0) -> pd.DataFrame:
             "checkpoint_revision": record["checkpoint"].get("revision"),
             "checkpoint_sha256": record["checkpoint"]["weights_sha256"],
             "device": record["provenance"]["device"],
+            "lock_sha256": record["provenance"]["lock"]["sha256"],
             **{f"version_{k}": v for k, v in record["provenance"]["versions"].items()},
         })
         rows.append(row)
@@ -128,7 +129,7 @@ def latency_table(records: list[dict]) -> pd.DataFrame:
                     "samples": record["config"]["samples"], "repeats": record["config"]["repeats"],
                     "warmup": record["config"]["warmup"], "max_new_tokens": record["config"]["max_new_tokens"],
                     "threads": record["config"].get("threads"), "device": record["environment"]["device"],
-                    "dtype": record["config"].get("dtype"),
+                    "lock_sha256": record["environment"]["lock"]["sha256"], "dtype": record["config"].get("dtype"),
                     **{f"version_{k}": v for k, v in record["environment"]["versions"].items()}})
         rows.append(row)
     table = pd.DataFrame(rows)
