@@ -1,9 +1,9 @@
 """lmms-eval model classes for the efficiency methods. Thin: every method's logic lives in `visor_model`.
 
-Each class turns lmms-eval requests into batches for `visor_model.runner.VisionLanguageRunner` and returns
+Each class turns lmms-eval requests into batches for `visor_model.llava.runner.VisionLanguageRunner` and returns
 `GenerationResult`s whose token counts carry the per-sample accounting (visual tokens before and after
 reduction, prefill length, the tokens that entered the LLM, layers per VISOR role, and the analytic FLOPs by
-term from `visor_model.accounting`), so it lands in lmms-eval's per-sample log; means go to
+term from `visor_model.efficiency.accounting`), so it lands in lmms-eval's per-sample log; means go to
 `results["throughput"]`. Subclasses change the per-sample record through two hooks: `counts_class` (the
 `VisualTokenCounts` subclass) and `build_accountant` (the `FlopAccountant` of the model and method).
 """
@@ -18,10 +18,10 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from tqdm import tqdm
 
-from visor_model.accounting import FlopAccountant, SampleTokens
-from visor_model.checkpoints import load_checkpoint
-from visor_model.methods import FullTokens, RandomDrop, TokenReducer
-from visor_model.runner import SampleRecord, VisionLanguageRunner
+from visor_model.efficiency.accounting import FlopAccountant, SampleTokens
+from visor_model.llava.checkpoints import load_checkpoint
+from visor_model.methods.base import FullTokens, RandomDrop, TokenReducer
+from visor_model.llava.runner import SampleRecord, VisionLanguageRunner
 
 
 @dataclass
@@ -29,7 +29,7 @@ class VisualTokenCounts(TokenCounts):
     """lmms-eval's token counts plus the visual-token and FLOP accounting of one sample.
 
     `to_dict` (what lmms-eval writes to the per-sample log) flattens `flops` into top-level keys
-    (flops_vision, flops_llm_prefill, ..., fastv_macs, layers_sa, ...: see `visor_model.accounting`)."""
+    (flops_vision, flops_llm_prefill, ..., fastv_macs, layers_sa, ...: see `visor_model.efficiency.accounting`)."""
 
     visual_tokens: int | None = None
     visual_tokens_kept: int | None = None
@@ -183,7 +183,7 @@ class RandomDropLlava(EfficientLlava):
 
 
 class HiredLlava(EfficientLlava):
-    """`hired`: HiRED token dropping (visor_model.hired); args budget= (required), alpha=, mode=paper|reference_code,
+    """`hired`: HiRED token dropping (visor_model.methods.hired); args budget= (required), alpha=, mode=paper|reference_code,
     score=cls|mean_received (default: cls if the encoder has a CLS token), distribution_layer=, selection_layer=
     (default: the layer feeding the projector), newlines=all|occupied_rows|none (default: by mode)."""
 
@@ -197,7 +197,7 @@ class HiredLlava(EfficientLlava):
         selection_layer: int | str | None = None,
         newlines: str | None = None,
     ) -> TokenReducer:
-        from visor_model.hired import HiRED
+        from visor_model.methods.hired import HiRED
 
         if budget is None:
             raise ValueError("hired needs a budget, e.g. --model_args pretrained=DIR,budget=0.2")

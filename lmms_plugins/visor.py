@@ -1,4 +1,4 @@
-"""lmms-eval model `visor`: a VISOR checkpoint (see visor_model.visor) with a fixed configuration or its policy.
+"""lmms-eval model `visor`: a VISOR checkpoint (see visor_model.methods.visor.modeling) with a fixed configuration or its policy.
 
     --model visor --model_args pretrained=DIR,sa_layers=K          fixed viable configuration with K SA layers
     --model visor --model_args pretrained=DIR,threshold=T          the router picks per sample (T in [0, 1])
@@ -6,7 +6,7 @@
 
 Shared args as the other plugins: pretrained, revision, device, dtype, batch_size (lmms-eval --batch_size).
 Per-sample token counts carry the configuration that ran (sa_layers, its layer indices and roles), the
-visual / text tokens that entered the LLM and the per-sample FLOPs by term (`visor_model.accounting`: text-only
+visual / text tokens that entered the LLM and the per-sample FLOPs by term (`visor_model.efficiency.accounting`: text-only
 layers' context excludes the visual tokens, CA blocks, positional conv and router are charged).
 """
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmms_plugins.models import EfficientLlava, VisualTokenCounts, pick_device
-from visor_model.accounting import FlopAccountant
-from visor_model.methods import FullTokens, TokenReducer
-from visor_model.visor_training import VisorRunner
+from visor_model.efficiency.accounting import FlopAccountant
+from visor_model.methods.base import FullTokens, TokenReducer
+from visor_model.methods.visor.runner import VisorRunner
 
 
 @dataclass
@@ -53,7 +53,7 @@ class VisorLlava(EfficientLlava):
                  token_budget: float | str | None = None) -> None:
         from lmms_eval.api.model import lmms
 
-        from visor_model.visor import check_threshold, load_visor
+        from visor_model.methods.visor.modeling import check_threshold, load_visor
         lmms.__init__(self)
         if (sa_layers is None) == (threshold is None):
             raise ValueError("visor needs exactly one of sa_layers=K (fixed configuration) or threshold=T (policy)")
@@ -87,6 +87,6 @@ class VisorLlava(EfficientLlava):
     def build_reducer(self, token_budget=None) -> TokenReducer:
         if token_budget is None:
             return FullTokens()
-        from visor_model.hired import HiRED
+        from visor_model.methods.hired import HiRED
 
         return HiRED(budget=float(token_budget), mode="paper")

@@ -16,9 +16,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from visor_model import benchmarks  # noqa: E402
-from visor_model.reference import ReferenceConfig, build_reference_model, build_tokenizer  # noqa: E402
-from visor_model.runner import VisionLanguageRunner, prompt_ids  # noqa: E402
+from visor_model.reference import tasks  # noqa: E402
+from visor_model.reference.models import ReferenceConfig, build_reference_model, build_tokenizer  # noqa: E402
+from visor_model.llava.runner import VisionLanguageRunner, prompt_ids  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FAMILIES = ("llava_next", "llava_onevision")
@@ -74,7 +74,7 @@ def save_checkpoint(model, tokenizer, image_processor, folder: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def benchmark_tokenizer():
-    return build_tokenizer(benchmarks.vocabulary())
+    return build_tokenizer(tasks.vocabulary())
 
 
 @pytest.fixture(scope="session", params=FAMILIES)
@@ -95,7 +95,7 @@ def next_checkpoint(tmp_path_factory, benchmark_tokenizer):
 def task_dir(tmp_path_factory):
     """A small synth_marker lmms-eval task folder."""
     folder = tmp_path_factory.mktemp("tasks") / "synth_marker"
-    benchmarks.write_task("synth_marker", folder, {"train": 8, "val": 4, "test": 8}, seed=0)
+    tasks.write_task("synth_marker", folder, {"train": 8, "val": 4, "test": 8}, seed=0)
     return folder
 
 

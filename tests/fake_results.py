@@ -1,5 +1,5 @@
 """Fake evaluation and latency records with the structure the workflow writes, turned into the real tables by
-`visor_model.results` (so the columns are the real ones). Accuracy follows a simple model: fine-grained
+`visor_model.audit.tables` (so the columns are the real ones). Accuracy follows a simple model: fine-grained
 benchmarks lose accuracy when visual tokens are dropped, VISOR keeps it with enough SA layers; per-document
 outcomes share a latent difficulty, so runs on the same documents are positively correlated (as real ones are).
 Used by the report and claims tests and to render a full report for inspection:
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from visor_model.results import latency_table, sample_table, summary_table
+from visor_model.audit.tables import latency_table, sample_table, summary_table
 
 BENCHMARKS = {"synth_background": ("coarse", "easy", 2.0e8), "synth_shape": ("medium", "easy", 2.1e8),
               "synth_marker": ("fine", "hard", 2.4e8)}

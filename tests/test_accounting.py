@@ -1,4 +1,4 @@
-"""Per-sample FLOP accounting (visor_model.accounting) against torch's FlopCounterMode on real forward passes.
+"""Per-sample FLOP accounting (visor_model.efficiency.accounting) against torch's FlopCounterMode on real forward passes.
 
 Every method runs through its real runner (vision tower, projector, token selection, splice, greedy generation
 with a KV cache) on tiny reference models, under FlopCounterMode with SDPA forced to the math backend (so that
@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from visor_model.accounting import (
+from visor_model.efficiency.accounting import (
     CA,
     SA,
     TEXT,
@@ -33,13 +33,13 @@ from visor_model.accounting import (
     llm_prefill_flops,
     produced_tokens,
 )
-from visor_model.flops import LLMShape, fastv_layer_macs, llm_layer_flops
-from visor_model.hired import HiRED
-from visor_model.methods import FullTokens, RandomDrop
-from visor_model.reference import build_reference_model
-from visor_model.runner import VisionLanguageRunner
-from visor_model.visor import VisorConfig, VisorModel
-from visor_model.visor_training import VisorRunner
+from visor_model.efficiency.flops import LLMShape, fastv_layer_macs, llm_layer_flops
+from visor_model.methods.hired import HiRED
+from visor_model.methods.base import FullTokens, RandomDrop
+from visor_model.reference.models import build_reference_model
+from visor_model.llava.runner import VisionLanguageRunner
+from visor_model.methods.visor.modeling import VisorConfig, VisorModel
+from visor_model.methods.visor.runner import VisorRunner
 
 QUESTION = "what colour is the small square"
 LIMIT = 3  # max_new_tokens
@@ -290,7 +290,7 @@ def test_plugins_log_flops_per_sample_in_request_order(visor, benchmark_tokenize
     entry carries the FLOP terms of its own sample, in request order (batches are sorted by prompt length)."""
     from lmms_plugins.models import HiredLlava
     from lmms_plugins.visor import VisorLlava
-    from visor_model.visor import save_visor
+    from visor_model.methods.visor.modeling import save_visor
 
     loaded, model = visor
     folder = tmp_path / "visor"
@@ -326,7 +326,7 @@ def fake_record(method, model, benchmark, prefill, n=4):
 
 
 def test_summary_has_mean_flops_and_the_prefill_ratio_to_llava_full():
-    from visor_model.results import summary_table
+    from visor_model.audit.tables import summary_table
 
     records = [fake_record("llava_full", "a", "b1", 1000), fake_record("visor", "a", "b1", 250),
                fake_record("visor", "a", "b2", 250)]  # no baseline on b2
@@ -340,7 +340,7 @@ def test_summary_has_mean_flops_and_the_prefill_ratio_to_llava_full():
 
 def test_saved_checkpoint_accounting_uses_the_loaded_config(hosts, benchmark_tokenizer, tmp_path):
     """FlopAccountant.for_model reads the shapes from the loaded model's config (a save / load round trip)."""
-    from visor_model.checkpoints import load_checkpoint
+    from visor_model.llava.checkpoints import load_checkpoint
 
     loaded = hosts["llava_next"]
     folder = save_checkpoint(loaded.model, benchmark_tokenizer, loaded.image_processor, tmp_path / "next")

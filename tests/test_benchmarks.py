@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from lmms_plugins.tasks.synthetic_utils import anls, levenshtein, normalise_answer, process_results
-from visor_model import benchmarks
-from visor_model.benchmarks import (
+from visor_model.reference import tasks
+from visor_model.reference.tasks import (
     MARKER_COLOURS,
     SHAPE_COLOURS,
     SHAPES,
@@ -182,7 +182,7 @@ def test_write_task_is_reproducible(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest == json.loads(json.dumps(first))
     assert manifest["splits"] == splits and manifest["kind"] == "fine" and manifest["config"]["marker_size"] == SceneConfig().marker_size
-    assert benchmarks.sha256_file(out / "test.parquet") == manifest["sha256"]["test.parquet"]
+    assert tasks.sha256_file(out / "test.parquet") == manifest["sha256"]["test.parquet"]
 
     with pytest.raises(ValueError):
         write_task("synth_marker", tmp_path / "d", {"train": 8}, seed=0)
@@ -191,7 +191,7 @@ def test_write_task_is_reproducible(tmp_path):
 def test_cli(tmp_path, monkeypatch, capsys):
     argv = ["benchmarks", "--task", "synth_shape", "--out", str(tmp_path), "--train", "0", "--test", "4", "--seed", "2"]
     monkeypatch.setattr("sys.argv", argv)
-    benchmarks.main()
+    tasks.main()
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["splits"] == {"test": 4} and manifest["seed"] == 2
     assert json.loads(capsys.readouterr().out)["splits"] == {"test": 4}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from visor_model.checkpoints import (
+from visor_model.llava.checkpoints import (
     CheckpointError,
     load_checkpoint,
     provide_checkpoint,

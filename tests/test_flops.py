@@ -1,4 +1,4 @@
-"""Analytic FLOP counts (visor_model.flops) checked against torch's FlopCounterMode on tiny real models.
+"""Analytic FLOP counts (visor_model.efficiency.flops) checked against torch's FlopCounterMode on tiny real models.
 
 What FlopCounterMode (torch 2.13) counts for attention, as these tests pin down:
   * eager attention (HF ``eager_attention_forward``: matmul, additive causal mask, softmax, matmul):
@@ -41,7 +41,7 @@ from transformers import (
 from transformers.models.llava_next.modeling_llava_next import LlavaNextMultiModalProjector
 from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionMultiModalProjector
 
-from visor_model.flops import (
+from visor_model.efficiency.flops import (
     FlopTerms,
     LlavaShape,
     LLMShape,

@@ -1,4 +1,4 @@
-"""HiRED (visor_model.hired): invariants on tiny reference models and the pure allocation/mapping functions."""
+"""HiRED (visor_model.methods.hired): invariants on tiny reference models and the pure allocation/mapping functions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import llm_logits, noise_images, tiny_config
-from visor_model.hired import (
+from visor_model.methods.hired import (
     HiRED,
     allocate_budget,
     attention_scores,
@@ -20,9 +20,9 @@ from visor_model.hired import (
     spatial_regions,
     top_k_mask,
 )
-from visor_model.methods import FullTokens, tokens_for_budget
-from visor_model.reference import ReferenceConfig, build_reference_model, build_tokenizer
-from visor_model.visual import encode_images
+from visor_model.methods.base import FullTokens, tokens_for_budget
+from visor_model.reference.models import ReferenceConfig, build_reference_model, build_tokenizer
+from visor_model.llava.visual import encode_images
 
 BUDGETS = (0.05, 0.1, 0.2, 0.4, 0.6, 1.0)
 # (height, width): 2x2, 2x2 un-padded, 1x2, 2x1, tiny, very wide (sub-images fully un-padded away)

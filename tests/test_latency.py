@@ -1,4 +1,4 @@
-"""Latency measurement (visor_model.latency) and the speed benchmark (visor_model.bench) at toy size: the
+"""Latency measurement (visor_model.efficiency.latency) and the speed benchmark (visor_model.efficiency.speed_bench) at toy size: the
 structure of their outputs, never the timings."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from visor_model.accounting import FlopAccountant
-from visor_model.bench import (
+from visor_model.efficiency.accounting import FlopAccountant
+from visor_model.efficiency.speed_bench import (
     ARCHITECTURES,
     Architecture,
     main,
@@ -21,20 +21,20 @@ from visor_model.bench import (
     peak_tflops,
     run_bench,
 )
-from visor_model.hired import HiRED
-from visor_model.latency import (
+from visor_model.methods.hired import HiRED
+from visor_model.efficiency.latency import (
     LatencyConfig,
     RssSampler,
     fixed_inputs,
     measure_latency,
     stats,
 )
-from visor_model.methods import FullTokens
-from visor_model.reference import build_reference_model
-from visor_model.results import latency_table
-from visor_model.runner import VisionLanguageRunner
-from visor_model.visor import VisorConfig, VisorModel
-from visor_model.visor_training import VisorRunner
+from visor_model.methods.base import FullTokens
+from visor_model.reference.models import build_reference_model
+from visor_model.audit.tables import latency_table
+from visor_model.llava.runner import VisionLanguageRunner
+from visor_model.methods.visor.modeling import VisorConfig, VisorModel
+from visor_model.methods.visor.runner import VisorRunner
 
 CONFIG = LatencyConfig(samples=2, warmup=1, repeats=2, max_new_tokens=3, threads=1)
 

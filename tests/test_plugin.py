@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from lmms_plugins.run import EvaluationFailed, check_outputs, logged_answer, run_lmms_eval
-from visor_model.methods import tokens_for_budget
+from visor_model.methods.base import tokens_for_budget
 
 
 def test_entry_points_register_every_model_id():

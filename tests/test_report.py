@@ -1,4 +1,4 @@
-"""The report and the claims audit: the computations (visor_model.analysis, visor_model.claims), the claims
+"""The report and the claims audit: the computations (visor_model.audit.analysis, visor_model.audit.claims), the claims
 file, and the notebooks rendered on full and on sparse tables (every section says what is missing)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 import fake_results
-from visor_model import analysis, claims
-from visor_model import report as render_report
-from visor_model.claims import Measurement, Tables, audit, judge, load_claims
+from visor_model.audit import analysis, claims
+from visor_model.reporting import render as render_report
+from visor_model.audit.claims import Measurement, Tables, audit, judge, load_claims
 
 REPO = Path(__file__).resolve().parent.parent
 CLAIMS = REPO / "config" / "claims.yaml"

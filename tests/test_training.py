@@ -8,8 +8,8 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import tiny_config
-from visor_model import train_reference as training_module
-from visor_model.train_reference import train_reference
+from visor_model.reference import recipe as training_module
+from visor_model.reference.recipe import train_reference
 from visor_model.training import ProgressLog, TrainConfig
 
 CONFIG = TrainConfig(steps=4, batch_size=2, save_every=2, log_every=1, warmup_steps=1)

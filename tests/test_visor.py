@@ -9,15 +9,15 @@ import json
 import pytest
 import torch
 
-from visor_model import benchmarks
-from visor_model.checkpoints import LoadedCheckpoint
-from visor_model.flops import LLMShape
-from visor_model.methods import FullTokens
-from visor_model.reference import ReferenceConfig, build_reference_model, build_tokenizer
-from visor_model.runner import VisionLanguageRunner, prompt_ids
+from visor_model.reference import tasks
+from visor_model.llava.checkpoints import LoadedCheckpoint
+from visor_model.efficiency.flops import LLMShape
+from visor_model.methods.base import FullTokens
+from visor_model.reference.models import ReferenceConfig, build_reference_model, build_tokenizer
+from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
 from visor_model.training import Example
-from visor_model.accounting import visor_prefill_flops
-from visor_model.visor import (
+from visor_model.efficiency.accounting import visor_prefill_flops
+from visor_model.methods.visor.modeling import (
     CA,
     SA,
     TEXT,
@@ -35,14 +35,14 @@ SIX_LAYER_HOST = ReferenceConfig(family="llava_onevision", text_layers=6)
 
 @pytest.fixture(scope="module")
 def host():
-    tokenizer = build_tokenizer(benchmarks.vocabulary())
+    tokenizer = build_tokenizer(tasks.vocabulary())
     model, processor = build_reference_model(SIX_LAYER_HOST, tokenizer, seed=0)
     model.eval()
     loaded = LoadedCheckpoint(model, tokenizer, processor, "llava_onevision", None, "test", None, "")
     examples = []
     for task in ("synth_marker", "synth_shape", "synth_background"):
         examples += [Example(task, r["image"], r["question"], r["answer"])
-                     for r in benchmarks.generate_split(task, "val", 4, seed=0)]
+                     for r in tasks.generate_split(task, "val", 4, seed=0)]
     return loaded, examples
 
 
@@ -189,7 +189,7 @@ def test_policy_compute_monotone_in_threshold(host):
     flops = [visor_prefill_flops(shape, visor.config, a, 150, 12).total for a in visor.viable]
     probabilities = torch.cat([visor.router_probabilities(batch), torch.rand(64, len(visor.viable),
                                                                              generator=torch.Generator().manual_seed(0))])
-    from visor_model.visor_training import expected_compute
+    from visor_model.methods.visor.training import expected_compute
 
     compute = [expected_compute(visor, probabilities, flops, tau) for tau in torch.linspace(0, 1, 21).tolist()]
     assert compute == sorted(compute)
@@ -198,8 +198,8 @@ def test_policy_compute_monotone_in_threshold(host):
 
 
 def test_training_resumes_to_same_state(host, tmp_path):
-    from visor_model.train_reference import EncodedExamples
-    from visor_model.visor_training import UniversalConfig, train_universal
+    from visor_model.reference.recipe import EncodedExamples
+    from visor_model.methods.visor.training import UniversalConfig, train_universal
 
     loaded, examples = host
     data = EncodedExamples(examples, loaded.tokenizer, loaded.image_processor, loaded.model.config.image_token_id)
@@ -208,7 +208,7 @@ def test_training_resumes_to_same_state(host, tmp_path):
     image_token_id = loaded.model.config.image_token_id
 
     def fresh():
-        tokenizer = build_tokenizer(benchmarks.vocabulary())
+        tokenizer = build_tokenizer(tasks.vocabulary())
         model, _ = build_reference_model(SIX_LAYER_HOST, tokenizer, seed=0)
         return VisorModel(model, VisorConfig(n_layers=6))
 
@@ -242,7 +242,7 @@ def test_bad_arguments_raise_clear_errors(host):
 
 
 def test_checkpoint_roundtrip_and_plugin_errors(host, tmp_path):
-    from visor_model.visor import load_visor, save_visor
+    from visor_model.methods.visor.modeling import load_visor, save_visor
 
     loaded, examples = host
     visor = perturbed(VisorModel(loaded.model, VisorConfig(n_layers=6)))

@@ -104,11 +104,11 @@ def tiny_visor_checkpoint(tmp_path_factory):
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import save_checkpoint, tiny_config
 
-    from visor_model import benchmarks
-    from visor_model.reference import build_reference_model, build_tokenizer
-    from visor_model.visor import VisorConfig, VisorModel, save_visor
+    from visor_model.reference import tasks
+    from visor_model.reference.models import build_reference_model, build_tokenizer
+    from visor_model.methods.visor.modeling import VisorConfig, VisorModel, save_visor
 
-    tokenizer = build_tokenizer(benchmarks.vocabulary())
+    tokenizer = build_tokenizer(tasks.vocabulary())
     model, processor = build_reference_model(tiny_config("llava_onevision"), tokenizer, seed=0)
     root = tmp_path_factory.mktemp("visor")
     save_checkpoint(model, tokenizer, processor, root / "base")
@@ -120,8 +120,8 @@ def tiny_visor_checkpoint(tmp_path_factory):
 
 @pytest.mark.slow
 def test_unknown_sa_layers_fails_naming_the_value_and_the_viable_ones(tmp_path, tiny_visor_checkpoint):
-    from visor_model import benchmarks
-    from visor_model.visor_training import visor_checkpoint_record
+    from visor_model.reference import tasks
+    from visor_model.methods.visor.training import visor_checkpoint_record
 
     config = {
         "seed": 0,
@@ -132,7 +132,7 @@ def test_unknown_sa_layers_fails_naming_the_value_and_the_viable_ones(tmp_path, 
         "evaluation": {"batch_size": 4, "device": "cpu"},
     }
     workdir = write_config(tmp_path, config)
-    benchmarks.write_task("synth_marker", workdir / "resources/benchmarks/synth_marker",
+    tasks.write_task("synth_marker", workdir / "resources/benchmarks/synth_marker",
                           {"train": 4, "val": 2, "test": 4}, seed=0)
     record = workdir / "resources/visor/tiny/checkpoint.json"
     record.parent.mkdir(parents=True)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from visor_model.methods import stable_seed
+from visor_model.methods.base import stable_seed
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Example:
 
 
 def read_examples(parquet_path: str | Path, task: str) -> list[Example]:
-    """Rows of a benchmark split written by `visor_model.benchmarks` (images embedded as bytes)."""
+    """Rows of a benchmark split written by `visor_model.reference.tasks` (images embedded as bytes)."""
     columns = ["image", "question", "answer"]
     if "marker_size" in pq.read_schema(parquet_path).names:
         columns.append("marker_size")

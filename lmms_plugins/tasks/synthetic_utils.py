@@ -1,4 +1,4 @@
-"""lmms-eval hooks for the synthetic VQA tasks written by `visor_model.benchmarks.write_task`.
+"""lmms-eval hooks for the synthetic VQA tasks written by `visor_model.reference.tasks.write_task`.
 
 lmms-eval imports this (through each task folder's utils.py) while indexing task YAMLs, so it stays
 import-light: no torch, no lmms_eval.

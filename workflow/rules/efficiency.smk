@@ -1,5 +1,5 @@
 # Efficiency: synchronised latency of every configured model x method x setting on fixed inputs, measured
-# outside lmms-eval (visor_model.latency). FLOPs need no rule: every evaluation records them per sample.
+# outside lmms-eval (visor_model.efficiency.latency). FLOPs need no rule: every evaluation records them per sample.
 
 
 rule measure_latency:

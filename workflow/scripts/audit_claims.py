@@ -1,9 +1,9 @@
-"""Audit the claims of the claims YAML against the result tables; write results/claims.csv (visor_model.claims)."""
+"""Audit the claims of the claims YAML against the result tables; write results/claims.csv (visor_model.audit.claims)."""
 
 import sys
 from pathlib import Path
 
-from visor_model.claims import Tables, audit, load_claims
+from visor_model.audit.claims import Tables, audit, load_claims
 from visor_model.files import write_atomically
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake object)

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from visor_model.benchmarks import write_task
+from visor_model.reference.tasks import write_task
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 spec = snakemake.params.spec

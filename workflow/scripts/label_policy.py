@@ -1,10 +1,10 @@
 """Policy labels: every viable configuration of the universal VISOR checkpoint on the labelling split
-(visor_model.visor_training.label_policy)."""
+(visor_model.methods.visor.training.label_policy)."""
 
 import sys
 from pathlib import Path
 
-from visor_model.visor_training import label_policy, visor_options
+from visor_model.methods.visor.training import label_policy, visor_options
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 _, _, policy = visor_options(snakemake.params.options)

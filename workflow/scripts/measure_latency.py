@@ -1,4 +1,4 @@
-"""Measure the synchronised latency of one model x method x setting on fixed inputs (visor_model.latency).
+"""Measure the synchronised latency of one model x method x setting on fixed inputs (visor_model.efficiency.latency).
 
 The method is built by its lmms-eval plugin class with the same model args as `evaluate`, so the timed code
 path (runner, reducer, VISOR configuration or policy) is the evaluated one; lmms-eval's harness is not run."""
@@ -11,7 +11,7 @@ import torch
 from lmms_eval.models import get_model
 
 from visor_model.files import write_json_atomically
-from visor_model.latency import LatencyConfig, fixed_inputs, measure_latency
+from visor_model.efficiency.latency import LatencyConfig, fixed_inputs, measure_latency
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 wildcards, params = snakemake.wildcards, snakemake.params

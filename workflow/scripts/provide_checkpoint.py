@@ -4,7 +4,7 @@ import json
 import sys
 from pathlib import Path
 
-from visor_model.checkpoints import provide_checkpoint
+from visor_model.llava.checkpoints import provide_checkpoint
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 record = provide_checkpoint(snakemake.params.spec, snakemake.params.source, Path(snakemake.params.trained_dir))

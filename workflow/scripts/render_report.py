@@ -5,7 +5,7 @@ report_section), or gather the executed sections into reports/final.html with a 
 import sys
 from pathlib import Path
 
-from visor_model.report import TITLE, execute_section, export, gather
+from visor_model.reporting.render import TITLE, execute_section, export, gather
 
 if __name__ == "__main__":
     sys.stdout = sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake object)

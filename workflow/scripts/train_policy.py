@@ -1,12 +1,12 @@
 """Router training on the policy labels: the final VISOR checkpoint folder and its checkpoint record
-(visor_model.visor_training.train_policy, visor_checkpoint_record)."""
+(visor_model.methods.visor.training.train_policy, visor_checkpoint_record)."""
 
 import json
 import sys
 from pathlib import Path
 
 from visor_model.files import write_json_atomically
-from visor_model.visor_training import train_policy, visor_checkpoint_record, visor_options
+from visor_model.methods.visor.training import train_policy, visor_checkpoint_record, visor_options
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 _, _, policy = visor_options(snakemake.params.options)

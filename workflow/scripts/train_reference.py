@@ -3,8 +3,8 @@
 import sys
 from pathlib import Path
 
-from visor_model.reference import ReferenceConfig
-from visor_model.train_reference import train_reference
+from visor_model.reference.models import ReferenceConfig
+from visor_model.reference.recipe import train_reference
 from visor_model.training import TrainConfig
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")

@@ -1,11 +1,11 @@
 """Universal VISOR training (stages 1 + 2, resumable) and its viable configurations: a VISOR checkpoint
-folder without a router (visor_model.visor_training.train_universal_checkpoint)."""
+folder without a router (visor_model.methods.visor.training.train_universal_checkpoint)."""
 
 import json
 import sys
 from pathlib import Path
 
-from visor_model.visor_training import train_universal_checkpoint, visor_options
+from visor_model.methods.visor.training import train_universal_checkpoint, visor_options
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 base = json.loads(Path(snakemake.input.checkpoint).read_text())

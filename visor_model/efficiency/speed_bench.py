@@ -1,7 +1,7 @@
 """Side-by-side prefill speed benchmark of every method on one architecture, in one process, on the same inputs.
 
-    python -m visor_model.bench                                    # GPU: full shapes, bf16, SDPA
-    python -m visor_model.bench --arch llava-ov-0.5b --layers 6 --token-scale 0.25 --dtype float32   # CPU
+    python -m visor_model.efficiency.speed_bench                                    # GPU: full shapes, bf16, SDPA
+    python -m visor_model.efficiency.speed_bench --arch llava-ov-0.5b --layers 6 --token-scale 0.25 --dtype float32   # CPU
 
 For each architecture the LLM side is built directly from its config (a Qwen2 or Llama decoder with the real
 widths, random weights, optionally only `--layers` of its layers) plus an LM head; the vision tower is not
@@ -10,7 +10,7 @@ after the first few (the architecture's real visual-token count: 7,290 for LLaVA
 crops x 729; 2,880 for LLaVA-NeXT, 5 crops x 576). Every method then runs greedy generation (end-of-sequence
 disabled) through the project's own generation code on the same inputs:
 
-    llava_full          the host model on all visual tokens (`visor_model.generation.greedy_generate`)
+    llava_full          the host model on all visual tokens (`visor_model.llava.generation.greedy_generate`)
     hired@20%           the host on 20% of the visual tokens. HiRED's choice of tokens does not change the LLM's
                         work; its scoring runs on the vision side, which this bench leaves out (its FLOPs are
                         in `flops_selection` of the accounting)
@@ -20,7 +20,7 @@ disabled) through the project's own generation code on the same inputs:
     visor-tr[sa=k]      the largest configuration on 20% of the visual tokens (VISOR + token reduction)
 
 Per method: prefill time (start of the LLM to the first token's logits; CUDA events / perf_counter, see
-`visor_model.latency`), median and IQR over `--repeats` after `--warmup` (the methods are interleaved: each
+`visor_model.efficiency.latency`), median and IQR over `--repeats` after `--warmup` (the methods are interleaved: each
 repeat times every method once), per-token decode time, and the
 analytic LLM prefill FLOPs (causal, + the LM head on one position) of exactly these shapes. Printed:
 speed-up = t(full) / t(method), FLOP ratio = FLOPs(method) / FLOPs(full), and their product, the realised
@@ -44,11 +44,11 @@ import torch
 from torch import nn
 
 from visor_model import provenance
-from visor_model.accounting import llm_prefill_flops
-from visor_model.flops import LLMShape, lm_head_flops
-from visor_model.generation import greedy_generate
-from visor_model.latency import Clock, stats, timed_generation
-from visor_model.visual import SplicedBatch
+from visor_model.efficiency.accounting import llm_prefill_flops
+from visor_model.efficiency.flops import LLMShape, lm_head_flops
+from visor_model.llava.generation import greedy_generate
+from visor_model.efficiency.latency import Clock, stats, timed_generation
+from visor_model.llava.visual import SplicedBatch
 
 # Peak dense (no sparsity) bf16 tensor-core FLOP/s by device name, from NVIDIA's data sheets. Checked in order:
 # the first substring contained in torch.cuda.get_device_name() wins.
@@ -99,11 +99,11 @@ class Architecture:
 
 
 def reference_architecture(name: str, family: str, note: str) -> Architecture:
-    """The LLM of a reference model (`visor_model.reference.ReferenceConfig` defaults, the synthetic benchmarks'
+    """The LLM of a reference model (`visor_model.reference.models.ReferenceConfig` defaults, the synthetic benchmarks'
     vocabulary): 192 visual tokens = a 2x2 AnyRes grid of 48-px crops (5 x 36 patches) + 12 row newlines, the
     largest the synthetic images produce; 8 text tokens."""
-    from visor_model.benchmarks import vocabulary
-    from visor_model.reference import ReferenceConfig, build_tokenizer
+    from visor_model.reference.tasks import vocabulary
+    from visor_model.reference.models import ReferenceConfig, build_tokenizer
 
     c = ReferenceConfig(family=family)
     decoder = "qwen2" if family == "llava_onevision" else "llama"
@@ -208,7 +208,7 @@ def run_bench(arch: Architecture, layers: int | None = None, n_visual: int | Non
               peak: float | None = None, batch_size: int = 1, log=print) -> dict:
     """Times every setting's generation on the same synthetic prompts (`batch_size` copies of one prompt per
     forward: batch 1 measures latency, a larger batch throughput, where fixed per-call costs are shared)."""
-    from visor_model.visor import VisorConfig, VisorModel
+    from visor_model.methods.visor.modeling import VisorConfig, VisorModel
 
     if threads:
         torch.set_num_threads(threads)

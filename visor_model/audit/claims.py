@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from visor_model import analysis
-from visor_model.analysis import add_series, paired_difference, sample_scores, setting_label
+from visor_model.audit import analysis
+from visor_model.audit.analysis import add_series, paired_difference, sample_scores, setting_label
 
 VERDICTS = ("reproduced", "not reproduced", "not testable in this profile")
 PROFILES = ("offline", "paper")

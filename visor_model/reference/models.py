@@ -4,7 +4,7 @@ The offline profile cannot download LLaVA-OneVision or LLaVA-NeXT, so it builds 
 exactly the same transformers classes (`LlavaOnevisionForConditionalGeneration` with a SigLIP encoder and a
 Qwen2 LLM using grouped-query attention; `LlavaNextForConditionalGeneration` with a CLIP encoder, which has a
 CLS token, and a Llama LLM), with a word-level tokenizer and the PIL image processors. They are saved with
-`save_pretrained` and loaded back by `visor_model.checkpoints.load_checkpoint`, the path a hub snapshot takes.
+`save_pretrained` and loaded back by `visor_model.llava.checkpoints.load_checkpoint`, the path a hub snapshot takes.
 """
 
 from __future__ import annotations

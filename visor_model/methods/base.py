@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from visor_model.visual import ImageTokens, VisionOutputs
+from visor_model.llava.visual import ImageTokens, VisionOutputs
 
 
 def check_budget(budget: float, name: str = "budget") -> float:

@@ -1,5 +1,5 @@
 """The report's figures (matplotlib), one function per figure, each returning the Figure or None when the
-tables lack what it needs. Colours and markers come from `visor_model.analysis.PALETTE` / `MARKERS`, so a
+tables lack what it needs. Colours and markers come from `visor_model.audit.analysis.PALETTE` / `MARKERS`, so a
 series has one colour everywhere in the report."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 
-from visor_model import analysis
-from visor_model.analysis import MARKERS, add_series, colour, flop_unit, series_order
+from visor_model.audit import analysis
+from visor_model.audit.analysis import MARKERS, add_series, colour, flop_unit, series_order
 
 PANEL = (4.6, 3.4)
 

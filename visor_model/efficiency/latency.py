@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from visor_model.accounting import FlopAccountant, SampleTokens
-from visor_model.generation import greedy_generate
+from visor_model.efficiency.accounting import FlopAccountant, SampleTokens
+from visor_model.llava.generation import greedy_generate
 from visor_model.provenance import environment
-from visor_model.runner import prompt_ids, to_rgb
+from visor_model.llava.runner import prompt_ids, to_rgb
 
 DEFAULT_TASKS = ("synth_background", "synth_shape", "synth_marker")
 
@@ -75,8 +75,8 @@ class LatencyConfig:
 def fixed_inputs(n: int, seed: int = 0, tasks=DEFAULT_TASKS, image_size: tuple[int, int] | None = None
                  ) -> list[tuple[Image.Image, str]]:
     """n (image, question) pairs, a deterministic function of the arguments: synthetic scenes of
-    `visor_model.benchmarks` (a "latency" split of its own, cycling over `tasks`), optionally resized."""
-    from visor_model.benchmarks import generate_split
+    `visor_model.reference.tasks` (a "latency" split of its own, cycling over `tasks`), optionally resized."""
+    from visor_model.reference.tasks import generate_split
 
     per_task = math.ceil(n / len(tasks))
     rows = {task: generate_split(task, "latency", per_task, seed) for task in tasks}

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from visor_model.analysis import PALETTE, SERIES, SERIES_LABELS
-from visor_model.claims import read_table
+from visor_model.audit.analysis import PALETTE, SERIES, SERIES_LABELS
+from visor_model.audit.claims import read_table
 
 FIGURE_DPI = 90
 

@@ -1,10 +1,10 @@
 """Train a reference LLaVA model from scratch on the synthetic benchmarks' train splits.
 
-    python -m visor_model.train_reference --family llava_onevision --tasks resources/benchmarks/synth_* \
+    python -m visor_model.reference.recipe --family llava_onevision --tasks resources/benchmarks/synth_* \
         --out resources/checkpoints/reference-ov --state resources/train_state/reference-ov
 
 The whole model (vision tower, projector, LLM) is trained at full compute with the same input pipeline that
-evaluation uses (`visor_model.runner`), on the answer tokens only. Progress and held-out accuracy are printed.
+evaluation uses (`visor_model.llava.runner`), on the answer tokens only. Progress and held-out accuracy are printed.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-from visor_model import benchmarks
-from visor_model.checkpoints import LoadedCheckpoint
-from visor_model.methods import FullTokens, RandomDrop
-from visor_model.reference import (
+from visor_model.reference import tasks
+from visor_model.llava.checkpoints import LoadedCheckpoint
+from visor_model.methods.base import FullTokens, RandomDrop
+from visor_model.reference.models import (
     ReferenceConfig,
     build_reference_model,
     build_tokenizer,
 )
-from visor_model.runner import VisionLanguageRunner, prompt_ids
+from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
 from visor_model.training import (
     Example,
     ProgressLog,
@@ -90,7 +90,7 @@ def curriculum_weights(examples: list[Example], progress: float) -> torch.Tensor
 
 def training_loss(model, image_token_id: int, pixels, sizes, prompts, targets) -> torch.Tensor:
     """Next-token cross-entropy on the answer tokens of a batch, through the evaluation input pipeline."""
-    from visor_model.visual import encode_images, splice_prompts
+    from visor_model.llava.visual import encode_images, splice_prompts
 
     vision = encode_images(model, pixels, sizes)
     batch = splice_prompts(model.get_input_embeddings(), prompts, vision.images, image_token_id, targets)
@@ -134,7 +134,7 @@ def train_reference(
     val_per_task: int = 100,
 ) -> dict:
     torch.set_num_threads(config.threads)
-    tokenizer = build_tokenizer(benchmarks.vocabulary())
+    tokenizer = build_tokenizer(tasks.vocabulary())
     model, image_processor = build_reference_model(reference, tokenizer, seed=config.seed)
     image_token_id = model.config.image_token_id
     train, val = [], {}

@@ -1,6 +1,6 @@
 """Universal training of VISOR, viable configurations, policy labels and router training, as three stages.
 
-    python -m visor_model.visor_training --base /tmp/train/llava_onevision \
+    python -m visor_model.methods.visor.training --base /tmp/train/llava_onevision \
         --tasks /tmp/bench/synth_background /tmp/bench/synth_shape /tmp/bench/synth_marker \
         --out resources/checkpoints/visor-ov --state resources/train_state/visor-ov
 
@@ -41,13 +41,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from visor_model.accounting import visor_prefill_flops
-from visor_model.checkpoints import LoadedCheckpoint, load_checkpoint
+from visor_model.efficiency.accounting import visor_prefill_flops
+from visor_model.llava.checkpoints import LoadedCheckpoint, load_checkpoint
 from visor_model.files import write_atomically
-from visor_model.flops import LLMShape
-from visor_model.methods import FullTokens, stable_seed
-from visor_model.runner import SampleRecord, VisionLanguageRunner, prompt_ids
-from visor_model.train_reference import EncodedExamples
+from visor_model.efficiency.flops import LLMShape
+from visor_model.methods.base import FullTokens, stable_seed
+from visor_model.llava.runner import SampleRecord, VisionLanguageRunner, prompt_ids
+from visor_model.reference.recipe import EncodedExamples
 from visor_model.training import (
     Example,
     ProgressLog,
@@ -60,7 +60,8 @@ from visor_model.training import (
     save_train_state,
     training_identity,
 )
-from visor_model.visor import (
+from visor_model.methods.visor.runner import VisorRunner, VisorSampleRecord
+from visor_model.methods.visor.modeling import (
     VisorConfig,
     VisorModel,
     check_threshold,
@@ -68,7 +69,7 @@ from visor_model.visor import (
     load_visor,
     save_visor,
 )
-from visor_model.visual import encode_images, splice_prompts
+from visor_model.llava.visual import encode_images, splice_prompts
 
 
 @dataclass(frozen=True)
@@ -260,43 +261,6 @@ def train_universal(model: VisorModel, data, image_token_id: int, config: Univer
 
 # ----------------------------------------------------------------------------------------------------------
 # evaluation, viable configurations
-
-
-class VisorRunner(VisionLanguageRunner):
-    """`VisionLanguageRunner` whose LLM is a VISOR model with a fixed configuration or a policy threshold."""
-
-    def __init__(self, loaded: LoadedCheckpoint, visor: VisorModel, reducer=None, device: str = "cpu",
-                 active=None, threshold: float | None = None):
-        super().__init__(loaded, reducer or FullTokens(), device)
-        self.visor = visor
-        self.active = active
-        self.threshold = None if threshold is None else check_threshold(threshold)
-
-    def decode(self, batch, max_new_tokens):
-        out = self.visor.generate(batch, max_new_tokens, self.loaded.tokenizer.eos_token_id,
-                                  active=self.active, threshold=self.threshold)
-        return out.token_ids, out
-
-    def record(self, row, fields, decoded) -> "VisorSampleRecord":
-        return VisorSampleRecord(
-            **fields,
-            sa_layers=len(decoded.configurations[row]),
-            configuration=decoded.configurations[row],
-            roles=decoded.roles[row],
-            llm_visual_tokens=decoded.n_visual[row],
-            llm_text_tokens=decoded.n_text[row],
-            router_probabilities=None if decoded.probabilities is None else decoded.probabilities[row],
-        )
-
-
-@dataclass
-class VisorSampleRecord(SampleRecord):
-    sa_layers: int = 0  # SA layers that ran
-    configuration: tuple[int, ...] = ()  # their indices
-    roles: tuple[str, ...] = ()  # "sa" | "ca" (cross-attention, then the host layer on text) | "text" per layer
-    llm_visual_tokens: int = 0  # visual tokens entering the VISOR layers (newline tokens included)
-    llm_text_tokens: int = 0  # text tokens of the prompt
-    router_probabilities: list[float] | None = None
 
 
 def run_configuration(loaded, model: VisorModel, examples: list[Example], active, batch_size: int = 32,
@@ -548,7 +512,7 @@ def train_policy(universal_dir: Path, labels_path: Path, task_dirs: list[Path], 
 def visor_checkpoint_record(visor_dir: Path, base: dict) -> dict:
     """The workflow's checkpoint record of a trained VISOR folder (same fields as provide_checkpoint's:
     path, source, repo, revision, family, weights_sha256 over all its safetensors), plus the base's record."""
-    from visor_model.checkpoints import check_checkpoint_folder, weights_sha256
+    from visor_model.llava.checkpoints import check_checkpoint_folder, weights_sha256
 
     path = Path(visor_dir)
     return {"path": str(path), "source": "train", "repo": None, "revision": None,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from visor_model.visual import SplicedBatch
+from visor_model.llava.visual import SplicedBatch
 
 
 def record_greedy_step(next_ids: torch.Tensor, generated: list[list[int]], finished: torch.Tensor,

@@ -56,9 +56,9 @@ SHAPE_COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 
 # Directory of the lmms-eval task template and hooks (the `lmms_plugins.tasks` package beside this one).
-LMMS_TASKS_DIR = Path(__file__).resolve().parent.parent / "lmms_plugins" / "tasks"
+LMMS_TASKS_DIR = Path(__file__).resolve().parents[2] / "lmms_plugins" / "tasks"
 YAML_TEMPLATE = LMMS_TASKS_DIR / "synthetic_task.yaml.template"
-UTILS_SHIM = '''"""Written by visor_model.benchmarks.write_task: lmms-eval resolves `!function utils.*` next to the YAML."""
+UTILS_SHIM = '''"""Written by visor_model.reference.tasks.write_task: lmms-eval resolves `!function utils.*` next to the YAML."""
 
 from lmms_plugins.tasks.synthetic_utils import doc_to_text, doc_to_visual, process_results  # noqa: F401
 '''
@@ -83,7 +83,7 @@ class SceneConfig:
     marker_size: int = 4  # side of the marker square in pixels (val and test splits)
     # Training scenes draw the marker side from these sizes: from-scratch models learn to look for a 3-pixel
     # marker among ~200 visual tokens only after bigger markers taught them where to look (see
-    # visor_model.train_reference.curriculum_weights). Evaluation splits always use `marker_size`.
+    # visor_model.reference.recipe.curriculum_weights). Evaluation splits always use `marker_size`.
     train_marker_sizes: tuple[int, ...] = (4, 6, 8, 10, 12, 14)
     shape_fraction: float = 0.3  # shape side as a fraction of the shorter image side
     noise: int = 6  # background pixels get uniform integer noise in [-noise, noise]

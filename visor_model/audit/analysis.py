@@ -1,6 +1,6 @@
 """Computations behind the report: method series and colours, the Pareto frontier, VISOR's Table-1 layout,
 paired bootstrap comparisons at matched FLOPs. Pure pandas/numpy over the tidy tables of
-`visor_model.results` (summary.csv, samples.csv, latency.csv); the notebooks only call these and plot.
+`visor_model.audit.tables` (summary.csv, samples.csv, latency.csv); the notebooks only call these and plot.
 
 A *series* is what the report draws as one curve with one colour: a method, split where one method has
 variants that the papers report as different rows (HiRED as published vs the official code's behaviour; VISOR's

@@ -1,7 +1,7 @@
 """Tidy result tables from the per-evaluation records: one summary row per model x method x setting x
 benchmark, one row per sample (for paired comparisons), accuracy with a seeded bootstrap CI.
 
-Compute columns of the summary (from the per-sample FLOP records of `visor_model.accounting`):
+Compute columns of the summary (from the per-sample FLOP records of `visor_model.efficiency.accounting`):
   mean_flops_<term>     mean over samples of each term: vision, projector, selection, llm_prefill (causal, the
                         headline), llm_prefill_{sa,text,ca,conv,router}, llm_prefill_dense, llm_decode,
                         lm_head, total; mean_fastv_macs (FastV's convention, MACs)
@@ -10,7 +10,7 @@ Compute columns of the summary (from the per-sample FLOP records of `visor_model
   mean_layers_{sa,ca,text}   LLM layers per role (mean_layers_sa = mean SA configuration size for VISOR)
   mean_llm_visual_tokens, mean_llm_text_tokens, mean_visual_token_layers_{sa,ca}  visual tokens entering the
                         LLM, and visual tokens x layers processed by SA layers / read by CA blocks
-`latency_table` turns the `results/latency/...json` records of `visor_model.latency` into one row each: median
+`latency_table` turns the `results/latency/...json` records of `visor_model.efficiency.latency` into one row each: median
 and IQR of prefill_s (time to first token), decode_per_token_s, generate_s, preprocess_s; peak memory; the mean
 FLOPs of the same inputs; prefill_speedup / decode_speedup against llava_full of the same model, the FLOP
 ratios (llm_prefill, prefill = everything before the first token, total) and prefill_realised_share =
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from visor_model.analysis import bootstrap_mean
+from visor_model.audit.analysis import bootstrap_mean
 
 SETTING_FIELDS = ("budget", "alpha", "mode", "score", "threshold", "sa_layers", "token_budget", "seed")
 def sample_table(records: list[dict]) -> pd.DataFrame:

@@ -81,8 +81,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from visor_model.methods import TokenReducer, check_budget, tokens_for_budget
-from visor_model.visual import NEWLINE, ImageTokens, VisionOutputs
+from visor_model.methods.base import TokenReducer, check_budget, tokens_for_budget
+from visor_model.llava.visual import NEWLINE, ImageTokens, VisionOutputs
 
 MODES = ("paper", "reference_code")
 SCORES = ("cls", "mean_received")

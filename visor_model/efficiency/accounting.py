@@ -19,7 +19,7 @@ Every evaluated sample gets a record of the form (keys of `SampleFlops.as_record
                             LLM prefill only; VISOR CA blocks in the same convention (see `fastv_prefill_macs`)
     layers_sa / layers_ca / layers_text   how many LLM layers ran in each role for this sample
 
-Conventions (those of `visor_model.flops`, which supplies every per-module formula)
+Conventions (those of `visor_model.efficiency.flops`, which supplies every per-module formula)
 -----------------------------------------------------------------------------------
 * FLOPs = 2 x multiply-accumulates; only matmul-class work (linear, attention products, convolutions).
   Elementwise work (norms, activations, softmax, RoPE, residuals, VISOR's tanh gate) is not counted,
@@ -28,7 +28,7 @@ Conventions (those of `visor_model.flops`, which supplies every per-module formu
   generation stops when *this* sample stops. ``produced`` = tokens whose logits were computed: the
   generated tokens plus the end-of-sequence token when the sample stopped on it
   (`produced_tokens`). Decode steps = produced - 1 (the first token comes from the prefill).
-  Note: `visor_model.generation.greedy_generate` runs one more decode step than needed when a row reaches
+  Note: `visor_model.llava.generation.greedy_generate` runs one more decode step than needed when a row reaches
   max_new_tokens (its output is discarded); that wasted step is not charged (see tests/test_accounting.py).
 * Causal vs dense (the reconciliation, tested exactly in tests/test_accounting.py): they differ only in
   the attention score/value products of self-attention at prefill. For every self-attention that sees n
@@ -55,7 +55,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from visor_model.flops import (
+from visor_model.efficiency.flops import (
     CAUSAL_MODES,
     FlopTerms,
     LlavaShape,
@@ -88,7 +88,7 @@ __all__ = [
     "visor_prefill_flops",
 ]
 
-SA, CA, TEXT = "sa", "ca", "text"  # the layer roles of visor_model.visor (same strings)
+SA, CA, TEXT = "sa", "ca", "text"  # the layer roles of visor_model.methods.visor.modeling (same strings)
 ROLES = (SA, CA, TEXT)
 PREFILL_PARTS = ("sa", "text", "ca", "conv", "router")
 
@@ -228,7 +228,7 @@ def fastv_prefill_macs(shape: LLMShape, n_text: int, n_visual: int, roles: Seque
 
 def visor_prefill_flops(shape: LLMShape, config, active, n_visual: int, n_text: int, causal_mode: str = "causal",
                         router: bool = False, n_viable: int = 1) -> FlopTerms:
-    """`visor_model.visor.prefill_flops`'s signature on top of `llm_prefill_flops` (so there is one
+    """`visor_model.methods.visor.modeling.prefill_flops`'s signature on top of `llm_prefill_flops` (so there is one
     implementation): a `VisorConfig` and an active configuration instead of explicit roles."""
     router_layer = config.router_layer if router else None
     return llm_prefill_flops(
@@ -243,7 +243,7 @@ def visor_prefill_flops(shape: LLMShape, config, active, n_visual: int, n_text: 
 
 
 def hired_selection_flops(vshape: VisionShape, n_crops: int, score: str, n_images: int = 1) -> FlopTerms:
-    """HiRED's attention scores (`visor_model.hired.attention_scores`), which recompute q and k of two
+    """HiRED's attention scores (`visor_model.methods.hired.attention_scores`), which recompute q and k of two
     encoder layers from their input hidden states: the distribution layer on each image's full-image crop
     (n_images crops) and the selection layer on all n_crops crops. Per crop of seq tokens (P patches):
 
@@ -312,7 +312,7 @@ class SampleTokens:
 
     @classmethod
     def from_record(cls, record, max_new_tokens: int) -> SampleTokens:
-        """From a `visor_model.runner.SampleRecord` (or a VISOR record, which carries roles and the LLM's
+        """From a `visor_model.llava.runner.SampleRecord` (or a VISOR record, which carries roles and the LLM's
         visual / text token counts) and the generation limit the sample ran under."""
         if getattr(record, "roles", None):
             n_visual, n_text = record.llm_visual_tokens, record.llm_text_tokens
@@ -388,7 +388,7 @@ class FlopAccountant:
     def for_model(cls, model, reducer=None, visor=None) -> FlopAccountant:
         """From a loaded LLaVA model, its `TokenReducer` (HiRED adds its scoring cost) and, for VISOR, the
         `VisorModel` (positional conv; router widths when it has a trained router)."""
-        from visor_model.hired import HiRED
+        from visor_model.methods.hired import HiRED
 
         shape = LlavaShape.from_config(model.config)
         score = reducer.resolved(model).score if isinstance(reducer, HiRED) else None

@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visor_model.generation import record_greedy_step
-from visor_model.visual import SplicedBatch
+from visor_model.llava.generation import record_greedy_step
+from visor_model.llava.visual import SplicedBatch
 
 SA, CA, TEXT = "sa", "ca", "text"
 VISOR_WEIGHTS = "visor.safetensors"
@@ -733,12 +733,12 @@ def load_visor(source: str, revision: str | None = None, device: str = "cpu", dt
     """(LoadedCheckpoint, VisorModel) from a folder written by `save_visor`."""
     from safetensors.torch import load_file
 
-    from visor_model.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint
+    from visor_model.llava.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(source, revision)
     if not (path / VISOR_CONFIG).is_file() or not (path / VISOR_WEIGHTS).is_file():
         raise CheckpointError(f"{path} is not a VISOR checkpoint (needs {VISOR_CONFIG} and {VISOR_WEIGHTS}); "
-                              "train one with python -m visor_model.visor_training")
+                              "train one with python -m visor_model.methods.visor.training")
     loaded = load_checkpoint(str(path), None, device, dtype)
     meta = json.loads((path / VISOR_CONFIG).read_text())
     config = VisorConfig.from_dict(meta["visor_config"])

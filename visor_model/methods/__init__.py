@@ -1,0 +1,1 @@
+"""Efficiency methods, one module each: `base` (the TokenReducer seam, full and random), `hired`, `visor/`."""

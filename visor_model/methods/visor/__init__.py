@@ -1,0 +1,2 @@
+"""VISOR: the universal network (`modeling`), its inference runner (`runner`) and its three training stages
+(`training`)."""
