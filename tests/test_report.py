@@ -33,6 +33,33 @@ def test_pareto_mask_keeps_undominated_points_and_ties():
     assert analysis.pareto_mask(cost, quality).tolist() == [True, True, False, True, True, False]
 
 
+def test_visor_viable_frontier_keeps_ties_duplicates_and_order():
+    """The expected selections are those of the loop VISOR's training used before it shared `pareto_mask`."""
+    from visor_model.methods.visor.training import pareto_frontier
+
+    def points(*pairs):
+        return [{"flops": flops, "accuracy": accuracy, "name": i} for i, (flops, accuracy) in enumerate(pairs)]
+
+    cases = [
+        # unsorted, with duplicates and ties in both: cheapest first, equal FLOPs in their given order
+        (points((3.0, .9), (1.0, .5), (2.0, .7), (1.0, .5), (2.0, .6), (4.0, .9), (2.0, .7)), [1, 3, 2, 6, 0]),
+        (points((2.0, .1), (2.0, .3), (2.0, .3), (2.0, .2)), [1, 2]),  # equal FLOPs: the best accuracies
+        (points((5.0, .4), (3.0, .4), (3.0, .4), (4.0, .4)), [1, 2]),  # equal accuracy: the cheapest
+        (points((1.0, .2), (2.0, .5), (3.0, .5), (4.0, .9)), [0, 1, 3]),  # a family, cheapest first
+        (points((1.0, .5), (2.0, .9), (3.0, .8)), [0, 1]),  # the largest dominated: viable_configurations adds it
+        (points((1.0, .4)), [0]),
+        ([], []),
+    ]
+    for given, expected in cases:
+        frontier = pareto_frontier(given)
+        assert [p["name"] for p in frontier] == expected
+        assert all(p is given[p["name"]] for p in frontier)  # the dicts themselves (the largest is found by identity)
+    same = {"flops": 1.0, "accuracy": 0.5}
+    other = {"flops": 2.0, "accuracy": 0.8}
+    frontier = pareto_frontier([other, same, same])
+    assert len(frontier) == 3 and frontier[0] is same and frontier[1] is same and frontier[2] is other
+
+
 def test_paired_bootstrap_constant_difference_has_a_degenerate_interval():
     mean, low, high = analysis.paired_bootstrap({"b": np.ones((2, 30))}, resamples=200)
     assert (mean, low, high) == (1.0, 1.0, 1.0)

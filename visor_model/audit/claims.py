@@ -27,6 +27,7 @@ paired where two runs share documents.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,11 +38,9 @@ import yaml
 from visor_model.audit import analysis
 from visor_model.audit.analysis import add_series, paired_difference, sample_scores, setting_label
 
-VERDICTS = ("reproduced", "not reproduced", "not testable in this profile")
+REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not testable in this profile"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE)
 PROFILES = ("offline", "paper")
-TESTS = {"at_least": ("target", "tolerance"), "at_most": ("target", "tolerance"), "within": ("target", "tolerance"),
-         "between": ("low", "high"), "greater": ("threshold",), "less": ("threshold",),
-         "no_worse_than": ("margin",), "equivalent": ("margin",)}
 CLAIM_FIELDS = ("id", "claim", "source", "paper_value", "unit", "profiles", "computation", "test")
 COLUMNS = ["id", "claim", "source", "provenance", "profile", "paper_value", "unit", "test", "tolerance",
            "reproduced_value", "ci_low", "ci_high", "verdict", "reason", "computation", "detail"]
@@ -188,8 +187,10 @@ def _spec(spec) -> dict:
     return {"series": spec["series"], "setting": dict(spec.get("setting") or {})}
 
 
-def _benchmarks(args) -> dict:
-    return {key: args[key] for key in ("cluster", "kind", "benchmark") if args.get(key) is not None}
+def _benchmarks(cluster=None, kind=None, benchmark=None) -> dict:
+    """The benchmark selection of a computation's arguments, the unset ones left out."""
+    return {key: value for key, value in (("cluster", cluster), ("kind", kind), ("benchmark", benchmark))
+            if value is not None}
 
 
 # --- computations ------------------------------------------------------------------------------------------
@@ -221,10 +222,6 @@ def metric_value(tables: Tables, family, series, benchmark, setting=None, metric
     scale = _scale(metric)
     return Measurement(scale * float(row[metric]), scale * low, scale * high,
                        f"{row['model']} {setting_label(row)} on {benchmark}, n={int(row['n'])}")
-
-
-def _cluster_rows(tables: Tables, rows: pd.DataFrame, cluster) -> pd.DataFrame:
-    return rows[rows["cluster"].isin(_as_list(cluster))] if "cluster" in rows else rows[:0]
 
 
 def _average_with_ci(tables: Tables, rows: pd.DataFrame, metric="accuracy") -> Measurement:
@@ -363,7 +360,7 @@ def paired_gap(tables: Tables, family, a, b, match_on=(), metric="accuracy", clu
                benchmark=None) -> Measurement:
     """Mean paired difference a - b (points) over the same documents, runs matched on model, benchmark and
     the `match_on` setting fields (e.g. budget)."""
-    pairs = _pairs(tables, family, a, b, list(match_on), _benchmarks(locals()))
+    pairs = _pairs(tables, family, a, b, list(match_on), _benchmarks(cluster, kind, benchmark))
     return _difference(tables, pairs, metric)
 
 
@@ -393,7 +390,7 @@ def paired_gap_at_matched_flops(tables: Tables, family, a, b, max_flop_ratio=1.5
     nearest to it in LLM-prefill FLOPs (same model, benchmark and documents); pairs further apart than
     `max_flop_ratio` are left out."""
     _flop_column(tables.summary)
-    benchmarks = _benchmarks(locals())
+    benchmarks = _benchmarks(cluster, kind, benchmark)
     a_rows = require(select(tables.summary, family, a, **benchmarks), family=family, series=a, **benchmarks)
     b_rows = require(select(tables.summary, family, b, **benchmarks), family=family, series=b, **benchmarks)
     pairs, ratios = [], []
@@ -571,7 +568,7 @@ def load_claims(path) -> list[dict]:
             kind = test.get("type")
             if kind not in TESTS:
                 raise ValueError(f"{where}: unknown test {kind!r}; known: {', '.join(TESTS)}")
-            absent = [k for k in TESTS[kind] if k not in test and k != "tolerance"]
+            absent = [k for k in TESTS[kind].fields if k not in test]
             if absent:
                 raise ValueError(f"{where}: test {kind} needs {', '.join(absent)}")
         unknown = set(claim["profiles"]) - set(PROFILES)
@@ -603,25 +600,61 @@ def format_value(value, low=float("nan"), high=float("nan"), unit="") -> str:
     return _fmt(value, unit) + ci
 
 
+@dataclass(frozen=True)
+class Test:
+    """One kind of test of a claim: the fields its `test:` entry needs, what it needs in words (to follow 'the
+    claim needs'; `ci`: say which end of the CI decides) and whether a measured value holds. `holds` gets the
+    CI's ends, or the point value as both where there is no CI. `directional`: a CI that misses while the
+    point value passes is named "in the claimed direction but not significant"."""
+    name: str
+    fields: tuple[str, ...]
+    describe: Callable[[dict, str, bool], str]
+    holds: Callable[[dict, float, float, float], bool]
+    directional: bool = False
+
+
+def _tolerance(test: dict) -> float:
+    """at_least, at_most and within take an optional tolerance."""
+    return test.get("tolerance", 0)
+
+
+TESTS = {test.name: test for test in (
+    Test("at_least", ("target",),
+         lambda t, unit, ci: f"at least {_fmt(t['target'] - _tolerance(t), unit)}",
+         lambda t, value, low, high: value >= t["target"] - _tolerance(t)),
+    Test("at_most", ("target",),
+         lambda t, unit, ci: f"at most {_fmt(t['target'] + _tolerance(t), unit)}",
+         lambda t, value, low, high: value <= t["target"] + _tolerance(t)),
+    Test("within", ("target",),
+         lambda t, unit, ci: f"{_number(t['target'])} ± {_fmt(_tolerance(t), unit)}",
+         lambda t, value, low, high: abs(value - t["target"]) <= _tolerance(t)),
+    Test("between", ("low", "high"),
+         lambda t, unit, ci: f"between {_fmt(t['low'], unit)} and {_fmt(t['high'], unit)}",
+         lambda t, value, low, high: t["low"] <= value <= t["high"]),
+    Test("greater", ("threshold",),
+         lambda t, unit, ci: f"more than {_fmt(t['threshold'], unit)}" + (" (the 95% CI above it)" if ci else ""),
+         lambda t, value, low, high: low > t["threshold"], directional=True),
+    Test("less", ("threshold",),
+         lambda t, unit, ci: f"less than {_fmt(t['threshold'], unit)}" + (" (the 95% CI below it)" if ci else ""),
+         lambda t, value, low, high: high < t["threshold"], directional=True),
+    Test("no_worse_than", ("margin",),
+         lambda t, unit, ci: f"no worse than -{_fmt(t['margin'], unit)}" + (" (the 95% CI's lower end)" if ci else ""),
+         lambda t, value, low, high: low >= -t["margin"]),
+    Test("equivalent", ("margin",),
+         lambda t, unit, ci: ("a 95% CI" if ci else "a value") + f" within ±{_fmt(t['margin'], unit)}",
+         lambda t, value, low, high: -t["margin"] <= low and high <= t["margin"]),
+)}
+
+
+def _kind(test: dict) -> Test:
+    if test["type"] not in TESTS:
+        raise ValueError(f"unknown test {test['type']!r}")
+    return TESTS[test["type"]]
+
+
 def describe_test(test: dict, unit: str = "", ci: bool = False) -> str:
     """What a test needs, to follow 'the claim needs' (`ci`: say which end of the CI decides)."""
-    kind = test["type"]
-    tol = test.get("tolerance", 0)
-    if kind == "at_least":
-        return f"at least {_fmt(test['target'] - tol, unit)}"
-    if kind == "at_most":
-        return f"at most {_fmt(test['target'] + tol, unit)}"
-    if kind == "within":
-        return f"{_number(test['target'])} ± {_fmt(tol, unit)}"
-    if kind == "between":
-        return f"between {_fmt(test['low'], unit)} and {_fmt(test['high'], unit)}"
-    if kind == "greater":
-        return f"more than {_fmt(test['threshold'], unit)}" + (" (the 95% CI above it)" if ci else "")
-    if kind == "less":
-        return f"less than {_fmt(test['threshold'], unit)}" + (" (the 95% CI below it)" if ci else "")
-    if kind == "no_worse_than":
-        return f"no worse than -{_fmt(test['margin'], unit)}" + (" (the 95% CI's lower end)" if ci else "")
-    return ("a 95% CI" if ci else "a value") + f" within ±{_fmt(test['margin'], unit)}"
+    return _kind(test).describe(test, unit, ci)
 
 
 def judge(test: dict, m: Measurement, unit: str = "") -> tuple[str, str]:
@@ -630,31 +663,13 @@ def judge(test: dict, m: Measurement, unit: str = "") -> tuple[str, str]:
     has_ci = np.isfinite(low) and np.isfinite(high)
     measured = f"measured {_fmt(value, unit)}" + (f" (95% CI {_number(low)} to {_number(high)})" if has_ci else "")
     if not np.isfinite(value):
-        return "not reproduced", f"{m.detail or 'no value could be measured'}; the claim needs {describe_test(test, unit)}"
-    kind = test["type"]
-    tol = test.get("tolerance", 0)
-    if kind == "at_least":
-        ok = value >= test["target"] - tol
-    elif kind == "at_most":
-        ok = value <= test["target"] + tol
-    elif kind == "within":
-        ok = abs(value - test["target"]) <= tol
-    elif kind == "between":
-        ok = test["low"] <= value <= test["high"]
-    elif kind in ("greater", "less"):
-        sign = 1 if kind == "greater" else -1
-        bound = (low if kind == "greater" else high) if has_ci else value
-        ok = sign * (bound - test["threshold"]) > 0
-        if not ok and has_ci and sign * (value - test["threshold"]) > 0:
-            return "not reproduced", (f"{measured}: in the claimed direction but not significant (the CI reaches "
-                                      f"{_fmt(test['threshold'], unit)})")
-    elif kind == "no_worse_than":
-        ok = (low if has_ci else value) >= -test["margin"]
-    elif kind == "equivalent":
-        ok = (-test["margin"] <= low and high <= test["margin"]) if has_ci else abs(value) <= test["margin"]
-    else:
-        raise ValueError(f"unknown test {kind!r}")
-    return ("reproduced" if ok else "not reproduced"), f"{measured}; the claim needs {describe_test(test, unit, has_ci)}"
+        return NOT_REPRODUCED, f"{m.detail or 'no value could be measured'}; the claim needs {describe_test(test, unit)}"
+    kind = _kind(test)
+    ok = kind.holds(test, value, low, high) if has_ci else kind.holds(test, value, value, value)
+    if not ok and has_ci and kind.directional and kind.holds(test, value, value, value):
+        return NOT_REPRODUCED, (f"{measured}: in the claimed direction but not significant (the CI reaches "
+                                f"{_fmt(test['threshold'], unit)})")
+    return (REPRODUCED if ok else NOT_REPRODUCED), f"{measured}; the claim needs {describe_test(test, unit, has_ci)}"
 
 
 def audit_claim(claim: dict, tables: Tables, profile: str) -> dict:
@@ -666,12 +681,12 @@ def audit_claim(claim: dict, tables: Tables, profile: str) -> dict:
            "tolerance": test.get("tolerance", test.get("margin", "")), "reproduced_value": float("nan"),
            "ci_low": float("nan"), "ci_high": float("nan"), "computation": claim["computation"], "detail": ""}
     if profile not in claim["profiles"]:
-        return {**row, "verdict": VERDICTS[2], "reason": claim["not_testable_reason"].strip()}
+        return {**row, "verdict": NOT_TESTABLE, "reason": claim["not_testable_reason"].strip()}
     args = {**(claim.get("args") or {}), **((claim.get("profile_args") or {}).get(profile) or {})}
     try:
         m = COMPUTATIONS[claim["computation"]](tables, **args)
     except NotTestable as missing:
-        return {**row, "verdict": VERDICTS[2], "reason": f"{missing} in this run"}
+        return {**row, "verdict": NOT_TESTABLE, "reason": f"{missing} in this run"}
     verdict, reason = judge(test, m, unit)
     if claim.get("provenance") == "unverified":
         reason += " (the claim's source is unverified)"
@@ -700,11 +715,11 @@ def summary_markdown(table: pd.DataFrame) -> str:
         return "No claims were audited."
     profile = table["profile"].iloc[0]
     counts = table["verdict"].value_counts()
-    held, failed = table[table["verdict"] == VERDICTS[0]], table[table["verdict"] == VERDICTS[1]]
-    untestable = table[table["verdict"] == VERDICTS[2]]
+    held, failed = table[table["verdict"] == REPRODUCED], table[table["verdict"] == NOT_REPRODUCED]
+    untestable = table[table["verdict"] == NOT_TESTABLE]
     out = [(f"This run audited {len(table)} claims in {PROFILE_WORDS.get(profile, profile)}. "
-            f"**{counts.get(VERDICTS[0], 0)} reproduced, {counts.get(VERDICTS[1], 0)} not reproduced, "
-            f"{counts.get(VERDICTS[2], 0)} not testable in this profile.**"), ""]
+            f"**{counts.get(REPRODUCED, 0)} reproduced, {counts.get(NOT_REPRODUCED, 0)} not reproduced, "
+            f"{counts.get(NOT_TESTABLE, 0)} not testable in this profile.**"), ""]
 
     def bullets(rows):
         return [f"- **{r['claim']}** {r['reason'][0].upper()}{r['reason'][1:]}." for _, r in rows.iterrows()]

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pandas as pd
 
 from visor_model.audit.analysis import PALETTE, SERIES, SERIES_LABELS
-from visor_model.audit.claims import read_table
+from visor_model.audit.claims import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, read_table
 
 FIGURE_DPI = 90
 
@@ -70,7 +70,7 @@ def table(frame: pd.DataFrame, caption: str = "", formats: dict | None = None, o
     display(styler)
 
 
-VERDICT_COLOURS = {"reproduced": "#d9f2d9", "not reproduced": "#f9d6d5", "not testable in this profile": "#eeeeee"}
+VERDICT_COLOURS = {REPRODUCED: "#d9f2d9", NOT_REPRODUCED: "#f9d6d5", NOT_TESTABLE: "#eeeeee"}
 
 
 def verdict_table(frame: pd.DataFrame, caption: str = "") -> None:
