@@ -75,7 +75,18 @@ def pick_device(device: str | None) -> str:
 
 
 class EfficientLlava(lmms):
-    """Shared model args: pretrained (folder or hub id), revision, device, dtype, batch_size."""
+    """Shared model args: pretrained (folder or hub id), revision, device, dtype, batch_size, max_new_tokens; every
+    other arg is the method's.
+
+    `__init__` is a template method; a subclass overrides its steps, in this order:
+      check_args(**method_args)       reject inconsistent method args before anything is loaded (default: none)
+      load_model(pretrained, revision, dtype, **method_args)
+                                      set `self.checkpoint` (default: `load_checkpoint`)
+      build_runner(**method_args)     set `self.reducer` (default: `build_reducer(**method_args)`) and return the
+                                      runner (default: `VisionLanguageRunner`)
+      build_accountant()              the FLOP accounting of the model and method
+    `label` is what the progress bar shows for a run (default: the reducer's name).
+    """
 
     is_simple = True
 
@@ -90,20 +101,37 @@ class EfficientLlava(lmms):
         **method_args,
     ) -> None:
         super().__init__()
+        self.check_args(**method_args)
         self.batch_size_per_gpu = int(batch_size)
         if self.batch_size_per_gpu < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.max_new_tokens_override = int(max_new_tokens) if max_new_tokens else None
         self.device_name = pick_device(device)
-        self.checkpoint = load_checkpoint(str(pretrained), revision or None, self.device_name, dtype)
-        self.reducer = self.build_reducer(**method_args)
-        self.runner = VisionLanguageRunner(self.checkpoint, self.reducer, self.device_name)
+        self.load_model(str(pretrained), revision or None, dtype, **method_args)
+        self.runner = self.build_runner(**method_args)
         self.accountant = self.build_accountant()
 
     counts_class = VisualTokenCounts
 
+    def check_args(self, **method_args) -> None:
+        """Reject inconsistent method args before the checkpoint is loaded (the other hooks get the same args)."""
+
+    def load_model(self, pretrained: str, revision: str | None, dtype: str, **method_args) -> None:
+        """Load the checkpoint onto `self.device_name` as `self.checkpoint`."""
+        self.checkpoint = load_checkpoint(pretrained, revision, self.device_name, dtype)
+
+    def build_runner(self, **method_args) -> VisionLanguageRunner:
+        """Set `self.reducer` from the method args and return the runner that generates with it."""
+        self.reducer = self.build_reducer(**method_args)
+        return VisionLanguageRunner(self.checkpoint, self.reducer, self.device_name)
+
     def build_reducer(self, **method_args) -> TokenReducer:
         raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        """What the progress bar (and a latency record) shows for this run."""
+        return self.reducer.name
 
     def build_accountant(self) -> FlopAccountant:
         """The FLOP accounting of this model and method (VISOR adds its conv and router)."""
@@ -124,7 +152,7 @@ class EfficientLlava(lmms):
         totals = {"visual_tokens": 0, "visual_tokens_kept": 0, "prompt_tokens": 0, "flops_llm_prefill": 0,
                   "flops_total": 0}
         generated, started = 0, time.perf_counter()
-        progress = tqdm(total=len(requests), desc=f"{self.reducer.name}", disable=self.rank != 0)
+        progress = tqdm(total=len(requests), desc=self.label, disable=self.rank != 0)
         for start in range(0, len(order), self.batch_size_per_gpu):
             indices = order[start : start + self.batch_size_per_gpu]
             images, questions, keys, budgets, until = [], [], [], [], []

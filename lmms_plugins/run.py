@@ -21,6 +21,8 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmms_plugins.args import model_args_string
+
 
 class EvaluationFailed(RuntimeError):
     """An lmms-eval run that failed, loudly or silently."""
@@ -32,14 +34,6 @@ class EvaluationOutput:
     samples: list[dict]  # lmms-eval's per-sample log for the task
     results_path: Path
     samples_path: Path
-
-
-def model_args_string(args: dict) -> str:
-    """lmms-eval's `k=v,k2=v2` form (its Python API does not accept a dict)."""
-    for key, value in args.items():
-        if any(c in str(value) for c in ",="):
-            raise ValueError(f"model arg {key}={value!r} cannot contain ',' or '='")
-    return ",".join(f"{key}={value}" for key, value in args.items() if value is not None)
 
 
 def run_lmms_eval(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmms_plugins.models import EfficientLlava, VisualTokenCounts, pick_device
+from lmms_plugins.models import EfficientLlava, VisualTokenCounts
 from visor_model.efficiency.accounting import FlopAccountant
 from visor_model.methods.base import FullTokens, TokenReducer
 from visor_model.methods.visor.runner import VisorRunner
@@ -47,25 +47,25 @@ class VisorLlava(EfficientLlava):
 
     counts_class = VisorTokenCounts
 
-    def __init__(self, pretrained: str, revision: str | None = None, device: str | None = "auto",
-                 dtype: str = "float32", batch_size: int | str = 8, max_new_tokens: int | str | None = None,
-                 sa_layers: int | str | None = None, threshold: float | str | None = None,
-                 token_budget: float | str | None = None) -> None:
-        from lmms_eval.api.model import lmms
-
-        from visor_model.methods.visor.modeling import check_threshold, load_visor
-        lmms.__init__(self)
+    def check_args(self, sa_layers: int | str | None = None, threshold: float | str | None = None,
+                   token_budget: float | str | None = None) -> None:
         if (sa_layers is None) == (threshold is None):
             raise ValueError("visor needs exactly one of sa_layers=K (fixed configuration) or threshold=T (policy)")
-        self.batch_size_per_gpu = int(batch_size)
-        if self.batch_size_per_gpu < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.max_new_tokens_override = int(max_new_tokens) if max_new_tokens else None
-        self.device_name = pick_device(device)
-        active, tau = None, None
+
+    def load_model(self, pretrained: str, revision: str | None, dtype: str, threshold: float | str | None = None,
+                   **method_args) -> None:
+        """`self.checkpoint` and `self.visor` (the VISOR model over it); a bad threshold fails before loading."""
+        from visor_model.methods.visor.modeling import check_threshold, load_visor
+
         if threshold is not None:
-            tau = check_threshold(threshold)
-        self.checkpoint, self.visor = load_visor(str(pretrained), revision or None, self.device_name, dtype)
+            check_threshold(threshold)
+        self.checkpoint, self.visor = load_visor(pretrained, revision, self.device_name, dtype)
+
+    def build_runner(self, sa_layers: int | str | None = None, threshold: float | str | None = None,
+                     token_budget: float | str | None = None) -> VisorRunner:
+        """The runner of the fixed configuration with `sa_layers` SA layers or of the policy at `threshold`, with
+        `token_budget`'s reducer in front."""
+        active = None
         if sa_layers is not None:
             try:
                 k = int(sa_layers)
@@ -75,11 +75,16 @@ class VisorLlava(EfficientLlava):
         else:
             self.visor._require_router()
         self.reducer = self.build_reducer(token_budget)
-        self.reducer.name = f"visor[{'sa=' + str(len(active)) if active is not None else 'tau=' + str(tau)}]" \
-            if isinstance(self.reducer, FullTokens) else self.reducer.name
-        self.runner = VisorRunner(self.checkpoint, self.visor, self.reducer, self.device_name, active=active,
-                                  threshold=tau)
-        self.accountant = self.build_accountant()
+        return VisorRunner(self.checkpoint, self.visor, self.reducer, self.device_name, active=active,
+                           threshold=threshold)  # VisorRunner converts it (check_threshold)
+
+    @property
+    def label(self) -> str:
+        """visor[sa=K] (fixed configuration) or visor[tau=T] (policy); the reducer's name with token_budget."""
+        if not isinstance(self.reducer, FullTokens):
+            return self.reducer.name
+        active = self.runner.active
+        return f"visor[{'sa=' + str(len(active)) if active is not None else 'tau=' + str(self.runner.threshold)}]"
 
     def build_accountant(self) -> FlopAccountant:
         return FlopAccountant.for_model(self.checkpoint.model, self.reducer, self.visor)

@@ -309,9 +309,11 @@ def test_plugins_log_flops_per_sample_in_request_order(visor, benchmark_tokenize
             assert result.text == single.answer
             assert counts["llm_visual_tokens"] > 0 and counts["flops_llm_prefill"] > 0
             if isinstance(plugin, VisorLlava):
+                assert plugin.label == "visor[sa=1]" and plugin.reducer.name == "full"  # label, not a renamed reducer
                 assert counts["roles"] == list(plugin.visor.config.roles(plugin.runner.active))
                 assert counts["layers_sa"] == counts["sa_layers"] == 1 and counts["flops_llm_prefill_ca"] > 0
             else:
+                assert plugin.label == "hired"
                 assert counts["flops_selection"] > 0 and counts["layers_sa"] == 6
 
 
@@ -322,7 +324,7 @@ def fake_record(method, model, benchmark, prefill, n=4):
     return {"model": model, "method": method, "setting_id": "default", "setting": {}, "benchmark": benchmark,
             "kind": "fine", "cluster": "hard", "n": n, "metrics": {}, "samples": samples,
             "checkpoint": {"family": "llava_onevision", "source": "x", "weights_sha256": "0"},
-            "provenance": {"device": "cpu", "versions": {"torch": "x"}}}
+            "provenance": {"device": "cpu", "versions": {"torch": "x"}, "lock": {"sha256": "0" * 64}}}
 
 
 def test_summary_has_mean_flops_and_the_prefill_ratio_to_llava_full():

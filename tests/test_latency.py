@@ -83,8 +83,10 @@ def test_measure_latency_of_visor_policy(loaded):
     visor = VisorModel(loaded.model, VisorConfig(n_layers=3))  # CA (0,), SA candidate (1,), router at 1
     visor.set_viable(visor.config.family())
     runner = VisorRunner(loaded, visor, threshold=0.5)
-    record = measure_latency(runner, FlopAccountant.for_model(loaded.model, None, visor), fixed_inputs(2), CONFIG)
+    record = measure_latency(runner, FlopAccountant.for_model(loaded.model, None, visor), fixed_inputs(2), CONFIG,
+                             label="visor[tau=0.5]")
     check_record(record, CONFIG)
+    assert record["method"] == "visor[tau=0.5]" and runner.reducer.name == "full"
     assert all(s["roles"][0] == "ca" for s in record["samples"])
     assert record["flops"]["mean"]["flops_llm_prefill_router"] > 0
 

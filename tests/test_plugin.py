@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from lmms_plugins.args import model_args, model_args_string
 from lmms_plugins.run import EvaluationFailed, check_outputs, logged_answer, run_lmms_eval
 from visor_model.methods.base import tokens_for_budget
 
@@ -19,6 +20,27 @@ def test_entry_points_register_every_model_id():
     for model_id, class_name in [("llava_full", "LlavaFull"), ("random_drop", "RandomDropLlava"),
                                  ("hired", "HiredLlava"), ("visor", "VisorLlava")]:
         assert get_model(model_id).__name__ == class_name
+
+
+def test_plugins_override_the_init_hooks_not_init():
+    from lmms_plugins.models import EfficientLlava
+    from lmms_plugins.visor import VisorLlava
+
+    assert "__init__" not in VisorLlava.__dict__
+    assert {"check_args", "load_model", "build_runner", "label"} <= set(VisorLlava.__dict__)
+    assert all(callable(getattr(EfficientLlava, hook)) for hook in ("check_args", "load_model", "build_runner"))
+
+
+def test_model_args_are_the_resolved_checkpoint_device_dtype_then_the_setting(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evaluation = {"device": "cpu", "dtype": "bfloat16", "batch_size": 4, "limit": None}
+    args = model_args("ckpt", {"sa_layers": 2, "token_budget": 0.2}, evaluation)
+    assert args == {"pretrained": str(tmp_path.resolve() / "ckpt"), "device": "cpu", "dtype": "bfloat16",
+                    "sa_layers": 2, "token_budget": 0.2}
+    assert list(args) == ["pretrained", "device", "dtype", "sa_layers", "token_budget"]
+    assert model_args_string(args) == (f"pretrained={tmp_path.resolve() / 'ckpt'},device=cpu,dtype=bfloat16,"
+                                       "sa_layers=2,token_budget=0.2")
+    assert model_args("ckpt", {"dtype": "float32"}, evaluation)["dtype"] == "float32"  # the setting wins
 
 
 def stock_cli(model: str, model_args: dict, task_dir, out, log, batch_size: int = 1) -> int:
@@ -49,6 +71,7 @@ def cli_runs(tiny_checkpoint, task_dir, tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_cli_writes_results_and_per_sample_logs(cli_runs):
     full = cli_runs["full_b1"]
     assert set(full.results["results"]["synth_marker"]) >= {"exact_match,none", "anls,none"}
@@ -58,6 +81,7 @@ def test_cli_writes_results_and_per_sample_logs(cli_runs):
     assert full.results["throughput"]["avg_visual_tokens_kept"] > 0
 
 
+@pytest.mark.slow
 def test_in_process_evaluator_writes_what_the_cli_writes(cli_runs):
     cli, in_process = cli_runs["full_b1"], cli_runs["full_b4"]
     assert in_process.results_path.name.endswith("_results.json")
@@ -66,17 +90,20 @@ def test_in_process_evaluator_writes_what_the_cli_writes(cli_runs):
     assert [s["doc_id"] for s in in_process.samples] == [s["doc_id"] for s in cli.samples]
 
 
+@pytest.mark.slow
 def test_batching_does_not_change_greedy_answers(cli_runs):
     answers = [[logged_answer(s) for s in cli_runs[name].samples] for name in ("full_b1", "full_b4")]
     assert answers[0] == answers[1]
 
 
+@pytest.mark.slow
 def test_random_drop_reports_kept_tokens_per_sample(cli_runs):
     for sample in cli_runs["drop"].samples:
         counts = sample["token_counts"][0]
         assert counts["visual_tokens_kept"] == tokens_for_budget(0.2, counts["visual_tokens"])
 
 
+@pytest.mark.slow
 def test_a_failed_cli_run_is_caught_although_the_cli_exits_zero(task_dir, tmp_path):
     assert stock_cli("llava_full", {"pretrained": tmp_path / "missing"}, task_dir, tmp_path / "out",
                      tmp_path / "log") == 0
@@ -98,6 +125,7 @@ def test_bad_budget_fails_with_its_message(next_checkpoint, task_dir, tmp_path):
                       tmp_path / "out", tmp_path / "log", include_path=task_dir)
 
 
+@pytest.mark.slow
 def test_empty_answers_above_the_threshold_fail(cli_runs, tmp_path):
     run = cli_runs["full_b1"]
     swallowed = [dict(s, filtered_resps="", token_counts=[None]) for s in run.samples]  # a wrapper's silent error

@@ -287,8 +287,9 @@ def prefill_flops(record: dict, lm_head_one: int) -> int:
 
 
 def measure_latency(runner, accountant: FlopAccountant, inputs: list[tuple[Image.Image, str]],
-                    config: LatencyConfig = LatencyConfig()) -> dict:
-    """The latency record of `runner` (a `VisionLanguageRunner` or `VisorRunner`) on `inputs`."""
+                    config: LatencyConfig = LatencyConfig(), label: str | None = None) -> dict:
+    """The latency record of `runner` (a `VisionLanguageRunner` or `VisorRunner`) on `inputs`; its "method" is
+    `label` (a plugin's `label`, e.g. visor[sa=2]), by default the name of the runner's reducer."""
     if config.threads:
         torch.set_num_threads(int(config.threads))
     device = runner.device
@@ -328,7 +329,7 @@ def measure_latency(runner, accountant: FlopAccountant, inputs: list[tuple[Image
         "config": {**asdict(config), "dtype": str(next(runner.model.parameters()).dtype).replace("torch.", ""),
                    "device": str(device)},
         "environment": env,
-        "method": getattr(runner.reducer, "name", None),
+        "method": label if label is not None else getattr(runner.reducer, "name", None),
         "timings": timings,
         "memory": memory,
         "flops": {"mean": {k: float(np.mean([r[k] for r in flop_records])) for k in keys},

@@ -5,6 +5,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from lmms_plugins.args import model_args
 from lmms_plugins.run import run_lmms_eval, sample_rows
 from visor_model.files import write_json_atomically
 from visor_model.provenance import environment
@@ -16,14 +17,13 @@ benchmark, evaluation = params.benchmark, params.evaluation
 synthetic = benchmark["source"] == "synthetic"
 task = benchmark.get("task", wildcards.benchmark)
 
-model_args = {"pretrained": str(Path(checkpoint["path"]).resolve()), "device": evaluation["device"],
-              "dtype": evaluation["dtype"], **params.setting}
+plugin_args = model_args(checkpoint["path"], params.setting, evaluation)
 lmms_dir = Path(params.lmms_dir)
 shutil.rmtree(lmms_dir, ignore_errors=True)  # a rerun never mixes with an earlier attempt's files
 limit = evaluation["limit"]
 output = run_lmms_eval(
     model=wildcards.method,
-    model_args=model_args,
+    model_args=plugin_args,
     task=task,
     output_dir=lmms_dir,
     log_path=Path(snakemake.log[0]),

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from lmms_eval.models import get_model
 
+from lmms_plugins.args import model_args
 from visor_model.files import write_json_atomically
 from visor_model.efficiency.latency import LatencyConfig, fixed_inputs, measure_latency
 
@@ -21,11 +22,10 @@ torch.set_num_threads(snakemake.threads)
 config = LatencyConfig(samples=latency["samples"], warmup=latency["warmup"], repeats=latency["repeats"],
                        max_new_tokens=latency["max_new_tokens"], threads=snakemake.threads,
                        image_size=latency.get("image_size"), seed=snakemake.config["seed"])
-model_args = {"pretrained": str(Path(checkpoint["path"]).resolve()), "device": evaluation["device"],
-              "dtype": evaluation["dtype"], **params.setting}
-plugin = get_model(wildcards.method)(**model_args)
+plugin_args = model_args(checkpoint["path"], params.setting, evaluation)
+plugin = get_model(wildcards.method)(**plugin_args)
 inputs = fixed_inputs(config.samples, config.seed, image_size=config.image_size)
-record = measure_latency(plugin.runner, plugin.accountant, inputs, config)
+record = measure_latency(plugin.runner, plugin.accountant, inputs, config, label=plugin.label)
 record.update(model=wildcards.model, method=wildcards.method, setting_id=wildcards.setting, setting=params.setting,
               checkpoint=checkpoint)
 write_json_atomically(Path(snakemake.output[0]), record)
