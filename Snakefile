@@ -1,4 +1,11 @@
 # VISOR / HiRED audit: `snakemake --cores all reports/final.html` (offline default: config/config.yaml).
+# Rules and input functions live in workflow/rules/*.smk; the config logic they call (checks, configured runs)
+# in visor_model/workflow_config.py.
+from snakemake.utils import min_version
+
+min_version("9.27")
+
+
 configfile: "config/config.yaml"
 
 

@@ -7,8 +7,6 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,15 +15,9 @@ import pytest
 import yaml
 
 from conftest import micro_workdir
+from helpers import REPO, snakemake
 
-REPO = Path(__file__).resolve().parent.parent
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 PAPER = REPO / "config" / "paper.yaml"
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(SNAKEMAKE + ["--directory", str(workdir), *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def job_counts(output: str) -> dict:
@@ -62,6 +54,7 @@ PAPER_RUNS = {
 PAPER_BENCHMARKS = 12 + 3  # the lmms-eval tasks + the synthetic tasks VISOR trains on
 
 
+@pytest.mark.slow
 def test_paper_profile_resolves_the_whole_dag_offline(tmp_path):
     config = yaml.safe_load(PAPER.read_text())
     assert {"llava_ov_0_5b", "llava_next_7b"} == set(config["models"])
@@ -85,7 +78,10 @@ def test_paper_profile_resolves_the_whole_dag_offline(tmp_path):
     assert "train_reference" not in result.stdout  # hub checkpoints are fetched, not trained
 
 
+@pytest.mark.slow
 def test_paper_profile_merged_into_the_offline_config_stops_with_the_fix(tmp_path):
+    """Snakemake's own merge of --configfile into the workflow's config/config.yaml reaches the check (its
+    messages: tests/test_workflow_config.py)."""
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text((REPO / "config" / "config.yaml").read_text())
     result = snakemake(tmp_path, "-n", "--configfile", str(PAPER))
@@ -121,6 +117,7 @@ def test_slurm_profile_puts_every_gpu_rule_on_a_gpu_partition():
         assert resources.get("gpu") == 1 and resources.get("slurm_partition") == "gpu", rule
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
                     reason="snakemake-executor-plugin-slurm is not installed (pip install snakemake-executor-plugin-slurm)")
 def test_slurm_profile_dry_run(tmp_path):
@@ -167,6 +164,7 @@ def complete_fake_run(workdir: Path, rounds: int = 4) -> None:
     assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
 
 
+@pytest.mark.slow
 def test_adding_a_benchmark_adds_only_its_jobs(tmp_path):
     workdir = micro_workdir(tmp_path)
     complete_fake_run(workdir)

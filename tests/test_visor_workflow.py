@@ -1,13 +1,12 @@
 """VISOR in the workflow: the DAG of the default config (train_visor -> label_policy -> train_policy -> the
 visor evaluations), the viable-configuration sweep that joins it once train_visor has run, and the failure of
-an sa_layers value the checkpoint has no configuration for."""
+an sa_layers value the checkpoint has no configuration for. (The VISOR config checks: tests/test_workflow_config.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,15 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+from helpers import REPO, snakemake
+
 THRESHOLDS = ["0.5", "0.7", "0.9", "0.95", "0.99"]
 EVALUATE = re.compile(r"wildcards: model=(\w+), method=visor, setting=([\w.-]+), benchmark=(\w+)")
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(SNAKEMAKE + ["--directory", str(workdir), *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def write_config(workdir: Path, config: dict) -> Path:
@@ -50,6 +44,7 @@ def visor_evaluations(output: str) -> set[tuple[str, str, str]]:
     return set(EVALUATE.findall(output))
 
 
+@pytest.mark.slow
 def test_default_dag_trains_labels_and_routes_before_the_visor_sweep(tmp_path):
     config = default_config()
     workdir = write_config(tmp_path, config)
@@ -71,6 +66,7 @@ def test_default_dag_trains_labels_and_routes_before_the_visor_sweep(tmp_path):
             ("train_policy", "evaluate"), ("train_visor", "aggregate")} <= edges
 
 
+@pytest.mark.slow
 def test_viable_configurations_join_the_sweep_once_train_visor_has_run(tmp_path):
     """Fake a finished train_visor (viable configurations with 0 and 2 SA layers): the dry run then lists
     sa_layers-0 and sa_layers-2 evaluations (not sa_layers-1) and does not retrain."""
@@ -146,30 +142,3 @@ def test_unknown_sa_layers_fails_naming_the_value_and_the_viable_ones(tmp_path, 
     assert message in log.read_text()
     assert "logs/evaluate/tiny/visor/sa_layers-5/synth_marker.log" in result.stdout + result.stderr
     assert not (workdir / target).exists()
-
-
-def micro_config() -> dict:
-    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
-    for model in config["models"].values():
-        if "path" in model["checkpoint"]:
-            model["checkpoint"]["path"] = str((REPO / ".test" / model["checkpoint"]["path"]).resolve())
-    return config
-
-
-@pytest.mark.parametrize("edit,message", [
-    (lambda c: c["methods"]["visor"].append({"models": ["reference_next"], "grid": {"threshold": [0.5]}}),
-     "config error at methods.visor[3].models: VISOR is not trained for 'reference_next'; add it to visor.models"),
-    (lambda c: c["visor"].update(label_per_task=10),
-     "config error at benchmarks.synth_background.val: VISOR needs 14 val rows per benchmark"),
-    (lambda c: c["methods"]["visor"].append({"grid": {"sa_layers": "all"}}),
-     "config error at methods.visor[3].grid.sa_layers: 'all' is not valid under any of the given schemas"),
-    (lambda c: c["methods"]["random_drop"].append({"grid": {"sa_layers": "viable"}}),
-     "config error at methods.random_drop[1].grid.sa_layers: 'viable' (the viable configurations of a trained "
-     "VISOR) is for method visor only"),
-], ids=["model-without-visor", "val-too-small", "sa_layers-not-viable-or-list", "viable-outside-visor"])
-def test_bad_visor_config_names_the_key(tmp_path, edit, message):
-    config = micro_config()
-    edit(config)
-    result = snakemake(write_config(tmp_path, config), "-n", "reports/final.html", timeout=120)
-    assert result.returncode != 0
-    assert message in result.stdout + result.stderr

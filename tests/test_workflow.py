@@ -1,11 +1,10 @@
-"""The Snakemake workflow: config validation messages, and an end-to-end run of the micro config."""
+"""The Snakemake workflow: the Snakefile checks the config, and an end-to-end run of the micro config."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,43 +12,22 @@ import pandas as pd
 import pytest
 
 from conftest import micro_workdir
+from helpers import SNAKEMAKE, snakemake
 
-REPO = Path(__file__).resolve().parent.parent
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run(SNAKEMAKE + ["--directory", str(workdir), *args], capture_output=True, text=True,
-                          timeout=timeout)
+RUN_TIMEOUT = 1200  # a whole run of the micro config
 
 
-def set_in(path, value):
-    def edit(config):
-        node = config
-        for key in path[:-1]:
-            node = node[key]
-        node[path[-1]] = value
-    return edit
-
-
-BAD_CONFIGS = [
-    (set_in(["evaluation", "bacth_size"], 4), "config error at evaluation: Additional properties are not allowed ('bacth_size' was unexpected)"),
-    (set_in(["seed"], "zero"), "config error at seed: 'zero' is not of type 'integer'"),
-    (set_in(["methods", "random_drop"], [{"settings": [{"budget": 0}]}]), "config error at methods.random_drop[0].settings[0].budget: 0 is less than or equal to the minimum of 0"),
-    (set_in(["methods", "random_drop"], [{"settings": [{"budget": 1.5}]}]), "config error at methods.random_drop[0].settings[0].budget: 1.5 is greater than the maximum of 1"),
-    (set_in(["methods", "random_drop"], [{"settings": [{"budget": -1}]}]), "config error at methods.random_drop[0].settings[0].budget: -1 is less than or equal to the minimum of 0"),
-    (set_in(["methods", "random_drop"], [{"settings": [{"budget": "abc"}]}]), "config error at methods.random_drop[0].settings[0].budget: 'abc' is not of type 'number'"),
-    (set_in(["methods", "visor"], [{"settings": [{"threshold": 1.2}]}]), "config error at methods.visor[0].settings[0].threshold: 1.2 is greater than the maximum of 1"),
-    (set_in(["methods", "fastv"], [{"settings": [{}]}]), "config error at methods: 'fastv' is not one of"),
-    (set_in(["models", "reference_ov", "family"], "llava_15"), "config error at models.reference_ov.family: 'llava_15' is not one of"),
-    (set_in(["methods", "random_drop"], [{"models": ["gpt4"], "settings": [{"budget": 0.5}]}]), "config error at methods.random_drop[0].models: unknown model 'gpt4'"),
-    (set_in(["benchmarks"], {}), "config error at benchmarks: {} should be non-empty"),
-    (set_in(["models", "reference_next", "checkpoint"], {"source": "hub", "repo": "llava-hf/llava-v1.6-vicuna-7b-hf", "revision": "main"}), "config error at models.reference_next.checkpoint.revision: 'main' does not match"),
-]
-
-
-@pytest.mark.parametrize("edit,message", BAD_CONFIGS, ids=[m.split(":")[0].removeprefix("config error at ") + str(i) for i, (_, m) in enumerate(BAD_CONFIGS)])
-def test_bad_config_names_the_key(tmp_path, edit, message):
+@pytest.mark.slow
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c["methods"]["random_drop"].append({"settings": [{"budget": 1.5}]}),
+     "config error at methods.random_drop[1].settings[0].budget: 1.5 is greater than the maximum of 1"),
+    (lambda c: c["methods"]["random_drop"].append({"models": ["gpt4"], "settings": [{"budget": 0.5}]}),
+     "config error at methods.random_drop[1].models: unknown model 'gpt4'"),
+    (lambda c: c["visor"].update(label_per_task=10),
+     "config error at benchmarks.synth_background.val: VISOR needs 14 val rows per benchmark"),
+], ids=["schema", "unknown-model", "visor"])
+def test_snakefile_checks_the_config(tmp_path, edit, message):
+    """The Snakefile runs visor_model.workflow_config's checks (every message: tests/test_workflow_config.py)."""
     result = snakemake(micro_workdir(tmp_path, edit), "-n", "reports/final.html", timeout=120)
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
@@ -58,11 +36,12 @@ def test_bad_config_names_the_key(tmp_path, edit, message):
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory):
     workdir = micro_workdir(tmp_path_factory.mktemp("micro"))
-    result = snakemake(workdir, "--cores", "2", "reports/final.html")
+    result = snakemake(workdir, "--cores", "2", "reports/final.html", timeout=RUN_TIMEOUT)
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir
 
 
+@pytest.mark.slow
 def test_micro_run_renders_the_report_with_the_results_table(micro_run):
     html = (micro_run / "reports" / "final.html").read_text()
     assert "Results table" in html and "<table" in html
@@ -74,6 +53,7 @@ def test_micro_run_renders_the_report_with_the_results_table(micro_run):
         assert summary[column].notna().all(), column
 
 
+@pytest.mark.slow
 def test_rerun_with_nothing_changed_runs_no_job(micro_run):
     result = snakemake(micro_run, "-n", "reports/final.html", timeout=120)
     assert result.returncode == 0
@@ -105,6 +85,7 @@ def run_until(workdir: Path, reached, what: str) -> None:
     assert not (workdir / "results" / "summary.csv").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_fresh_run_resumes_to_identical_results(micro_run, tmp_path):
     """Interrupt a second fresh run during reference training, rerun it and interrupt it again during
     evaluation, then rerun it to the end: training resumes from its last saved step, and the accuracy and
@@ -114,7 +95,7 @@ def test_interrupted_fresh_run_resumes_to_identical_results(micro_run, tmp_path)
     run_until(workdir, state.is_file, "during training")
     assert not (workdir / "resources" / "trained" / "reference_ov" / "training.json").exists()
     run_until(workdir, lambda: any((workdir / "results" / "eval").rglob("*.json")), "during evaluation")
-    result = snakemake(workdir, "--cores", "2", "reports/final.html")
+    result = snakemake(workdir, "--cores", "2", "reports/final.html", timeout=RUN_TIMEOUT)
     assert result.returncode == 0, result.stderr[-5000:]
     train_log = (workdir / "logs" / "train_reference" / "reference_ov.log").read_text()
     assert "resuming reference training from step" in train_log

@@ -5,17 +5,12 @@
 
 
 def checkpoint_source(model):
-    source = config["models"][model]["checkpoint"]["source"]
-    return "train" if source == "shipped" and config["retrain"] else source
-
-
-def training_benchmarks():
-    return [b for b, spec in config["benchmarks"].items() if spec["source"] == "synthetic" and spec["train"] > 0]
+    return workflow_config.checkpoint_source(config, model)
 
 
 rule train_reference:
     input:
-        expand("resources/benchmarks/{benchmark}/manifest.json", benchmark=training_benchmarks()),
+        expand("resources/benchmarks/{benchmark}/manifest.json", benchmark=workflow_config.training_benchmarks(config)),
     output:
         "resources/trained/{model}/training.json",
     params:

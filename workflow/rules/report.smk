@@ -1,7 +1,5 @@
 # Tidy results and the HTML report: papermill notebooks (notebooks/<section>.ipynb, reading result tables only)
 # executed and rendered without code to reports/<section>.html, then gathered into reports/final.html.
-import hashlib
-import json
 
 
 rule aggregate:
@@ -26,11 +24,6 @@ rule aggregate:
 REPORT_SECTIONS = ["report", "tradeoffs", "policy", "hired", "paired", "results"]
 
 
-def config_sha256():
-    """SHA-256 of the validated configuration (defaults filled in), shown in the report's provenance."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-
-
 rule report_section:
     input:
         summary="results/summary.csv",
@@ -42,7 +35,7 @@ rule report_section:
         notebook="results/notebooks/{section}.ipynb",
         html="reports/{section}.html",
     params:
-        parameters={"profile": config["audit"]["profile"], "config_sha256": config_sha256(),
+        parameters={"profile": config["audit"]["profile"], "config_sha256": workflow_config.config_sha256(config),
                     "seed": config["seed"], "resamples": config["audit"]["resamples"]},
     wildcard_constraints:
         section="|".join(REPORT_SECTIONS),

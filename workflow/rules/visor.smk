@@ -2,52 +2,15 @@
 # a checkpoint, because the viable configurations decide which `sa_layers: viable` evaluations exist)
 # -> label_policy (every viable configuration on the labelling split) -> train_policy (the router; the final
 # VISOR checkpoint that `evaluate` loads for method visor, with its provenance record).
+# Each stage's params.options are the `visor:` options it depends on (workflow_config.visor_section, from the
+# fields of visor_model.methods.visor.config): a change reruns that stage and what follows, not the others.
 import json
 
 VISOR_MODELS = list(config["visor"]["models"])
-# Options each stage depends on (a change reruns that stage and what follows, not the others).
-UNIVERSAL_OPTIONS = ("stage1_steps", "stage2_steps", "batch_size", "stage1_lr", "stage2_lr", "warmup_steps",
-                     "stage1_sampling", "ca_layers", "sa_candidates", "conv_kernel", "gate_init", "ca_init",
-                     "ca_rope", "router_hidden", "viable_per_task", "inference_batch_size")
-LABEL_OPTIONS = ("viable_per_task", "label_per_task", "inference_batch_size")
-POLICY_OPTIONS = ("router_steps", "router_lr", "router_batch_size")
-
-
-def visor_section(keys):
-    return {key: config["visor"][key] for key in keys}
-
-
-def check_visor_config():
-    """VISOR sweeps only on models VISOR is trained for; val splits large enough for both uses."""
-    for method, sweeps in config["methods"].items():
-        for i, sweep in enumerate(sweeps):
-            if method != "visor" and sweep.get("grid", {}).get("sa_layers") == VIABLE:
-                raise ValueError(f"config error at methods.{method}[{i}].grid.sa_layers: 'viable' (the viable "
-                                 "configurations of a trained VISOR) is for method visor only")
-    if "visor" not in config["methods"]:
-        return
-    for model in VISOR_MODELS:
-        if model not in config["models"]:
-            raise ValueError(f"config error at visor.models: unknown model {model!r}; "
-                             f"configured models: {', '.join(config['models'])}")
-    for i, sweep in enumerate(config["methods"]["visor"]):
-        for model in sweep.get("models", VISOR_MODELS):
-            if model not in VISOR_MODELS:
-                raise ValueError(f"config error at methods.visor[{i}].models: VISOR is not trained for {model!r}; "
-                                 f"add it to visor.models (now: {', '.join(VISOR_MODELS) or 'none'})")
-    needed = config["visor"]["viable_per_task"] + config["visor"]["label_per_task"]
-    for benchmark in training_benchmarks():
-        if config["benchmarks"][benchmark]["val"] < needed:
-            raise ValueError(
-                f"config error at benchmarks.{benchmark}.val: VISOR needs {needed} val rows per benchmark "
-                f"(visor.viable_per_task + visor.label_per_task), the split has {config['benchmarks'][benchmark]['val']}")
-
-
-check_visor_config()
 
 
 def visor_task_inputs():
-    return expand("resources/benchmarks/{benchmark}/manifest.json", benchmark=training_benchmarks())
+    return expand("resources/benchmarks/{benchmark}/manifest.json", benchmark=workflow_config.training_benchmarks(config))
 
 
 def universal_visor(model):
@@ -74,7 +37,7 @@ checkpoint train_visor:
     output:
         universal_visor("{model}"),
     params:
-        options=visor_section(UNIVERSAL_OPTIONS),
+        options=workflow_config.visor_section(config, workflow_config.UNIVERSAL),
         seed=config["seed"],
         state="resources/train_state/visor_{model}",
     log:
@@ -98,7 +61,7 @@ rule label_policy:
     output:
         "resources/visor/{model}/policy_labels.csv",
     params:
-        options=visor_section(LABEL_OPTIONS),
+        options=workflow_config.visor_section(config, workflow_config.LABEL),
     log:
         "logs/label_policy/{model}.log",
     benchmark:
@@ -123,7 +86,7 @@ rule train_policy:
         final="resources/visor/{model}/final/visor_config.json",
         record="resources/visor/{model}/checkpoint.json",
     params:
-        options=visor_section(POLICY_OPTIONS),
+        options=workflow_config.visor_section(config, workflow_config.POLICY),
         seed=config["seed"],
     log:
         "logs/train_policy/{model}.log",

@@ -4,7 +4,8 @@
 import sys
 from pathlib import Path
 
-from visor_model.methods.visor.training import label_policy, visor_options
+from visor_model.methods.visor.config import visor_options
+from visor_model.methods.visor.training import label_policy
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 _, _, policy = visor_options(snakemake.params.options)

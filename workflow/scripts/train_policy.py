@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from visor_model.files import write_json_atomically
-from visor_model.methods.visor.training import train_policy, visor_checkpoint_record, visor_options
+from visor_model.methods.visor.config import visor_options
+from visor_model.methods.visor.training import train_policy, visor_checkpoint_record
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 _, _, policy = visor_options(snakemake.params.options)

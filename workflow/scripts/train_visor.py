@@ -5,7 +5,8 @@ import json
 import sys
 from pathlib import Path
 
-from visor_model.methods.visor.training import train_universal_checkpoint, visor_options
+from visor_model.methods.visor.config import visor_options
+from visor_model.methods.visor.training import train_universal_checkpoint
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 base = json.loads(Path(snakemake.input.checkpoint).read_text())

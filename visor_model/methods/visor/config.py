@@ -1,0 +1,242 @@
+"""VISOR's options, in one place and without torch: the architecture (`VisorConfig`), universal training
+(`UniversalConfig`) and the viable configurations / policy labels / router (`PolicyConfig`).
+
+The workflow's `visor:` config section, the options each workflow stage depends on (`stage_options`), and
+the command line of `python -m visor_model.methods.visor.training` (`add_arguments`) are all derived from the
+dataclass fields below; workflow/schemas/config.schema.yaml repeats their defaults (tests check they agree).
+Importing this module needs neither torch nor transformers: the Snakefile imports it (through
+visor_model.workflow_config) at every parse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import MISSING, dataclass, field, fields
+
+SA, CA, TEXT = "sa", "ca", "text"
+
+# The workflow stages (rules) whose outputs depend on an option: a change reruns those stages (and what follows).
+UNIVERSAL, LABEL, POLICY = "universal", "label", "policy"  # train_visor, label_policy, train_policy
+STAGES = (UNIVERSAL, LABEL, POLICY)
+
+
+def option(default, *stages: str, choices: tuple | None = None):
+    """A dataclass field that is a named option of the workflow's `visor:` section (and of the CLI), read by
+    the given stages. Fields declared without it (grad_clip, save_every, ...) are Python-API-only."""
+    return field(default=default, metadata={"stages": stages, "choices": choices})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# architecture
+
+
+def spread(n: int, k: int) -> list[int]:
+    """k of range(n), evenly spread: the centre of each of k equal bins, floor((j + 1/2) * n / k).
+    spread(8, 1) = [4], spread(8, 2) = [2, 6], spread(8, 4) = [1, 3, 5, 7], spread(n, n) = range(n)."""
+    if not 0 <= k <= n:
+        raise ValueError(f"cannot spread {k} items over {n}")
+    return [int(math.floor((j + 0.5) * n / k)) for j in range(k)]
+
+
+def default_layers(n_layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Default (ca_layers, sa_candidates): m = max(1, L // 3) slots of stride L / m; slot j starts at
+    s_j = floor(j * L / m); the CA layer is s_j and the SA candidate s_j + 1 (layer 0 is always a CA layer,
+    so the routing token has cross-attended the image before the router reads it at the first SA candidate).
+    L = 6: CA (0, 3), SA (1, 4), text-only (2, 5).  L = 24: CA (0, 3, ..., 21), SA (1, 4, ..., 22)."""
+    if n_layers < 2:
+        raise ValueError("VISOR needs at least 2 LLM layers")
+    m = max(1, n_layers // 3)
+    starts = [int(math.floor(j * n_layers / m)) for j in range(m)]
+    return tuple(starts), tuple(s + 1 for s in starts)
+
+
+@dataclass
+class VisorConfig:
+    """Where the paper is silent, every choice is an option here (defaults in brackets).
+
+    n_layers        LLM layers of the host.
+    ca_layers       indices hosting a new cross-attention block [L/3 uniformly spaced, see default_layers].
+    sa_candidates   indices that may run as SA; a configuration is a subset of them [L/3 uniformly spaced,
+                    disjoint from ca_layers: a CA block in a layer that also runs SA would be redundant].
+                    Layers in neither set are text-only.
+    conv_kernel     depth-wise conv1d conditional positional embedding on the visual tokens [7, padding 3],
+                    0 disables it. Applied once, to the visual state, just before the first CA layer, as a
+                    residual V <- V + conv(V) with zero-initialised weights and bias, so it starts as the
+                    identity; later SA layers also see the embedded visual tokens.
+    gate_init       initial value of the scalar CA gate g; output scaled by tanh(g) [0.0: CA adds nothing].
+    ca_init         "host": q/k/v/o and both RMSNorms copied from the host layer's self-attention and input
+                    norm; "random": fresh init (normal, std 0.02) [host].
+    ca_rope         rotate CA queries / keys with the tokens' original position ids, like the host [True].
+                    CA is unmasked: every text token (also those before the image) sees every visual token.
+    router_hidden   width of the router MLP d -> router_hidden -> n_viable (GELU) [64]; 0 disables the router.
+    seed            initialisation seed of the new modules.
+    """
+
+    n_layers: int
+    ca_layers: tuple[int, ...] | None = option(None, UNIVERSAL)
+    sa_candidates: tuple[int, ...] | None = option(None, UNIVERSAL)
+    conv_kernel: int = option(7, UNIVERSAL)
+    gate_init: float = option(0.0, UNIVERSAL)
+    ca_init: str = option("host", UNIVERSAL, choices=("host", "random"))
+    ca_rope: bool = option(True, UNIVERSAL)
+    router_hidden: int = option(64, UNIVERSAL)
+    seed: int = 0
+
+    def __post_init__(self):
+        default_ca, default_sa = default_layers(self.n_layers)
+        self.ca_layers = tuple(sorted(int(i) for i in (default_ca if self.ca_layers is None else self.ca_layers)))
+        self.sa_candidates = tuple(
+            sorted(int(i) for i in (default_sa if self.sa_candidates is None else self.sa_candidates))
+        )
+        for name in ("ca_layers", "sa_candidates"):
+            indices = getattr(self, name)
+            if len(set(indices)) != len(indices) or any(not 0 <= i < self.n_layers for i in indices):
+                raise ValueError(f"{name} must be distinct indices in [0, {self.n_layers}), got {indices}")
+        if set(self.ca_layers) & set(self.sa_candidates):
+            raise ValueError(f"ca_layers {self.ca_layers} and sa_candidates {self.sa_candidates} must be disjoint")
+        if self.ca_init not in ("host", "random"):
+            raise ValueError(f"ca_init must be 'host' or 'random', got {self.ca_init!r}")
+        if self.conv_kernel < 0 or (self.conv_kernel and self.conv_kernel % 2 == 0):
+            raise ValueError(f"conv_kernel must be 0 or odd, got {self.conv_kernel}")
+
+    @property
+    def router_layer(self) -> int | None:
+        """The router reads the routing token at the input of this layer (the first SA candidate); None when
+        there is no router or nothing runs before the first candidate."""
+        if self.router_hidden <= 0 or not self.sa_candidates or self.sa_candidates[0] == 0:
+            return None
+        return self.sa_candidates[0]
+
+    def family(self) -> list[tuple[int, ...]]:
+        """Configurations considered: for k = 0..n the evenly spread k-subset of the n SA candidates."""
+        n = len(self.sa_candidates)
+        return [tuple(self.sa_candidates[i] for i in spread(n, k)) for k in range(n + 1)]
+
+    def check_active(self, active) -> tuple[int, ...]:
+        active = tuple(sorted(int(i) for i in active))
+        if not set(active) <= set(self.sa_candidates):
+            raise ValueError(f"configuration {active} is not a subset of the SA candidates {self.sa_candidates}")
+        return active
+
+    def roles(self, active) -> tuple[str, ...]:
+        active = set(self.check_active(active))
+        return tuple(SA if l in active else CA if l in self.ca_layers else TEXT for l in range(self.n_layers))
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "VisorConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass(frozen=True)
+class UniversalConfig:
+    """Defaults fit ~5-7 minutes on 2 shared CPU cores for the 6-layer reference: measured 0.31-0.39 s/step
+    (batch 16, 1 thread) + ~1-2 min of image preprocessing + the viable-configuration runs. The schedule of
+    each stage: visor_model.methods.visor.training.universal_stage."""
+
+    stage1_steps: int = option(400, UNIVERSAL)
+    stage2_steps: int = option(400, UNIVERSAL)
+    batch_size: int = option(16, UNIVERSAL)
+    stage1_lr: float = option(1e-3, UNIVERSAL)
+    stage2_lr: float = option(2e-4, UNIVERSAL)
+    warmup_steps: int = option(20, UNIVERSAL)
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 50
+    log_every: int = 25
+    threads: int = 1
+    # "family" (uniform over k) or "largest" (the paper's stage-1 reading)
+    stage1_sampling: str = option("family", UNIVERSAL, choices=("family", "largest"))
+
+    @property
+    def steps(self) -> int:
+        return self.stage1_steps + self.stage2_steps
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Viable configurations, policy labels and router training (defaults: about a minute each on 2 CPU cores)."""
+
+    viable_per_task: int = option(100, UNIVERSAL, LABEL)  # val rows per task that pick the viable configurations
+    label_per_task: int = option(100, LABEL)  # the next val rows per task, labelled for the router
+    inference_batch_size: int = option(32, UNIVERSAL, LABEL)  # batch of the viable-configuration and labelling runs
+    router_steps: int = option(200, POLICY)
+    router_lr: float = option(3e-3, POLICY)
+    router_batch_size: int = option(32, POLICY)
+
+
+ARCHITECTURE_OPTIONS = tuple(f.name for f in fields(VisorConfig) if f.name not in ("n_layers", "seed"))
+
+
+def visor_options(options: dict, seed: int = 0, threads: int = 1) -> tuple[UniversalConfig, dict, PolicyConfig]:
+    """(UniversalConfig, VisorConfig options, PolicyConfig) from one flat dict of named options (the workflow's
+    `visor:` config section, or a part of it); absent keys keep their defaults, unknown keys are refused."""
+    universal_keys = {f.name for f in fields(UniversalConfig)} - {"seed", "threads"}
+    policy_keys = {f.name for f in fields(PolicyConfig)}
+    unknown = set(options) - universal_keys - policy_keys - set(ARCHITECTURE_OPTIONS) - {"models"}
+    if unknown:
+        raise ValueError(f"unknown VISOR options {sorted(unknown)}")
+    universal = UniversalConfig(seed=seed, threads=threads, **{k: v for k, v in options.items() if k in universal_keys})
+    architecture = {"seed": seed, **{k: v for k, v in options.items() if k in ARCHITECTURE_OPTIONS}}
+    policy = PolicyConfig(**{k: v for k, v in options.items() if k in policy_keys})
+    return universal, architecture, policy
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the named options: workflow stages, defaults, command line
+
+
+def option_fields() -> list:
+    """The dataclass fields that are named options, in order: universal training, architecture, policy."""
+    return [f for cls in (UniversalConfig, VisorConfig, PolicyConfig) for f in fields(cls) if "stages" in f.metadata]
+
+
+def stage_options(stage: str) -> tuple[str, ...]:
+    """Names of the options `stage` (one of STAGES) depends on: a change reruns that stage and what follows."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown VISOR stage {stage!r}; stages: {', '.join(STAGES)}")
+    return tuple(f.name for f in option_fields() if stage in f.metadata["stages"])
+
+
+def option_defaults() -> dict:
+    """{option: default} of every named option (those of the workflow's `visor:` section but `models`),
+    plus `threads` (UniversalConfig's; the workflow passes it as the jobs' threads)."""
+    defaults = {f.name: f.default for f in option_fields()}
+    defaults["threads"] = next(f.default for f in fields(UniversalConfig) if f.name == "threads")
+    return defaults
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds --seed, --threads and one flag per named option (--stage1-steps, --ca-layers 0 3, --no-ca-rope, ...),
+    each defaulting to its dataclass default."""
+    plain = {f.name: f.default for f in fields(UniversalConfig)}
+    parser.add_argument("--seed", type=int, default=plain["seed"])
+    parser.add_argument("--threads", type=int, default=plain["threads"])
+    for f in option_fields():
+        if f.default is MISSING:
+            raise TypeError(f"option {f.name} needs a default")
+        if isinstance(f.default, bool):
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=f.default)
+        elif f.default is None:  # layer indices (None: the default placement)
+            parser.add_argument(_flag(f.name), type=int, nargs="*", default=None, metavar="LAYER")
+        elif f.metadata["choices"]:
+            parser.add_argument(_flag(f.name), choices=list(f.metadata["choices"]), default=f.default)
+        else:
+            parser.add_argument(_flag(f.name), type=type(f.default), default=f.default)
+
+
+def arguments_options(args: argparse.Namespace) -> dict:
+    """The named options of parsed arguments (see add_arguments), for visor_options."""
+    return {f.name: getattr(args, f.name) for f in option_fields()}
