@@ -83,38 +83,49 @@ def count(fn, backend: SDPBackend | None = None):
     return by_module, out
 
 
-def qwen2_config(impl: str = "eager") -> Qwen2Config:
+TINY_VISION = {
+    "hidden_size": 48,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 32,
+    "patch_size": 8,
+}  # 4 x 4 patches of 8 px per 32 px crop
+TINY = {
     # grouped-query attention: 4 query heads share 2 key/value heads
-    cfg = Qwen2Config(
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=256,
-    )
-    cfg._attn_implementation = impl
-    return cfg
-
-
-def llama_config(impl: str = "eager") -> LlamaConfig:
+    Qwen2Config: {
+        "hidden_size": 64,
+        "intermediate_size": 160,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 128,
+        "max_position_embeddings": 256,
+    },
     # head_dim (32) != hidden / heads (16), and one shared KV head: exercises both GQA and head_dim
-    cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=32,
-        vocab_size=96,
-        max_position_embeddings=256,
-    )
+    LlamaConfig: {
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
+        "vocab_size": 96,
+        "max_position_embeddings": 256,
+    },
+    CLIPVisionConfig: TINY_VISION,
+    SiglipVisionConfig: TINY_VISION,
+}
+
+
+def tiny(config_cls, impl: str = "eager", **overrides):
+    """A tiny `config_cls` (one of TINY's keys): TINY's sizes, `overrides` on top, attention implementation `impl`."""
+    cfg = config_cls(**{**TINY[config_cls], **overrides})
     cfg._attn_implementation = impl
     return cfg
 
 
-MODELS = {"qwen2": (qwen2_config, Qwen2Model), "llama": (llama_config, LlamaModel)}
+MODELS = {"qwen2": (Qwen2Config, Qwen2Model), "llama": (LlamaConfig, LlamaModel)}
 LAYER_TERMS = {
     "self_attn.q_proj": "q_proj",
     "self_attn.k_proj": "k_proj",
@@ -144,9 +155,9 @@ def assert_llm_layers_match(by_module: dict, root: str, expected: FlopTerms, n_l
 
 
 def test_llm_shape_from_qwen2_and_llama_configs():
-    q = LLMShape.from_config(qwen2_config())
+    q = LLMShape.from_config(tiny(Qwen2Config))
     assert q == LLMShape(hidden=64, intermediate=160, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, vocab=128)
-    llama = LLMShape.from_config(llama_config())
+    llama = LLMShape.from_config(tiny(LlamaConfig))
     assert (llama.head_dim, llama.q_dim, llama.kv_dim) == (32, 128, 32)
     # real Qwen2-0.5B (LLaVA-OV 0.5B's LLM)
     real = LLMShape.from_config(
@@ -199,8 +210,8 @@ def test_vision_and_projector_shapes_from_configs():
 @pytest.mark.parametrize("name", ["qwen2", "llama"])
 @pytest.mark.parametrize("impl,backend", [("eager", None), ("sdpa", SDPBackend.MATH)])
 def test_llm_prefill_matches_counter_per_term(name, impl, backend):
-    make_config, model_cls = MODELS[name]
-    cfg = make_config(impl)
+    config_cls, model_cls = MODELS[name]
+    cfg = tiny(config_cls, impl)
     model = model_cls(cfg).eval()
     n = 13
     by_module, _ = count(lambda: model(torch.randint(0, cfg.vocab_size, (1, n)), use_cache=False), backend)
@@ -223,7 +234,7 @@ def test_sdpa_is_causal_is_counted_dense():
 
 def test_default_cpu_sdpa_attention_is_not_counted():
     """torch 2.13: the CPU flash SDPA kernel has no FLOP formula, so FlopCounterMode misses attention."""
-    cfg = qwen2_config("sdpa")
+    cfg = tiny(Qwen2Config, "sdpa")
     model = Qwen2Model(cfg).eval()
     n = 13
     by_module, _ = count(lambda: model(torch.randint(0, cfg.vocab_size, (1, n)), use_cache=False))
@@ -234,8 +245,8 @@ def test_default_cpu_sdpa_attention_is_not_counted():
 @pytest.mark.parametrize("name", ["qwen2", "llama"])
 @pytest.mark.parametrize("impl,backend", [("eager", None), ("sdpa", SDPBackend.MATH)])
 def test_decode_step_with_kv_cache_matches_counter(name, impl, backend):
-    make_config, model_cls = MODELS[name]
-    cfg = make_config(impl)
+    config_cls, model_cls = MODELS[name]
+    cfg = tiny(config_cls, impl)
     model = model_cls(cfg).eval()
     past = 9
     with torch.no_grad():
@@ -256,7 +267,7 @@ def test_decode_step_with_kv_cache_matches_counter(name, impl, backend):
 
 @pytest.mark.parametrize("logits_to_keep,n_tokens", [(1, 1), (0, 11)])
 def test_lm_head_matches_counter(logits_to_keep, n_tokens):
-    cfg = qwen2_config()
+    cfg = tiny(Qwen2Config)
     model = Qwen2ForCausalLM(cfg).eval()
     by_module, out = count(lambda: model(torch.randint(0, cfg.vocab_size, (1, 11)), logits_to_keep=logits_to_keep))
     assert out.logits.shape[1] == n_tokens
@@ -282,19 +293,10 @@ VISION_TERMS = {
 @pytest.mark.parametrize("kind", ["clip", "siglip", "siglip_with_head"])
 @pytest.mark.parametrize("impl,backend", [("eager", None), ("sdpa", SDPBackend.MATH)])
 def test_vision_encoder_matches_counter_per_term(kind, impl, backend):
-    sizes = {
-        "hidden_size": 48,
-        "intermediate_size": 96,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 32,
-        "patch_size": 8,
-    }
     if kind == "clip":
-        cfg, model_cls = CLIPVisionConfig(**sizes), CLIPVisionModel
+        cfg, model_cls = tiny(CLIPVisionConfig, impl), CLIPVisionModel
     else:
-        cfg, model_cls = SiglipVisionConfig(**sizes, vision_use_head=kind == "siglip_with_head"), SiglipVisionModel
-    cfg._attn_implementation = impl
+        cfg, model_cls = tiny(SiglipVisionConfig, impl, vision_use_head=kind == "siglip_with_head"), SiglipVisionModel
     model = model_cls(cfg).eval()
     n_crops = 3
     by_module, _ = count(lambda: model(pixel_values=torch.randn(n_crops, 3, 32, 32)), backend)
@@ -328,17 +330,8 @@ def test_vision_encoder_matches_counter_per_term(kind, impl, backend):
 @pytest.mark.parametrize("feature_layer", [-2, [-2, -1]])
 def test_projector_matches_counter(projector_cls, config_cls, feature_layer):
     cfg = config_cls(
-        text_config=Qwen2Config(
-            hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2
-        ),
-        vision_config=SiglipVisionConfig(
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
+        text_config=tiny(Qwen2Config, intermediate_size=96, num_hidden_layers=1),
+        vision_config=tiny(SiglipVisionConfig),
         vision_feature_layer=feature_layer,
     )
     projector = projector_cls(cfg).eval()
@@ -359,16 +352,8 @@ def test_projector_matches_counter(projector_cls, config_cls, feature_layer):
 
 def tiny_llava(kind: str):
     if kind == "onevision":
-        text = qwen2_config()
-        vision = SiglipVisionConfig(
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-            vision_use_head=False,
-        )
+        text = tiny(Qwen2Config)
+        vision = tiny(SiglipVisionConfig, num_hidden_layers=3, vision_use_head=False)
         cfg = LlavaOnevisionConfig(
             text_config=text,
             vision_config=vision,
@@ -378,15 +363,8 @@ def tiny_llava(kind: str):
         )
         model_cls = LlavaOnevisionForConditionalGeneration
     else:
-        text = llama_config()
-        vision = CLIPVisionConfig(
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        )
+        text = tiny(LlamaConfig)
+        vision = tiny(CLIPVisionConfig, num_hidden_layers=3)
         # LLaVA-NeXT defaults: vision_feature_layer=-2, strategy "default" (drop CLS)
         cfg = LlavaNextConfig(
             text_config=text,
@@ -456,7 +434,7 @@ def test_model_prefill_text_only_and_headline():
 
 @pytest.mark.parametrize("n_new,n_context", [(1, 1), (13, 13), (612, 612), (1, 40), (3, 10)])
 def test_causal_minus_dense_is_exactly_the_masked_pairs(n_new, n_context):
-    shape = LLMShape.from_config(qwen2_config())
+    shape = LLMShape.from_config(tiny(Qwen2Config))
     dense = llm_layer_flops(shape, n_new, n_context, "dense")
     causal = llm_layer_flops(shape, n_new, n_context, "causal")
     masked = n_new * (n_new - 1) // 2  # keys in the future of each new query
@@ -513,7 +491,7 @@ class TinyCrossAttention(nn.Module):
 
 
 def test_cross_attention_matches_counter():
-    shape = LLMShape.from_config(qwen2_config())
+    shape = LLMShape.from_config(tiny(Qwen2Config))
     block = TinyCrossAttention(shape.hidden, shape.n_heads, shape.n_kv_heads, shape.head_dim).eval()
     n_text, n_visual = 6, 21
     by_module, _ = count(lambda: block(torch.randn(1, n_text, shape.hidden), torch.randn(1, n_visual, shape.hidden)))
@@ -556,8 +534,8 @@ def test_flop_terms_arithmetic():
         a["nope"]
 
 
-SHAPE = LLMShape(hidden=64, intermediate=160, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, vocab=128)
-VSHAPE = VisionShape(hidden=48, intermediate=96, n_layers=2, n_heads=4, image_size=32, patch_size=8)
+SHAPE = LLMShape.from_config(tiny(Qwen2Config))
+VSHAPE = VisionShape.from_config(tiny(SiglipVisionConfig, vision_use_head=False))
 
 
 @pytest.mark.parametrize(

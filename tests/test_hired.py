@@ -91,15 +91,14 @@ def test_kept_tokens_exact_in_paper_mode_and_bounded_in_reference_mode(tiny):
     assert len(set(crops)) > 1, "the batch must mix samples with different numbers of partitions"
     patches = [image.num_patch_tokens for image in vision.images]
     for budget in BUDGETS:
-        paper = HiRED(budget=budget, mode="paper")
-        for image, kept, allocation, n in zip(vision.images, paper.reduce(tiny.model, vision, ["k"] * 6),
-                                              paper.last_allocations, patches):
+        paper, allocations = HiRED(budget=budget, mode="paper").reduce_with_allocations(tiny.model, vision, ["k"] * 6)
+        for image, kept, allocation, n in zip(vision.images, paper, allocations, patches):
             assert kept.num_patch_tokens == tokens_for_budget(budget, n) == sum(allocation.partition_budgets)
             assert allocation.kept == allocation.partition_budgets
             assert int(kept.is_newline.sum()) == int(image.is_newline.sum())  # paper default: every newline stays
-        reference = HiRED(budget=budget, mode="reference_code")
-        for kept, allocation, n_crops, n in zip(reference.reduce(tiny.model, vision, ["k"] * 6),
-                                                reference.last_allocations, crops, patches):
+        reference, allocations = HiRED(budget=budget, mode="reference_code").reduce_with_allocations(
+            tiny.model, vision, ["k"] * 6)
+        for kept, allocation, n_crops, n in zip(reference, allocations, crops, patches):
             assert kept.num_patch_tokens <= allocation.budget
             if budget < 1.0:
                 assert allocation.budget <= int(budget * n_crops * 36)  # the official budget: padded crops x P
@@ -133,9 +132,11 @@ def test_alpha_one_keeps_only_full_image_tokens(next_model):
     kept = HiRED(budget=0.1, alpha=1.0, newlines="occupied_rows").reduce(next_model.model, vision, ["a", "b"])
     assert [int(t.is_newline.sum()) for t in kept] == [0, 0]
     # a budget larger than the full image: paper mode stays exact, the overflow goes to the sub-images
-    hired = HiRED(budget=0.6, alpha=1.0)
-    kept = hired.reduce(next_model.model, vision, ["a", "b"])
-    for tokens, image, allocation in zip(kept, vision.images, hired.last_allocations):
+    kept, allocations = HiRED(budget=0.6, alpha=1.0).reduce_with_allocations(next_model.model, vision, ["a", "b"])
+    again = HiRED(budget=0.6, alpha=1.0).reduce(next_model.model, vision, ["a", "b"])  # the same tokens
+    assert all(torch.equal(x.features, y.features) and torch.equal(x.patch_index, y.patch_index)
+               for x, y in zip(kept, again))
+    for tokens, image, allocation in zip(kept, vision.images, allocations):
         assert tokens.num_patch_tokens == tokens_for_budget(0.6, image.num_patch_tokens)
         assert allocation.partition_budgets[0] == 36
 

@@ -34,6 +34,7 @@ def figures():
             for name in MODELS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_coarse_task_is_solved_and_robust_to_dropping(figures, name):
     coarse = figures[name]["synth_background"]
@@ -41,6 +42,7 @@ def test_coarse_task_is_solved_and_robust_to_dropping(figures, name):
     assert coarse["loss_points"] <= 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_fine_task_is_solved_and_random_dropping_hurts_it(figures, name):
     fine = figures[name]["synth_marker"]

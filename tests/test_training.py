@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import time
 from dataclasses import replace
 
 import pytest
 from safetensors.torch import load_file
 
 from conftest import tiny_config
+from visor_model import files
+from visor_model.files import replace_folder_atomically
 from visor_model.reference import recipe as training_module
 from visor_model.reference.recipe import train_reference
 from visor_model.training import ProgressLog, TrainConfig
@@ -55,3 +61,67 @@ def test_a_state_saved_with_another_recipe_is_discarded_not_resumed(task_dir, tm
     out = capsys.readouterr().out
     assert f"discarding the training state in {state}: it was made with another configuration" in out
     assert "resuming" not in out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# replace_folder_atomically: how training states and checkpoint folders are written
+
+
+def write_files(names, content):
+    def write(tmp):
+        for name in names:
+            (tmp / name).write_text(content)
+            time.sleep(0.0005)  # widens the window in which a non-atomic swap would show a half-written folder
+    return write
+
+
+def test_a_replaced_folder_is_never_missing_nor_half_written(tmp_path):
+    target, names = tmp_path / "out", ["a", "b", "c"]
+    replace_folder_atomically(target, write_files(names, "0"))
+    seen, stop = [], threading.Event()
+
+    def read():
+        while not stop.is_set():
+            try:
+                seen.append((target / names[-1]).read_text())  # written last: there iff the folder is complete
+            except FileNotFoundError:
+                seen.append(None)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(1, 60):
+            replace_folder_atomically(target, write_files(names, str(i)))
+    finally:
+        stop.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert len(seen) > 100 and len(set(seen)) > 10
+    assert None not in seen
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # the old folders and the temporary ones are gone
+    assert (target / "a").read_text() == "59"
+
+
+def test_a_failed_write_leaves_the_old_folder_and_no_temporary_one(tmp_path):
+    target = tmp_path / "out"
+    replace_folder_atomically(target, write_files(["a"], "old"))
+
+    def fail(tmp):
+        (tmp / "a").write_text("new")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        replace_folder_atomically(target, fail)
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert sorted(os.listdir(target)) == ["a"] and (target / "a").read_text() == "old"
+
+
+def test_without_renameat2_the_folder_is_still_replaced(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    target = tmp_path / "nested" / "out"
+    replace_folder_atomically(target, write_files(["a", "b"], "old"))
+    replace_folder_atomically(target, write_files(["a"], "new"))
+    assert sorted(os.listdir(target.parent)) == ["out"]
+    assert sorted(os.listdir(target)) == ["a"] and (target / "a").read_text() == "new"

@@ -197,6 +197,24 @@ def test_policy_compute_monotone_in_threshold(host):
     assert choose_configuration(torch.tensor([[0.2, 0.9, 0.1]]), 0.5) == [1]
 
 
+def test_new_modules_are_seeded_and_leave_the_global_rng_alone(host):
+    loaded, _ = host
+    torch.manual_seed(123)
+    global_state = torch.random.get_rng_state()
+    a = VisorModel(loaded.model, VisorConfig(n_layers=6, seed=5, ca_init="random"), [(), (1, 4)])
+    b = VisorModel(loaded.model, VisorConfig(n_layers=6, seed=5, ca_init="random"))
+    b.set_viable([(), (1, 4)])
+    assert torch.equal(torch.random.get_rng_state(), global_state)  # neither used nor reseeded
+    sa, sb = a.visor.state_dict(), b.visor.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    other = VisorModel(loaded.model, VisorConfig(n_layers=6, seed=6, ca_init="random"), [(), (1, 4)]).visor
+    assert not torch.equal(other.routing_token, a.visor.routing_token)
+    assert not torch.equal(other.cross["0"].q_proj.weight, a.visor.cross["0"].q_proj.weight)
+    host_init = VisorModel(loaded.model, VisorConfig(n_layers=6, seed=5)).visor
+    host_attention = loaded.model.model.language_model.layers[3].self_attn
+    assert torch.equal(host_init.cross["3"].k_proj.weight, host_attention.k_proj.weight)
+
+
 def test_training_resumes_to_same_state(host, tmp_path):
     from visor_model.reference.recipe import EncodedExamples
     from visor_model.methods.visor.training import UniversalConfig, train_universal
@@ -250,6 +268,9 @@ def test_checkpoint_roundtrip_and_plugin_errors(host, tmp_path):
     save_visor(visor, tmp_path / "ckpt", loaded.tokenizer, loaded.image_processor, {"note": "test"})
     _, again = load_visor(str(tmp_path / "ckpt"))
     assert again.viable == visor.viable
+    assert visor.metadata is None
+    assert again.metadata == {"visor_config": visor.config.to_dict(), "viable": [[], [1, 4]],
+                              "training": {"note": "test"}}
     a, b = visor.visor.state_dict(), again.visor.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     batch = spliced(loaded, examples[:2])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, is_dataclass
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from visor_model.files import replace_folder_atomically
 from visor_model.methods.base import stable_seed
 
 
@@ -89,10 +89,7 @@ def batch_indices(config: TrainConfig, step: int, n_examples: int, weights: torc
 
 def save_train_state(state_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
                      extra: dict) -> None:
-    """Write the state to a temp folder and rename it over the previous one (never a half-written state)."""
-    state_dir = Path(state_dir)
-    tmp = state_dir.with_name(state_dir.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    """Write the state to a new folder and swap it in for the previous one (never a half-written state)."""
     names = {id(p): n for n, p in model.named_parameters()}
     moments = {}
     for group in optimizer.param_groups:
@@ -103,18 +100,13 @@ def save_train_state(state_dir: Path, model: torch.nn.Module, optimizer: torch.o
                 moments[f"{name}::exp_avg"] = state["exp_avg"].contiguous()
                 moments[f"{name}::exp_avg_sq"] = state["exp_avg_sq"].contiguous()
                 moments[f"{name}::step"] = torch.as_tensor(state["step"], dtype=torch.float64).reshape(1)
-    save_file({n: p.detach().contiguous() for n, p in model.state_dict().items()}, str(tmp / "weights.safetensors"))
-    save_file(moments, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
-    if state_dir.exists():
-        old = state_dir.with_name(state_dir.name + ".old")
-        os.replace(state_dir, old)
-        os.replace(tmp, state_dir)
-        for file in old.iterdir():
-            file.unlink()
-        old.rmdir()
-    else:
-        os.replace(tmp, state_dir)
+
+    def write(tmp: Path) -> None:
+        save_file({n: p.detach().contiguous() for n, p in model.state_dict().items()}, str(tmp / "weights.safetensors"))
+        save_file(moments, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
+
+    replace_folder_atomically(Path(state_dir), write)
 
 
 def training_identity(**parts) -> dict:
@@ -176,7 +168,3 @@ class ProgressLog:
             mean = sum(self.losses) / len(self.losses)
             print(f"step {step + 1}/{self.total_steps} loss {mean:.4f} lr {lr:.2e} {elapsed:.0f}s", flush=True)
             self.losses = []
-
-
-def train_config_dict(config: TrainConfig) -> dict:
-    return asdict(config)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from visor_model.files import sha256_file
+from visor_model.files import sha256_file, update_sha256
 
 MODEL_CLASSES = {
     "llava_next": "LlavaNextForConditionalGeneration",
@@ -83,9 +83,7 @@ def weights_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(path.glob("*.safetensors")):
         digest.update(file.name.encode())
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        update_sha256(digest, file)
     return digest.hexdigest()
 
 

@@ -433,7 +433,7 @@ class HiREDAllocation:
 class HiRED(TokenReducer):
     """HiRED token dropping; see the module docstring for the algorithm and the two fidelity modes.
 
-    `reduce` leaves, per sample, `last_allocations[i]` with the per-partition budgets and kept counts."""
+    `reduce_with_allocations` also returns, per sample, the per-partition budgets and kept counts."""
 
     name = "hired"
 
@@ -450,7 +450,6 @@ class HiRED(TokenReducer):
     ):
         self.config = HiREDSettings(budget, alpha, mode, score, distribution_layer, selection_layer, newlines)
         self._resolved: tuple[int, HiREDSettings] | None = None
-        self.last_allocations: list[HiREDAllocation] = []
         if model is not None:
             self.bind(model)
 
@@ -486,6 +485,11 @@ class HiRED(TokenReducer):
         }
 
     def reduce(self, model, vision: VisionOutputs, sample_keys: list[str]) -> list[ImageTokens]:
+        return self.reduce_with_allocations(model, vision, sample_keys)[0]
+
+    def reduce_with_allocations(self, model, vision: VisionOutputs, sample_keys: list[str]
+                                ) -> tuple[list[ImageTokens], list[HiREDAllocation]]:
+        """The kept tokens per sample (as `reduce`) and each sample's HiREDAllocation."""
         config = self.resolved(model)
         if vision.hidden_states is None:
             raise ValueError("HiRED needs the tower's hidden states: encode_images(..., return_hidden_states=True)")
@@ -506,7 +510,7 @@ class HiRED(TokenReducer):
             layers[config.selection_layer], vision.hidden_states[config.selection_layer], config.score, has_cls
         ).cpu()
 
-        kept, self.last_allocations = [], []
+        kept, allocations = [], []
         for b, image in enumerate(vision.images):
             n_crops = int(counts[b])
             if n_crops != 1 + image.grid[0] * image.grid[1] and n_crops != 1:
@@ -518,8 +522,8 @@ class HiRED(TokenReducer):
                 keep, allocation = self._reference_code(image, distribution[b], crop_scores, config)
             keep = keep | newline_mask(image, keep, config.newlines)
             kept.append(image.select(keep.to(image.partition.device)))
-            self.last_allocations.append(allocation)
-        return kept
+            allocations.append(allocation)
+        return kept, allocations
 
     # -- paper ------------------------------------------------------------------------------------------
 

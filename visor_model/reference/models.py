@@ -9,7 +9,6 @@ CLS token, and a Llama LLM), with a word-level tokenizer and the PIL image proce
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -94,11 +93,6 @@ def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
-
-
-def split_words(text: str) -> list[str]:
-    """The words the reference tokenizer needs to cover `text` (for building its vocabulary)."""
-    return re.findall(r"[A-Za-z0-9]+", text.lower())
 
 
 def build_reference_model(config: ReferenceConfig, tokenizer: PreTrainedTokenizerFast, seed: int):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from visor_model.reference import tasks
+from visor_model.files import replace_folder_atomically
 from visor_model.llava.checkpoints import LoadedCheckpoint
 from visor_model.methods.base import FullTokens, RandomDrop
 from visor_model.reference.models import (
@@ -181,14 +181,14 @@ def train_reference(
         "val_discrimination": figures,
         "train_seconds_this_run": round(time.time() - started, 1),
     }
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    image_processor.save_pretrained(tmp)
-    (tmp / "training.json").write_text(json.dumps(record, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        image_processor.save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps(record, indent=2))
+
+    replace_folder_atomically(Path(out_dir), write)
     return record
 
 

@@ -14,7 +14,8 @@ conditional positional embedding before the first CA layer). Text tokens keep th
 is literally the host model's: the same decoder-layer modules are called with the same masks, rotary
 embeddings and tensors, and the logits are bit-identical (tests/test_visor.py).
 
-Choices where the paper is silent are the named options of `VisorConfig` (see its docstring).
+Choices where the paper is silent are the named options of `VisorConfig` (visor_model.methods.visor.config, see
+its docstring).
 
 KV cache (`VisorModel.generate`): at prefill every SA layer caches K/V of the whole sequence (visual + text),
 every text-only and CA host layer caches text K/V only, and every CA block caches the K/V of the visual
@@ -44,117 +45,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visor_model.files import replace_folder_atomically
 from visor_model.llava.generation import record_greedy_step
 from visor_model.llava.visual import SplicedBatch
+from visor_model.methods.visor.config import CA, SA, TEXT, VisorConfig, default_layers, spread  # noqa: F401
 
-SA, CA, TEXT = "sa", "ca", "text"
 VISOR_WEIGHTS = "visor.safetensors"
 VISOR_CONFIG = "visor_config.json"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# configuration
-
-
-def spread(n: int, k: int) -> list[int]:
-    """k of range(n), evenly spread: the centre of each of k equal bins, floor((j + 1/2) * n / k).
-    spread(8, 1) = [4], spread(8, 2) = [2, 6], spread(8, 4) = [1, 3, 5, 7], spread(n, n) = range(n)."""
-    if not 0 <= k <= n:
-        raise ValueError(f"cannot spread {k} items over {n}")
-    return [int(math.floor((j + 0.5) * n / k)) for j in range(k)]
-
-
-def default_layers(n_layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Default (ca_layers, sa_candidates): m = max(1, L // 3) slots of stride L / m; slot j starts at
-    s_j = floor(j * L / m); the CA layer is s_j and the SA candidate s_j + 1 (layer 0 is always a CA layer,
-    so the routing token has cross-attended the image before the router reads it at the first SA candidate).
-    L = 6: CA (0, 3), SA (1, 4), text-only (2, 5).  L = 24: CA (0, 3, ..., 21), SA (1, 4, ..., 22)."""
-    if n_layers < 2:
-        raise ValueError("VISOR needs at least 2 LLM layers")
-    m = max(1, n_layers // 3)
-    starts = [int(math.floor(j * n_layers / m)) for j in range(m)]
-    return tuple(starts), tuple(s + 1 for s in starts)
-
-
-@dataclass
-class VisorConfig:
-    """Where the paper is silent, every choice is an option here (defaults in brackets).
-
-    n_layers        LLM layers of the host.
-    ca_layers       indices hosting a new cross-attention block [L/3 uniformly spaced, see default_layers].
-    sa_candidates   indices that may run as SA; a configuration is a subset of them [L/3 uniformly spaced,
-                    disjoint from ca_layers: a CA block in a layer that also runs SA would be redundant].
-                    Layers in neither set are text-only.
-    conv_kernel     depth-wise conv1d conditional positional embedding on the visual tokens [7, padding 3],
-                    0 disables it. Applied once, to the visual state, just before the first CA layer, as a
-                    residual V <- V + conv(V) with zero-initialised weights and bias, so it starts as the
-                    identity; later SA layers also see the embedded visual tokens.
-    gate_init       initial value of the scalar CA gate g; output scaled by tanh(g) [0.0: CA adds nothing].
-    ca_init         "host": q/k/v/o and both RMSNorms copied from the host layer's self-attention and input
-                    norm; "random": fresh init (normal, std 0.02) [host].
-    ca_rope         rotate CA queries / keys with the tokens' original position ids, like the host [True].
-                    CA is unmasked: every text token (also those before the image) sees every visual token.
-    router_hidden   width of the router MLP d -> router_hidden -> n_viable (GELU) [64]; 0 disables the router.
-    seed            initialisation seed of the new modules.
-    """
-
-    n_layers: int
-    ca_layers: tuple[int, ...] | None = None
-    sa_candidates: tuple[int, ...] | None = None
-    conv_kernel: int = 7
-    gate_init: float = 0.0
-    ca_init: str = "host"
-    ca_rope: bool = True
-    router_hidden: int = 64
-    seed: int = 0
-
-    def __post_init__(self):
-        default_ca, default_sa = default_layers(self.n_layers)
-        self.ca_layers = tuple(sorted(int(i) for i in (default_ca if self.ca_layers is None else self.ca_layers)))
-        self.sa_candidates = tuple(
-            sorted(int(i) for i in (default_sa if self.sa_candidates is None else self.sa_candidates))
-        )
-        for name in ("ca_layers", "sa_candidates"):
-            indices = getattr(self, name)
-            if len(set(indices)) != len(indices) or any(not 0 <= i < self.n_layers for i in indices):
-                raise ValueError(f"{name} must be distinct indices in [0, {self.n_layers}), got {indices}")
-        if set(self.ca_layers) & set(self.sa_candidates):
-            raise ValueError(f"ca_layers {self.ca_layers} and sa_candidates {self.sa_candidates} must be disjoint")
-        if self.ca_init not in ("host", "random"):
-            raise ValueError(f"ca_init must be 'host' or 'random', got {self.ca_init!r}")
-        if self.conv_kernel < 0 or (self.conv_kernel and self.conv_kernel % 2 == 0):
-            raise ValueError(f"conv_kernel must be 0 or odd, got {self.conv_kernel}")
-
-    @property
-    def router_layer(self) -> int | None:
-        """The router reads the routing token at the input of this layer (the first SA candidate); None when
-        there is no router or nothing runs before the first candidate."""
-        if self.router_hidden <= 0 or not self.sa_candidates or self.sa_candidates[0] == 0:
-            return None
-        return self.sa_candidates[0]
-
-    def family(self) -> list[tuple[int, ...]]:
-        """Configurations considered: for k = 0..n the evenly spread k-subset of the n SA candidates."""
-        n = len(self.sa_candidates)
-        return [tuple(self.sa_candidates[i] for i in spread(n, k)) for k in range(n + 1)]
-
-    def check_active(self, active) -> tuple[int, ...]:
-        active = tuple(sorted(int(i) for i in active))
-        if not set(active) <= set(self.sa_candidates):
-            raise ValueError(f"configuration {active} is not a subset of the SA candidates {self.sa_candidates}")
-        return active
-
-    def roles(self, active) -> tuple[str, ...]:
-        active = set(self.check_active(active))
-        return tuple(SA if l in active else CA if l in self.ca_layers else TEXT for l in range(self.n_layers))
-
-    def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "VisorConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,6 +62,23 @@ def _rms_norm_like(host_norm: nn.Module, hidden: int) -> nn.Module:
     norm = type(host_norm)(hidden, eps=host_norm.variance_epsilon)
     norm.weight.data.copy_(host_norm.weight.data)
     return norm
+
+
+def _torch_default_init(module: nn.Module, generator: torch.Generator) -> None:
+    """What nn.Linear / nn.Conv1d's reset_parameters draw, from `generator` instead of the global RNG: weight
+    kaiming-uniform(a=sqrt(5)), bias uniform(+-1/sqrt(fan_in)), in that order."""
+    nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+    if module.bias is not None:
+        fan_in = module.weight[0].numel()  # in_features (Linear), in_channels / groups * kernel (Conv1d)
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+
+
+def _linear(in_features: int, out_features: int, bias: bool, generator: torch.Generator) -> nn.Linear:
+    """nn.Linear with torch's default initialisation drawn from `generator` (the global RNG is not used)."""
+    linear = nn.utils.skip_init(nn.Linear, in_features, out_features, bias=bias)
+    _torch_default_init(linear, generator)
+    return linear
 
 
 def _rotate_half(x):
@@ -183,7 +97,7 @@ class CrossAttention(nn.Module):
         q = q_proj(norm_text(text)),  k, v = k_proj / v_proj(norm_visual(visual))
     """
 
-    def __init__(self, host_layer: nn.Module, text_config, config: VisorConfig):
+    def __init__(self, host_layer: nn.Module, text_config, config: VisorConfig, generator: torch.Generator):
         super().__init__()
         attn = host_layer.self_attn
         d = text_config.hidden_size
@@ -191,10 +105,12 @@ class CrossAttention(nn.Module):
         self.n_kv_heads = getattr(text_config, "num_key_value_heads", None) or self.n_heads
         self.head_dim = attn.head_dim
         self.rope = config.ca_rope
-        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=attn.q_proj.bias is not None)
-        self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=attn.k_proj.bias is not None)
-        self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=attn.v_proj.bias is not None)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=attn.o_proj.bias is not None)
+        # torch's default init is drawn (from `generator`) even where ca_init replaces it below: it is part of
+        # the seeded stream that the later draws (ca_init "random", the routing token) continue
+        self.q_proj = _linear(d, self.n_heads * self.head_dim, attn.q_proj.bias is not None, generator)
+        self.k_proj = _linear(d, self.n_kv_heads * self.head_dim, attn.k_proj.bias is not None, generator)
+        self.v_proj = _linear(d, self.n_kv_heads * self.head_dim, attn.v_proj.bias is not None, generator)
+        self.o_proj = _linear(self.n_heads * self.head_dim, d, attn.o_proj.bias is not None, generator)
         self.norm_text = _rms_norm_like(host_layer.input_layernorm, d)
         self.norm_visual = _rms_norm_like(host_layer.input_layernorm, d)
         self.gate = nn.Parameter(torch.tensor(float(config.gate_init)))
@@ -206,7 +122,7 @@ class CrossAttention(nn.Module):
                     if mine.bias is not None:
                         mine.bias.copy_(host.bias)
                 else:
-                    nn.init.normal_(mine.weight, std=0.02)
+                    nn.init.normal_(mine.weight, std=0.02, generator=generator)
                     if mine.bias is not None:
                         nn.init.zeros_(mine.bias)
 
@@ -236,31 +152,39 @@ class CrossAttention(nn.Module):
 
 
 class VisorModules(nn.Module):
-    """Everything VISOR adds to the host: CA blocks, positional conv, routing token and router."""
+    """Everything VISOR adds to the host: CA blocks, positional conv, routing token and router.
+
+    Initial weights come from a local generator seeded with `config.seed` (the global RNG is neither used nor
+    reseeded), drawn in a fixed order: per CA layer (ascending) q, k, v, o weight + bias, then their
+    ca_init="random" weights; the positional conv; the routing token. The router head has its own generator
+    (seed + 1, see `make_router`)."""
 
     def __init__(self, host_layers, text_config, config: VisorConfig, n_viable: int = 0):
         super().__init__()
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)
         d = text_config.hidden_size
-        self.cross = nn.ModuleDict({str(l): CrossAttention(host_layers[l], text_config, config) for l in config.ca_layers})
+        self.cross = nn.ModuleDict(
+            {str(l): CrossAttention(host_layers[l], text_config, config, generator) for l in config.ca_layers})
         self.pos_conv = None
         if config.conv_kernel and config.ca_layers:
-            self.pos_conv = nn.Conv1d(d, d, config.conv_kernel, padding=config.conv_kernel // 2, groups=d)
+            self.pos_conv = nn.utils.skip_init(nn.Conv1d, d, d, config.conv_kernel, padding=config.conv_kernel // 2,
+                                               groups=d)
+            _torch_default_init(self.pos_conv, generator)  # drawn, then zeroed: keeps the routing token's draw
             nn.init.zeros_(self.pos_conv.weight)
             nn.init.zeros_(self.pos_conv.bias)
         self.routing_token = None
         self.router = None
         if config.router_layer is not None:
-            self.routing_token = nn.Parameter(torch.randn(d) * 0.02)
+            self.routing_token = nn.Parameter(torch.randn(d, generator=generator) * 0.02)
             if n_viable:
                 self.make_router(n_viable, config)
-        torch.random.set_rng_state(generator_state)
 
     def make_router(self, n_viable: int, config: VisorConfig) -> None:
         d = self.routing_token.shape[0]
         generator = torch.Generator().manual_seed(config.seed + 1)
-        router = nn.Sequential(nn.Linear(d, config.router_hidden), nn.GELU(), nn.Linear(config.router_hidden, n_viable))
+        # skip_init: no default init drawn from the global RNG; both layers are set from `generator` below
+        router = nn.Sequential(nn.utils.skip_init(nn.Linear, d, config.router_hidden), nn.GELU(),
+                               nn.utils.skip_init(nn.Linear, config.router_hidden, n_viable))
         with torch.no_grad():
             for layer in (router[0], router[2]):
                 layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) / math.sqrt(layer.in_features))
@@ -422,12 +346,17 @@ class VisorOutput:
 
 
 class VisorModel(nn.Module):
-    """The host LLaVA model plus the VISOR modules. The host's weights are used in place (not copied)."""
+    """The host LLaVA model plus the VISOR modules. The host's weights are used in place (not copied).
 
-    def __init__(self, base: nn.Module, config: VisorConfig, viable: list[tuple[int, ...]] | None = None):
+    `metadata`: the visor_config.json record (visor_config, viable, training) of a checkpoint this model was
+    loaded from (`load_visor`), None for a new model."""
+
+    def __init__(self, base: nn.Module, config: VisorConfig, viable: list[tuple[int, ...]] | None = None,
+                 metadata: dict | None = None):
         super().__init__()
         self.base = base
         self.config = config
+        self.metadata = metadata
         lm = base.model.language_model
         if config.n_layers != lm.config.num_hidden_layers:
             raise ValueError(f"VisorConfig.n_layers={config.n_layers} but the host has {lm.config.num_hidden_layers}")
@@ -528,10 +457,15 @@ class VisorModel(nn.Module):
         visual = visual + self.visor.pos_conv(visual.transpose(1, 2)).transpose(1, 2)
         return put_rows(h, layout.visual_index, layout.visual_valid, visual)
 
-    def route(self, state: PrefillState) -> torch.Tensor:
-        """Router probabilities [B, n_viable] from the routing token (the last text column)."""
+    def router_logits(self, state: PrefillState) -> torch.Tensor:
+        """Router logits [B, n_viable] (float32) from the routing token (the last text column), read at the
+        input of the router layer."""
         token = gather_rows(state.h, state.layout.text_index[:, -1:])[:, 0]  # [B, d]
-        return torch.sigmoid(self.visor.router(token).float())
+        return self.visor.router(token).float()
+
+    def route(self, state: PrefillState) -> torch.Tensor:
+        """Router probabilities [B, n_viable]: P(configuration suffices), cheapest configuration first."""
+        return torch.sigmoid(self.router_logits(state))
 
     def strip_routing_token(self, state: PrefillState, T: int, upto: int) -> PrefillState:
         layout = state.layout
@@ -555,11 +489,6 @@ class VisorModel(nn.Module):
         return self.base.lm_head(gather_rows(hidden, layout.text_index)), layout
 
     # -- policy
-    def choose(self, probabilities: torch.Tensor, threshold: float) -> list[int]:
-        """Per row: index (into self.viable, cheapest first) of the cheapest viable configuration whose
-        predicted probability of sufficing is >= threshold; the largest one if none."""
-        return choose_configuration(probabilities, threshold)
-
     @torch.no_grad()
     def router_probabilities(self, batch: SplicedBatch) -> torch.Tensor:
         r = self._require_router()
@@ -593,7 +522,7 @@ class VisorModel(nn.Module):
             probs = self.route(state)
             state = self.strip_routing_token(state, T, r)
             probabilities = probs.tolist()
-            chosen = self.choose(probs, threshold)
+            chosen = choose_configuration(probs, threshold)
             groups = {}
             for row, index in enumerate(chosen):
                 groups.setdefault(self.viable[index], []).append(row)
@@ -687,7 +616,8 @@ def _select_batch(batch: SplicedBatch, rows: torch.Tensor) -> SplicedBatch:
 
 
 def choose_configuration(probabilities: torch.Tensor, threshold: float) -> list[int]:
-    """probabilities [B, n] over configurations ordered cheapest first -> chosen index per row."""
+    """probabilities [B, n] over configurations ordered cheapest first -> chosen index per row: the cheapest
+    configuration whose predicted probability of sufficing is >= threshold; the largest one if none."""
     passing = probabilities >= threshold
     n = probabilities.shape[1]
     return [int(torch.nonzero(row)[0]) if bool(row.any()) else n - 1 for row in passing]
@@ -709,24 +639,20 @@ def check_threshold(threshold) -> float:
 
 def save_visor(model: VisorModel, out_dir: Path, tokenizer, image_processor, record: dict | None = None) -> None:
     """Base checkpoint files (save_pretrained) + visor.safetensors + visor_config.json, written atomically."""
-    import shutil
-
     from safetensors.torch import save_file
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.base.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    image_processor.save_pretrained(tmp)
-    save_file({k: v.detach().contiguous() for k, v in model.visor.state_dict().items()}, str(tmp / VISOR_WEIGHTS))
-    (tmp / VISOR_CONFIG).write_text(json.dumps({
-        "visor_config": model.config.to_dict(),
-        "viable": [list(v) for v in model.viable],
-        "training": record or {},
-    }, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    def write(tmp: Path) -> None:
+        model.base.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        image_processor.save_pretrained(tmp)
+        save_file({k: v.detach().contiguous() for k, v in model.visor.state_dict().items()}, str(tmp / VISOR_WEIGHTS))
+        (tmp / VISOR_CONFIG).write_text(json.dumps({
+            "visor_config": model.config.to_dict(),
+            "viable": [list(v) for v in model.viable],
+            "training": record or {},
+        }, indent=2))
+
+    replace_folder_atomically(Path(out_dir), write)
 
 
 def load_visor(source: str, revision: str | None = None, device: str = "cpu", dtype: str = "float32"):
@@ -742,7 +668,7 @@ def load_visor(source: str, revision: str | None = None, device: str = "cpu", dt
     loaded = load_checkpoint(str(path), None, device, dtype)
     meta = json.loads((path / VISOR_CONFIG).read_text())
     config = VisorConfig.from_dict(meta["visor_config"])
-    model = VisorModel(loaded.model, config, [tuple(v) for v in meta.get("viable", [])])
+    model = VisorModel(loaded.model, config, [tuple(v) for v in meta.get("viable", [])], metadata=meta)
     state = load_file(str(path / VISOR_WEIGHTS))
     if "router.0.weight" not in state:
         model.visor.router = None
@@ -750,5 +676,4 @@ def load_visor(source: str, revision: str | None = None, device: str = "cpu", dt
     if unexpected or [m for m in missing if not m.startswith("router.")]:
         raise CheckpointError(f"{path / VISOR_WEIGHTS} does not match {VISOR_CONFIG}: missing {missing}, unexpected {unexpected}")
     model.to(device).eval()
-    model.metadata = meta
     return loaded, model

@@ -35,12 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from visor_model.audit.analysis import pareto_mask
 from visor_model.efficiency.accounting import visor_prefill_flops
 from visor_model.llava.checkpoints import LoadedCheckpoint, load_checkpoint
 from visor_model.files import write_atomically
@@ -61,75 +62,23 @@ from visor_model.training import (
     training_identity,
 )
 from visor_model.methods.visor.runner import VisorRunner, VisorSampleRecord
-from visor_model.methods.visor.modeling import (
+from visor_model.methods.visor.config import (  # noqa: F401 (ARCHITECTURE_OPTIONS: re-exported)
+    ARCHITECTURE_OPTIONS,
+    PolicyConfig,
+    UniversalConfig,
     VisorConfig,
+    add_arguments,
+    arguments_options,
+    visor_options,
+)
+from visor_model.methods.visor.modeling import (
     VisorModel,
     check_threshold,
-    gather_rows,
+    choose_configuration,
     load_visor,
     save_visor,
 )
 from visor_model.llava.visual import encode_images, splice_prompts
-
-
-@dataclass(frozen=True)
-class UniversalConfig:
-    """Defaults fit ~5-7 minutes on 2 shared CPU cores for the 6-layer reference: measured 0.31-0.39 s/step
-    (batch 16, 1 thread) + ~1-2 min of image preprocessing + the viable-configuration runs."""
-
-    stage1_steps: int = 400
-    stage2_steps: int = 400
-    batch_size: int = 16
-    stage1_lr: float = 1e-3
-    stage2_lr: float = 2e-4
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    seed: int = 0
-    save_every: int = 50
-    log_every: int = 25
-    threads: int = 1
-    stage1_sampling: str = "family"  # "family" (uniform over k) or "largest" (the paper's stage-1 reading)
-
-    @property
-    def steps(self) -> int:
-        return self.stage1_steps + self.stage2_steps
-
-    def stage(self, step: int) -> tuple[int, TrainConfig]:
-        """(stage number, TrainConfig whose schedule applies) at global step `step`."""
-        if step < self.stage1_steps:
-            return 1, TrainConfig(steps=self.stage1_steps, batch_size=self.batch_size, learning_rate=self.stage1_lr,
-                                  warmup_steps=self.warmup_steps, grad_clip=self.grad_clip, seed=self.seed)
-        return 2, TrainConfig(steps=self.stage2_steps, batch_size=self.batch_size, learning_rate=self.stage2_lr,
-                              warmup_steps=self.warmup_steps, grad_clip=self.grad_clip, seed=self.seed)
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    """Viable configurations, policy labels and router training (defaults: about a minute each on 2 CPU cores)."""
-
-    viable_per_task: int = 100  # val rows per task that pick the viable configurations
-    label_per_task: int = 100  # the next val rows per task, labelled for the router
-    inference_batch_size: int = 32  # batch of the viable-configuration and labelling runs
-    router_steps: int = 200
-    router_lr: float = 3e-3
-    router_batch_size: int = 32
-
-
-ARCHITECTURE_OPTIONS = tuple(f.name for f in fields(VisorConfig) if f.name not in ("n_layers", "seed"))
-
-
-def visor_options(options: dict, seed: int = 0, threads: int = 1) -> tuple[UniversalConfig, dict, PolicyConfig]:
-    """(UniversalConfig, VisorConfig options, PolicyConfig) from one flat dict of named options (the workflow's
-    `visor:` config section, or a part of it); absent keys keep their defaults, unknown keys are refused."""
-    universal_keys = {f.name for f in fields(UniversalConfig)} - {"seed", "threads"}
-    policy_keys = {f.name for f in fields(PolicyConfig)}
-    unknown = set(options) - universal_keys - policy_keys - set(ARCHITECTURE_OPTIONS) - {"models"}
-    if unknown:
-        raise ValueError(f"unknown VISOR options {sorted(unknown)}")
-    universal = UniversalConfig(seed=seed, threads=threads, **{k: v for k, v in options.items() if k in universal_keys})
-    architecture = {"seed": seed, **{k: v for k, v in options.items() if k in ARCHITECTURE_OPTIONS}}
-    policy = PolicyConfig(**{k: v for k, v in options.items() if k in policy_keys})
-    return universal, architecture, policy
 
 
 def sample_configuration(config: VisorConfig, seed: int, step: int, largest_only: bool = False) -> tuple[int, ...]:
@@ -216,6 +165,15 @@ def set_stage(model: VisorModel, stage: int) -> None:
         p.requires_grad_(not name.startswith(("router", "routing_token")))
 
 
+def universal_stage(config: UniversalConfig, step: int) -> tuple[int, TrainConfig]:
+    """(stage number, TrainConfig whose schedule applies) at global step `step` of universal training."""
+    if step < config.stage1_steps:
+        return 1, TrainConfig(steps=config.stage1_steps, batch_size=config.batch_size, learning_rate=config.stage1_lr,
+                              warmup_steps=config.warmup_steps, grad_clip=config.grad_clip, seed=config.seed)
+    return 2, TrainConfig(steps=config.stage2_steps, batch_size=config.batch_size, learning_rate=config.stage2_lr,
+                          warmup_steps=config.warmup_steps, grad_clip=config.grad_clip, seed=config.seed)
+
+
 def train_universal(model: VisorModel, data, image_token_id: int, config: UniversalConfig,
                     state_dir: Path, stop_after: int | None = None, identity: dict | None = None) -> dict:
     """Runs (or resumes) universal training; `stop_after` ends this call after that many steps (interruption).
@@ -234,7 +192,7 @@ def train_universal(model: VisorModel, data, image_token_id: int, config: Univer
     for step in range(start_step, config.steps):
         if stop_after is not None and done >= stop_after:
             break
-        stage, schedule = config.stage(step)
+        stage, schedule = universal_stage(config, step)
         set_stage(model, stage)
         local = step if stage == 1 else step - config.stage1_steps
         lr = learning_rate(schedule, local)
@@ -281,15 +239,10 @@ def mean_prefill_flops(model: VisorModel, records: list[VisorSampleRecord], acti
 
 
 def pareto_frontier(points: list[dict]) -> list[dict]:
-    """Points (dicts with 'flops', 'accuracy') not dominated by another (<= flops and >= accuracy, one
-    strictly), cheapest first."""
-    keep = []
-    for p in points:
-        dominated = any(q is not p and q["flops"] <= p["flops"] and q["accuracy"] >= p["accuracy"]
-                        and (q["flops"] < p["flops"] or q["accuracy"] > p["accuracy"]) for q in points)
-        if not dominated:
-            keep.append(p)
-    return sorted(keep, key=lambda p: p["flops"])
+    """The points (dicts with 'flops', 'accuracy') on their accuracy-FLOP Pareto frontier (`pareto_mask`: ties
+    and duplicates all kept), cheapest first, equal FLOPs in their given order; the dicts themselves, not copies."""
+    on_frontier = pareto_mask([p["flops"] for p in points], [p["accuracy"] for p in points])
+    return sorted((p for p, keep in zip(points, on_frontier) if keep), key=lambda p: p["flops"])
 
 
 def viable_configurations(loaded, model: VisorModel, examples: list[Example], batch_size: int = 32,
@@ -327,12 +280,6 @@ def sufficient(scores: torch.Tensor) -> torch.Tensor:
     return (scores >= scores[:, -1:]).float()
 
 
-def label_configurations(loaded, model: VisorModel, examples: list[Example], batch_size: int = 32) -> torch.Tensor:
-    """[N, n_viable] 0/1 policy labels (see `sufficient`)."""
-    answers = configuration_answers(loaded, model, examples, batch_size)
-    return sufficient(torch.tensor([[exact_match(a, e.answer) for a, e in zip(column, examples)] for column in answers]).T)
-
-
 def routing_features_batches(loaded, model: VisorModel, examples: list[Example], batch_size: int):
     """Spliced prompts of the labelling examples (vision computed once, frozen)."""
     runner = VisionLanguageRunner(loaded, FullTokens())
@@ -367,8 +314,7 @@ def train_router(loaded, model: VisorModel, examples: list[Example], labels: tor
         batch, target = batches[k], labels[offsets[k] : offsets[k] + batches[k].inputs_embeds.shape[0]]
         state, _ = model.start(batch, use_cache=False, routing=True)
         state = model.run_layers(state, 0, r, ())
-        token = gather_rows(state.h, state.layout.text_index[:, -1:])[:, 0]
-        loss = F.binary_cross_entropy_with_logits(model.visor.router(token).float(), target)
+        loss = F.binary_cross_entropy_with_logits(model.router_logits(state), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -385,7 +331,7 @@ def train_router(loaded, model: VisorModel, examples: list[Example], labels: tor
 
 def expected_compute(model: VisorModel, probabilities: torch.Tensor, flops: list[float], threshold: float) -> float:
     """Mean FLOPs of the configurations the policy picks at `threshold` (flops[c] per viable configuration)."""
-    chosen = model.choose(probabilities, check_threshold(threshold))
+    chosen = choose_configuration(probabilities, check_threshold(threshold))
     return sum(flops[c] for c in chosen) / max(1, len(chosen))
 
 
@@ -543,25 +489,13 @@ def main() -> None:
     parser.add_argument("--dataset-revision")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--state", required=True, type=Path)
-    parser.add_argument("--stage1-steps", type=int, default=UniversalConfig.stage1_steps)
-    parser.add_argument("--stage2-steps", type=int, default=UniversalConfig.stage2_steps)
-    parser.add_argument("--batch-size", type=int, default=UniversalConfig.batch_size)
-    parser.add_argument("--seed", type=int, default=UniversalConfig.seed)
-    parser.add_argument("--threads", type=int, default=UniversalConfig.threads)
-    parser.add_argument("--stage1-sampling", choices=["family", "largest"], default=UniversalConfig.stage1_sampling)
-    parser.add_argument("--viable-per-task", type=int, default=PolicyConfig.viable_per_task)
-    parser.add_argument("--label-per-task", type=int, default=PolicyConfig.label_per_task)
-    parser.add_argument("--router-steps", type=int, default=PolicyConfig.router_steps)
+    add_arguments(parser)  # --seed, --threads and every named option (visor_model.methods.visor.config)
     args = parser.parse_args()
     if not args.tasks:
         parser.error("--tasks is needed (validation and labelling splits), also with --dataset")
-    config = replace(UniversalConfig(), stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
-                     batch_size=args.batch_size, seed=args.seed, threads=args.threads,
-                     stage1_sampling=args.stage1_sampling)
-    policy = PolicyConfig(viable_per_task=args.viable_per_task, label_per_task=args.label_per_task,
-                          router_steps=args.router_steps)
+    config, architecture, policy = visor_options(arguments_options(args), args.seed, args.threads)
     train_examples = load_hf_examples(args.dataset, args.dataset_revision, "train") if args.dataset else None
-    train_visor(args.base, args.tasks, args.out, args.state, config, {"seed": args.seed}, policy,
+    train_visor(args.base, args.tasks, args.out, args.state, config, architecture, policy,
                 train_examples=train_examples)
 
 
