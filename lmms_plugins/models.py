@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from visor_model.efficiency.accounting import FlopAccountant, SampleTokens
 from visor_model.llava.checkpoints import load_checkpoint
-from visor_model.methods.base import FullTokens, RandomDrop, TokenReducer
 from visor_model.llava.runner import SampleRecord, VisionLanguageRunner
+from visor_model.methods.base import FullTokens, RandomDrop, TokenReducer
 
 
 @dataclass
@@ -211,9 +211,10 @@ class RandomDropLlava(EfficientLlava):
 
 
 class HiredLlava(EfficientLlava):
-    """`hired`: HiRED token dropping (visor_model.methods.hired); args budget= (required), alpha=, mode=paper|reference_code,
-    score=cls|mean_received (default: cls if the encoder has a CLS token), distribution_layer=, selection_layer=
-    (default: the layer feeding the projector), newlines=all|occupied_rows|none (default: by mode)."""
+    """`hired`: HiRED token dropping (visor_model.methods.hired); args budget= (required), alpha=,
+    mode=paper|reference_code, score=cls|mean_received (default: cls if the encoder has a CLS token),
+    distribution_layer=, selection_layer= (default: the layer feeding the projector), newlines=all|occupied_rows|none
+    (default: by mode)."""
 
     def build_reducer(
         self,

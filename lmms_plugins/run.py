@@ -129,7 +129,8 @@ def check_outputs(
     results = json.loads(results_path.read_text())
     if task not in results.get("results", {}):
         raise EvaluationFailed(f"lmms-eval results {results_path} have no entry for task {task}; see {log_path}")
-    samples_files = sorted(results_path.parent.glob(f"{results_path.name.removesuffix('_results.json')}_samples_{task}.jsonl"))
+    samples_files = sorted(
+        results_path.parent.glob(f"{results_path.name.removesuffix('_results.json')}_samples_{task}.jsonl"))
     if not samples_files:
         raise EvaluationFailed(f"lmms-eval wrote no per-sample log for {task} beside {results_path}")
     samples = [json.loads(line) for line in samples_files[0].read_text().splitlines() if line.strip()]

@@ -1,4 +1,5 @@
-"""lmms-eval model `visor`: a VISOR checkpoint (see visor_model.methods.visor.modeling) with a fixed configuration or its policy.
+"""lmms-eval model `visor`: a VISOR checkpoint (see visor_model.methods.visor.modeling) with a fixed configuration
+or its policy.
 
     --model visor --model_args pretrained=DIR,sa_layers=K          fixed viable configuration with K SA layers
     --model visor --model_args pretrained=DIR,threshold=T          the router picks per sample (T in [0, 1])
@@ -6,8 +7,8 @@
 
 Shared args as the other plugins: pretrained, revision, device, dtype, batch_size (lmms-eval --batch_size).
 Per-sample token counts carry the configuration that ran (sa_layers, its layer indices and roles), the
-visual / text tokens that entered the LLM and the per-sample FLOPs by term (`visor_model.efficiency.accounting`: text-only
-layers' context excludes the visual tokens, CA blocks, positional conv and router are charged).
+visual / text tokens that entered the LLM and the per-sample FLOPs by term (`visor_model.efficiency.accounting`:
+text-only layers' context excludes the visual tokens, CA blocks, positional conv and router are charged).
 """
 
 from __future__ import annotations

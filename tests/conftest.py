@@ -16,9 +16,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from visor_model.llava.runner import VisionLanguageRunner, prompt_ids  # noqa: E402
 from visor_model.reference import tasks  # noqa: E402
 from visor_model.reference.models import ReferenceConfig, build_reference_model, build_tokenizer  # noqa: E402
-from visor_model.llava.runner import VisionLanguageRunner, prompt_ids  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FAMILIES = ("llava_next", "llava_onevision")

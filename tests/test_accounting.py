@@ -1,4 +1,5 @@
-"""Per-sample FLOP accounting (visor_model.efficiency.accounting) against torch's FlopCounterMode on real forward passes.
+"""Per-sample FLOP accounting (visor_model.efficiency.accounting) against torch's FlopCounterMode on real forward
+passes.
 
 Every method runs through its real runner (vision tower, projector, token selection, splice, greedy generation
 with a KV cache) on tiny reference models, under FlopCounterMode with SDPA forced to the math backend (so that
@@ -34,12 +35,12 @@ from visor_model.efficiency.accounting import (
     produced_tokens,
 )
 from visor_model.efficiency.flops import LLMShape, fastv_layer_macs, llm_layer_flops
-from visor_model.methods.hired import HiRED
-from visor_model.methods.base import FullTokens, RandomDrop
-from visor_model.reference.models import build_reference_model
 from visor_model.llava.runner import VisionLanguageRunner
+from visor_model.methods.base import FullTokens, RandomDrop
+from visor_model.methods.hired import HiRED
 from visor_model.methods.visor.modeling import VisorConfig, VisorModel
 from visor_model.methods.visor.runner import VisorRunner
+from visor_model.reference.models import build_reference_model
 
 QUESTION = "what colour is the small square"
 LIMIT = 3  # max_new_tokens
@@ -168,11 +169,11 @@ def test_visor_dense_accounting_equals_flop_counter_term_by_term(visor, case):
     root = "Harness.m"
     vision = counts[f"{root}.base.model.vision_tower"]
     projector = counts[f"{root}.base.model.multi_modal_projector"]
-    layers = sum(counts[f"{root}.base.model.language_model.layers.{l}"] for l in range(6))
+    layers = sum(counts[f"{root}.base.model.language_model.layers.{layer}"] for layer in range(6))
     # a CA block's forward (queries, attention, output) plus its visual K/V projections, which
     # `CrossAttention.visual_kv` runs outside forward (once per prefill)
-    cross = sum(counts[f"{root}.visor.cross.{l}"] + counts[f"{root}.visor.cross.{l}.k_proj"]
-                + counts[f"{root}.visor.cross.{l}.v_proj"] for l in model.config.ca_layers)
+    cross = sum(counts[f"{root}.visor.cross.{layer}"] + counts[f"{root}.visor.cross.{layer}.k_proj"]
+                + counts[f"{root}.visor.cross.{layer}.v_proj"] for layer in model.config.ca_layers)
     conv = counts[f"{root}.visor.pos_conv"]
     router = counts.get(f"{root}.visor.router", 0)
     lm_head = counts[f"{root}.base.lm_head"]

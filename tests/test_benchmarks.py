@@ -181,7 +181,8 @@ def test_write_task_is_reproducible(tmp_path):
     ]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest == json.loads(json.dumps(first))
-    assert manifest["splits"] == splits and manifest["kind"] == "fine" and manifest["config"]["marker_size"] == SceneConfig().marker_size
+    assert (manifest["splits"] == splits and manifest["kind"] == "fine"
+            and manifest["config"]["marker_size"] == SceneConfig().marker_size)
     assert tasks.sha256_file(out / "test.parquet") == manifest["sha256"]["test.parquet"]
 
     with pytest.raises(ValueError):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from visor_model.files import sha256_file
 from visor_model.llava.checkpoints import (
     CheckpointError,
     load_checkpoint,
@@ -16,7 +17,6 @@ from visor_model.llava.checkpoints import (
     resolve_checkpoint,
     write_sha256sums,
 )
-from visor_model.files import sha256_file
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

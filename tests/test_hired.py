@@ -7,8 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import llm_logits, noise_images, tiny_config
+
+from visor_model.llava.visual import encode_images
+from visor_model.methods.base import FullTokens, tokens_for_budget
 from visor_model.methods.hired import (
     HiRED,
     allocate_budget,
@@ -20,9 +22,7 @@ from visor_model.methods.hired import (
     spatial_regions,
     top_k_mask,
 )
-from visor_model.methods.base import FullTokens, tokens_for_budget
 from visor_model.reference.models import ReferenceConfig, build_reference_model, build_tokenizer
-from visor_model.llava.visual import encode_images
 
 BUDGETS = (0.05, 0.1, 0.2, 0.4, 0.6, 1.0)
 # (height, width): 2x2, 2x2 un-padded, 1x2, 2x1, tiny, very wide (sub-images fully un-padded away)

@@ -1,5 +1,5 @@
-"""Latency measurement (visor_model.efficiency.latency) and the speed benchmark (visor_model.efficiency.speed_bench) at toy size: the
-structure of their outputs, never the timings."""
+"""Latency measurement (visor_model.efficiency.latency) and the speed benchmark (visor_model.efficiency.speed_bench)
+at toy size: the structure of their outputs, never the timings."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from visor_model.audit.tables import latency_table
 from visor_model.efficiency.accounting import FlopAccountant
+from visor_model.efficiency.latency import (
+    LatencyConfig,
+    RssSampler,
+    fixed_inputs,
+    measure_latency,
+    stats,
+)
 from visor_model.efficiency.speed_bench import (
     ARCHITECTURES,
     Architecture,
@@ -21,20 +29,12 @@ from visor_model.efficiency.speed_bench import (
     peak_tflops,
     run_bench,
 )
-from visor_model.methods.hired import HiRED
-from visor_model.efficiency.latency import (
-    LatencyConfig,
-    RssSampler,
-    fixed_inputs,
-    measure_latency,
-    stats,
-)
-from visor_model.methods.base import FullTokens
-from visor_model.reference.models import build_reference_model
-from visor_model.audit.tables import latency_table
 from visor_model.llava.runner import VisionLanguageRunner
+from visor_model.methods.base import FullTokens
+from visor_model.methods.hired import HiRED
 from visor_model.methods.visor.modeling import VisorConfig, VisorModel
 from visor_model.methods.visor.runner import VisorRunner
+from visor_model.reference.models import build_reference_model
 
 CONFIG = LatencyConfig(samples=2, warmup=1, repeats=2, max_new_tokens=3, threads=1)
 
@@ -107,7 +107,8 @@ def test_latency_table_has_speedups_against_llava_full():
         timing = {"median": prefill, "q25": prefill, "q75": prefill, "iqr": 0.0, "n": 4}
         return {"model": "m", "method": method, "setting_id": "default", "setting": {},
                 "timings": {"prefill_s": timing, "decode_per_token_s": dict(timing, median=0.01)},
-                "memory": {"peak_mb": 1.0, "method": "x"}, "environment": {"device": "cpu", "versions": {}, "lock": {"sha256": "0" * 64}},
+                "memory": {"peak_mb": 1.0, "method": "x"},
+                "environment": {"device": "cpu", "versions": {}, "lock": {"sha256": "0" * 64}},
                 "config": {"samples": 2, "repeats": 2, "warmup": 1, "max_new_tokens": 3, "threads": 1},
                 "flops": {"mean": {"flops_llm_prefill": flops, "flops_total": 2 * flops, "flops_prefill": 1.5 * flops}}}
 

@@ -35,7 +35,8 @@ def test_the_lock_pins_releases_and_dodges_the_broken_filelock():
 def test_the_cuda_additions_agree_with_the_lock():
     main, cuda = lockfile.read_pins(lockfile.LOCK), lockfile.read_pins(lockfile.CUDA_LOCK)
     assert any(name.startswith("nvidia-") for name in cuda) and cuda["torch"] == main["torch"]
-    assert {name: cuda[name] for name in cuda.keys() & main.keys()} == {name: main[name] for name in cuda.keys() & main.keys()}
+    assert ({name: cuda[name] for name in cuda.keys() & main.keys()}
+            == {name: main[name] for name in cuda.keys() & main.keys()})
 
 
 def test_the_plan_follows_the_torch_build():
@@ -50,7 +51,8 @@ def test_differences_name_each_distribution():
     assert lockfile.differences(want, have) == [
         "filelock: installed 4.3.1, locked at 4.2.12",
         "numpy: locked at 2.4.6, not installed",
-        f"torchvision==0.28.0: installed, not in the lock for a CPU torch ({lockfile.NOT_WITH_CPU_TORCH['torchvision']})",
+        f"torchvision==0.28.0: installed, not in the lock for a CPU torch "
+        f"({lockfile.NOT_WITH_CPU_TORCH['torchvision']})",
     ]
 
 

@@ -144,7 +144,8 @@ def test_empty_answers_above_the_threshold_fail(cli_runs, tmp_path):
 
 
 def test_unknown_task_fails_with_the_task_name(next_checkpoint, task_dir, tmp_path):
-    with pytest.raises(EvaluationFailed, match=f"unknown lmms-eval task 'synth_nope': no task of that name in {task_dir}"):
+    with pytest.raises(EvaluationFailed,
+                       match=f"unknown lmms-eval task 'synth_nope': no task of that name in {task_dir}"):
         run_lmms_eval("llava_full", {"pretrained": str(next_checkpoint)}, "synth_nope", tmp_path / "out",
                       tmp_path / "log", include_path=task_dir)
 

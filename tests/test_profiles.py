@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import micro_workdir
 from helpers import REPO, snakemake
 
@@ -40,7 +39,8 @@ def jobs(output: str) -> list[tuple[str, dict]]:
         if not rule:
             continue
         wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
-        found.append((rule.group(1), dict(kv.split("=", 1) for kv in wildcards.group(1).split(", ")) if wildcards else {}))
+        found.append((rule.group(1),
+                      dict(kv.split("=", 1) for kv in wildcards.group(1).split(", ")) if wildcards else {}))
     return found
 
 
@@ -119,7 +119,8 @@ def test_slurm_profile_puts_every_gpu_rule_on_a_gpu_partition():
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
-                    reason="snakemake-executor-plugin-slurm is not installed (pip install snakemake-executor-plugin-slurm)")
+                    reason="snakemake-executor-plugin-slurm is not installed "
+                           "(pip install snakemake-executor-plugin-slurm)")
 def test_slurm_profile_dry_run(tmp_path):
     result = snakemake(tmp_path, "-n", "--workflow-profile", str(SLURM), "--configfile", str(PAPER),
                        "--replace-workflow-config")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from visor_model.reference.tasks import generate_split
 from visor_model.llava.checkpoints import load_checkpoint
 from visor_model.reference.recipe import discrimination
+from visor_model.reference.tasks import generate_split
 from visor_model.training import Example
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"

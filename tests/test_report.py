@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fake_results
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-import fake_results
 from visor_model.audit import analysis, claims
-from visor_model.reporting import render as render_report
 from visor_model.audit.claims import Measurement, Tables, audit, judge, load_claims
+from visor_model.reporting import render as render_report
 
 REPO = Path(__file__).resolve().parent.parent
 CLAIMS = REPO / "config" / "claims.yaml"
@@ -78,7 +78,8 @@ def test_paired_bootstrap_resamples_documents_once_for_all_comparisons():
 
 def test_series_and_setting_labels():
     rows = [({"method": "llava_full"}, "full"), ({"method": "hired", "mode": "reference_code"}, "hired_code"),
-            ({"method": "hired", "mode": "paper"}, "hired_paper"), ({"method": "visor", "sa_layers": 2.0}, "visor_fixed"),
+            ({"method": "hired", "mode": "paper"}, "hired_paper"),
+            ({"method": "visor", "sa_layers": 2.0}, "visor_fixed"),
             ({"method": "visor", "threshold": 0.9}, "visor_policy"),
             ({"method": "visor", "threshold": 0.9, "token_budget": 0.5}, "visor_tr"),
             ({"method": "random_drop", "budget": 0.2}, "random_drop")]
@@ -167,7 +168,8 @@ def test_claims_file_is_valid_and_covers_the_papers_claims():
 
 def test_load_claims_rejects_unknown_computations_and_tests(tmp_path):
     claim = {"id": "x", "claim": "c", "source": "s", "paper_value": 1, "unit": "x", "profiles": ["offline"],
-             "not_testable_reason": "r", "computation": "no_such_thing", "args": {}, "test": {"type": "greater", "threshold": 0}}
+             "not_testable_reason": "r", "computation": "no_such_thing", "args": {},
+             "test": {"type": "greater", "threshold": 0}}
     path = tmp_path / "claims.yaml"
     path.write_text(yaml.safe_dump({"claims": [claim]}))
     with pytest.raises(ValueError, match="unknown computation 'no_such_thing'"):
@@ -229,7 +231,8 @@ def test_audit_is_deterministic(tables):
 
 def test_audit_with_missing_runs_says_what_is_missing():
     summary, samples, _ = fake_results.tables(n=30, with_visor=False, hired_on_ov=False)
-    table = audit(load_claims(CLAIMS), Tables(summary, samples, pd.DataFrame(), resamples=100), "offline").set_index("id")
+    table = audit(load_claims(CLAIMS), Tables(summary, samples, pd.DataFrame(), resamples=100),
+                  "offline").set_index("id")
     row = table.loc["visor_beats_hired_hard"]
     assert row["verdict"] == "not testable in this profile" and "no run of" in row["reason"]
     assert "latency" in table.loc["hired_prefill_faster", "reason"]
@@ -348,7 +351,8 @@ def test_a_policy_trained_at_floor_is_not_tested(tables):
     summary = tables.summary.copy()
     policy = (samples["method"] == "visor") & samples["setting_id"].str.startswith("threshold")
     samples.loc[policy, "exact_match"] = 0.0
-    table = audit(load_claims(CLAIMS), Tables(summary, samples, tables.latency, resamples=100), "offline").set_index("id")
+    table = audit(load_claims(CLAIMS), Tables(summary, samples, tables.latency, resamples=100),
+                  "offline").set_index("id")
     assert "every compared run scores 0" in table.loc["visor_policy_adapts", "reason"]
 
 

@@ -9,9 +9,9 @@ import time
 from dataclasses import replace
 
 import pytest
+from conftest import tiny_config
 from safetensors.torch import load_file
 
-from conftest import tiny_config
 from visor_model import files
 from visor_model.files import replace_folder_atomically
 from visor_model.reference import recipe as training_module

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
 
 import pytest
 import torch
 
-from visor_model.reference import tasks
-from visor_model.llava.checkpoints import LoadedCheckpoint
-from visor_model.efficiency.flops import LLMShape
-from visor_model.methods.base import FullTokens
-from visor_model.reference.models import ReferenceConfig, build_reference_model, build_tokenizer
-from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
-from visor_model.training import Example
 from visor_model.efficiency.accounting import visor_prefill_flops
+from visor_model.efficiency.flops import LLMShape
+from visor_model.llava.checkpoints import LoadedCheckpoint
+from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
+from visor_model.methods.base import FullTokens
 from visor_model.methods.visor.modeling import (
     CA,
     SA,
@@ -27,7 +23,9 @@ from visor_model.methods.visor.modeling import (
     check_threshold,
     choose_configuration,
 )
-
+from visor_model.reference import tasks
+from visor_model.reference.models import ReferenceConfig, build_reference_model, build_tokenizer
+from visor_model.training import Example
 
 # Two VISOR slots (CA 0 / SA 1, CA 3 / SA 4) need six LLM layers; the shipped reference has three.
 SIX_LAYER_HOST = ReferenceConfig(family="llava_onevision", text_layers=6)
@@ -146,7 +144,7 @@ def test_text_only_layers_see_text_length_tensors(host):
             h.remove()
     T, Tt = batch.inputs_embeds.shape[1], layout.text_valid.shape[1]
     assert Tt < T
-    assert seen == {l: (T if role == SA else Tt) for l, role in enumerate(roles)}
+    assert seen == {layer: (T if role == SA else Tt) for layer, role in enumerate(roles)}
 
 
 def test_compute_grows_with_sa_layers(host):
@@ -216,8 +214,8 @@ def test_new_modules_are_seeded_and_leave_the_global_rng_alone(host):
 
 
 def test_training_resumes_to_same_state(host, tmp_path):
-    from visor_model.reference.recipe import EncodedExamples
     from visor_model.methods.visor.training import UniversalConfig, train_universal
+    from visor_model.reference.recipe import EncodedExamples
 
     loaded, examples = host
     data = EncodedExamples(examples, loaded.tokenizer, loaded.image_processor, loaded.model.config.image_token_id)
@@ -275,7 +273,8 @@ def test_checkpoint_roundtrip_and_plugin_errors(host, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     batch = spliced(loaded, examples[:2])
     eos = loaded.tokenizer.eos_token_id
-    assert again.generate(batch, 3, eos, active=(1, 4)).token_ids == visor.generate(batch, 3, eos, active=(1, 4)).token_ids
+    assert (again.generate(batch, 3, eos, active=(1, 4)).token_ids
+            == visor.generate(batch, 3, eos, active=(1, 4)).token_ids)
 
     from lmms_plugins.visor import VisorLlava
 

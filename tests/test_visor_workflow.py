@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import REPO, snakemake
 
 THRESHOLDS = ["0.5", "0.7", "0.9", "0.95", "0.99"]
@@ -52,7 +51,8 @@ def test_default_dag_trains_labels_and_routes_before_the_visor_sweep(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     counts = job_counts(output)
-    assert {counts[rule] for rule in ("train_visor", "label_policy", "train_policy")} == {len(config["visor"]["models"])}
+    assert ({counts[rule] for rule in ("train_visor", "label_policy", "train_policy")}
+            == {len(config["visor"]["models"])})
     settings = {f"threshold-{t}" for t in THRESHOLDS} | {f"threshold-0.9_token_budget-{b}" for b in ("0.5", "0.25")}
     assert visor_evaluations(output) == {(model, setting, benchmark) for model in config["visor"]["models"]
                                          for setting in settings for benchmark in config["benchmarks"]}
@@ -100,9 +100,9 @@ def tiny_visor_checkpoint(tmp_path_factory):
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import save_checkpoint, tiny_config
 
+    from visor_model.methods.visor.modeling import VisorConfig, VisorModel, save_visor
     from visor_model.reference import tasks
     from visor_model.reference.models import build_reference_model, build_tokenizer
-    from visor_model.methods.visor.modeling import VisorConfig, VisorModel, save_visor
 
     tokenizer = build_tokenizer(tasks.vocabulary())
     model, processor = build_reference_model(tiny_config("llava_onevision"), tokenizer, seed=0)
@@ -116,8 +116,8 @@ def tiny_visor_checkpoint(tmp_path_factory):
 
 @pytest.mark.slow
 def test_unknown_sa_layers_fails_naming_the_value_and_the_viable_ones(tmp_path, tiny_visor_checkpoint):
-    from visor_model.reference import tasks
     from visor_model.methods.visor.training import visor_checkpoint_record
+    from visor_model.reference import tasks
 
     config = {
         "seed": 0,

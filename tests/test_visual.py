@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import FAMILIES, llm_logits, loaded_view, noise_images, tiny_config
-from visor_model.methods.base import FullTokens, RandomDrop, check_budget, tokens_for_budget
-from visor_model.reference.models import build_reference_model, build_tokenizer
+
 from visor_model.llava.runner import VisionLanguageRunner, prompt_ids, to_rgb
 from visor_model.llava.visual import encode_images
+from visor_model.methods.base import FullTokens, RandomDrop, check_budget, tokens_for_budget
+from visor_model.reference.models import build_reference_model, build_tokenizer
 
 SIZES = ((96, 96), (60, 144), (112, 84), (40, 800), (10, 10))
 

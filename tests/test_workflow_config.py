@@ -45,22 +45,34 @@ def check_error(config: dict, **settings) -> str:
 
 
 BAD_CONFIGS = [
-    (set_in(["evaluation", "bacth_size"], 4), "config error at evaluation: Additional properties are not allowed ('bacth_size' was unexpected)"),
+    (set_in(["evaluation", "bacth_size"], 4),
+     "config error at evaluation: Additional properties are not allowed ('bacth_size' was unexpected)"),
     (set_in(["seed"], "zero"), "config error at seed: 'zero' is not of type 'integer'"),
-    (set_in(["methods", "random_drop"], [{"settings": [{"budget": 0}]}]), "config error at methods.random_drop[0].settings[0].budget: 0 is less than or equal to the minimum of 0"),
-    (set_in(["methods", "random_drop"], [{"settings": [{"budget": 1.5}]}]), "config error at methods.random_drop[0].settings[0].budget: 1.5 is greater than the maximum of 1"),
-    (set_in(["methods", "random_drop"], [{"settings": [{"budget": -1}]}]), "config error at methods.random_drop[0].settings[0].budget: -1 is less than or equal to the minimum of 0"),
-    (set_in(["methods", "random_drop"], [{"settings": [{"budget": "abc"}]}]), "config error at methods.random_drop[0].settings[0].budget: 'abc' is not of type 'number'"),
-    (set_in(["methods", "visor"], [{"settings": [{"threshold": 1.2}]}]), "config error at methods.visor[0].settings[0].threshold: 1.2 is greater than the maximum of 1"),
+    (set_in(["methods", "random_drop"], [{"settings": [{"budget": 0}]}]),
+     "config error at methods.random_drop[0].settings[0].budget: 0 is less than or equal to the minimum of 0"),
+    (set_in(["methods", "random_drop"], [{"settings": [{"budget": 1.5}]}]),
+     "config error at methods.random_drop[0].settings[0].budget: 1.5 is greater than the maximum of 1"),
+    (set_in(["methods", "random_drop"], [{"settings": [{"budget": -1}]}]),
+     "config error at methods.random_drop[0].settings[0].budget: -1 is less than or equal to the minimum of 0"),
+    (set_in(["methods", "random_drop"], [{"settings": [{"budget": "abc"}]}]),
+     "config error at methods.random_drop[0].settings[0].budget: 'abc' is not of type 'number'"),
+    (set_in(["methods", "visor"], [{"settings": [{"threshold": 1.2}]}]),
+     "config error at methods.visor[0].settings[0].threshold: 1.2 is greater than the maximum of 1"),
     (set_in(["methods", "fastv"], [{"settings": [{}]}]), "config error at methods: 'fastv' is not one of"),
-    (set_in(["models", "reference_ov", "family"], "llava_15"), "config error at models.reference_ov.family: 'llava_15' is not one of"),
-    (set_in(["methods", "random_drop"], [{"models": ["gpt4"], "settings": [{"budget": 0.5}]}]), "config error at methods.random_drop[0].models: unknown model 'gpt4'"),
+    (set_in(["models", "reference_ov", "family"], "llava_15"),
+     "config error at models.reference_ov.family: 'llava_15' is not one of"),
+    (set_in(["methods", "random_drop"], [{"models": ["gpt4"], "settings": [{"budget": 0.5}]}]),
+     "config error at methods.random_drop[0].models: unknown model 'gpt4'"),
     (set_in(["benchmarks"], {}), "config error at benchmarks: {} should be non-empty"),
-    (set_in(["models", "reference_next", "checkpoint"], {"source": "hub", "repo": "llava-hf/llava-v1.6-vicuna-7b-hf", "revision": "main"}), "config error at models.reference_next.checkpoint.revision: 'main' does not match"),
+    (set_in(["models", "reference_next", "checkpoint"],
+            {"source": "hub", "repo": "llava-hf/llava-v1.6-vicuna-7b-hf", "revision": "main"}),
+     "config error at models.reference_next.checkpoint.revision: 'main' does not match"),
 ]
 
 
-@pytest.mark.parametrize("edit,message", BAD_CONFIGS, ids=[m.split(":")[0].removeprefix("config error at ") + str(i) for i, (_, m) in enumerate(BAD_CONFIGS)])
+@pytest.mark.parametrize(
+    "edit,message", BAD_CONFIGS,
+    ids=[m.split(":")[0].removeprefix("config error at ") + str(i) for i, (_, m) in enumerate(BAD_CONFIGS)])
 def test_bad_config_names_the_key(edit, message):
     config = micro_config()
     edit(config)
@@ -92,7 +104,8 @@ def test_bad_visor_config_names_the_key(edit, message):
 
 
 def test_the_shipped_configs_pass_and_get_their_defaults():
-    for path in (REPO / "config" / "config.yaml", REPO / "config" / "paper.yaml", REPO / ".test" / "config" / "config.yaml"):
+    for path in (REPO / "config" / "config.yaml", REPO / "config" / "paper.yaml",
+                 REPO / ".test" / "config" / "config.yaml"):
         config = load(path)
         assert workflow_config.check(config, SCHEMA, overlay=config, replace_workflow_config=True) is config
         assert config["retrain"] in (False, True) and "resamples" in config["audit"]
@@ -103,7 +116,8 @@ def test_defaults_are_those_of_snakemake_validate():
     """fill_defaults is snakemake.utils.validate's default filling: the same config, key order included."""
     from snakemake.utils import validate
 
-    for path in (REPO / "config" / "config.yaml", REPO / "config" / "paper.yaml", REPO / ".test" / "config" / "config.yaml"):
+    for path in (REPO / "config" / "config.yaml", REPO / "config" / "paper.yaml",
+                 REPO / ".test" / "config" / "config.yaml"):
         ours, theirs = load(path), load(path)
         workflow_config.fill_defaults(ours, workflow_config.load_schema(SCHEMA))
         validate(theirs, str(SCHEMA))
@@ -125,7 +139,8 @@ def merged(workflow: dict, overlay: dict) -> dict:
     """`--configfile overlay` without --replace-workflow-config: Snakemake's recursive update."""
     result = copy.deepcopy(workflow)
     for key, value in overlay.items():
-        result[key] = merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) else value
+        result[key] = (merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict)
+                       else value)
     return result
 
 
@@ -166,7 +181,8 @@ def test_configured_runs_of_the_micro_config():
     assert runs == [
         ("reference_ov", "llava_full", "default"), ("reference_next", "llava_full", "default"),
         ("reference_ov", "random_drop", "budget-0.2_seed-0"), ("reference_next", "random_drop", "budget-0.2_seed-0"),
-        ("reference_next", "hired", "budget-0.2_mode-paper"), ("reference_next", "hired", "budget-0.2_mode-reference_code"),
+        ("reference_next", "hired", "budget-0.2_mode-paper"),
+        ("reference_next", "hired", "budget-0.2_mode-reference_code"),
         ("reference_ov", "visor", "threshold-0.9"), ("reference_ov", "visor", "threshold-0.9_token_budget-0.5"),
     ]
     assert settings[("hired", "budget-0.2_mode-paper")] == {"budget": 0.2, "mode": "paper"}

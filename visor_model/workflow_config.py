@@ -110,7 +110,8 @@ def check_visor_config(config: dict) -> None:
         if config["benchmarks"][benchmark]["val"] < needed:
             raise ValueError(
                 f"config error at benchmarks.{benchmark}.val: VISOR needs {needed} val rows per benchmark "
-                f"(visor.viable_per_task + visor.label_per_task), the split has {config['benchmarks'][benchmark]['val']}")
+                f"(visor.viable_per_task + visor.label_per_task), the split has "
+                f"{config['benchmarks'][benchmark]['val']}")
 
 
 def check_paper_profile(config: dict, overlay: dict | None, replace_workflow_config: bool) -> None:

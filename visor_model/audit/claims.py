@@ -258,7 +258,8 @@ def max_saving_at_accuracy(tables: Tables, family, series, margin=1.0, cluster=(
     minus `margin` points on every cluster (or on `benchmark`). flops: llm_prefill (the papers' convention)
     or prefill_with_vision (vision tower, projector and selection counted too). NaN: no setting qualifies."""
     _flop_column(tables.summary)
-    groups = [("benchmark", b) for b in _as_list(benchmark)] if benchmark else [("cluster", c) for c in _as_list(cluster)]
+    groups = ([("benchmark", b) for b in _as_list(benchmark)] if benchmark
+              else [("cluster", c) for c in _as_list(cluster)])
     best, best_detail, candidates, savings = float("nan"), "", 0, []
     for model, full in select(tables.summary, family, "full").groupby("model"):
         runs = select(tables.summary, family, series, model=model)
@@ -277,7 +278,8 @@ def max_saving_at_accuracy(tables: Tables, family, series, margin=1.0, cluster=(
             savings += [saving] if np.isfinite(saving) else []
             if reference_ok and np.isfinite(saving) and not (saving <= best):
                 best = saving
-                best_detail = f"{model} {setting_label(rows.iloc[0])}: {saving:.2f}x, accuracy vs full " + ", ".join(detail)
+                best_detail = (f"{model} {setting_label(rows.iloc[0])}: {saving:.2f}x, accuracy vs full "
+                               + ", ".join(detail))
     if candidates == 0:
         raise NotTestable(f"the results have no run of {describe_selection(family, series)} beside a full model")
     if not savings:
@@ -365,7 +367,8 @@ def paired_gap(tables: Tables, family, a, b, match_on=(), metric="accuracy", clu
 
 
 @computation
-def gap_between_groups(tables: Tables, family, a, b, group, first, second, match_on=(), metric="accuracy") -> Measurement:
+def gap_between_groups(tables: Tables, family, a, b, group, first, second, match_on=(),
+                       metric="accuracy") -> Measurement:
     """(a - b on the `first` benchmarks) - (a - b on the `second`), `group` being cluster or kind: e.g. how
     much more token dropping loses on fine-grained than on coarse tasks. Independent bootstrap per group."""
     stats, details = [], []
@@ -531,7 +534,8 @@ def best_setting_value(tables: Tables, family, series, field_name, metric="accur
         raise NotTestable(f"the sweep has {len(values)} value(s) of {field_name} "
                           f"({', '.join(map(str, values)) or 'none'}); a comparison needs two at least")
     means = rows.groupby(field_name)[metric].mean()
-    return Measurement(float(means.idxmax()), detail=", ".join(f"{field_name} {k}: {100 * v:.1f}" for k, v in means.items()))
+    return Measurement(float(means.idxmax()),
+                       detail=", ".join(f"{field_name} {k}: {100 * v:.1f}" for k, v in means.items()))
 
 
 @computation
@@ -563,7 +567,8 @@ def load_claims(path) -> list[dict]:
             raise ValueError(f"{where}: duplicate id")
         seen.add(claim["id"])
         if claim["computation"] not in COMPUTATIONS:
-            raise ValueError(f"{where}: unknown computation {claim['computation']!r}; known: {', '.join(sorted(COMPUTATIONS))}")
+            raise ValueError(f"{where}: unknown computation {claim['computation']!r}; "
+                             f"known: {', '.join(sorted(COMPUTATIONS))}")
         for test in [claim["test"], *(claim.get("profile_test") or {}).values()]:
             kind = test.get("type")
             if kind not in TESTS:
@@ -663,7 +668,8 @@ def judge(test: dict, m: Measurement, unit: str = "") -> tuple[str, str]:
     has_ci = np.isfinite(low) and np.isfinite(high)
     measured = f"measured {_fmt(value, unit)}" + (f" (95% CI {_number(low)} to {_number(high)})" if has_ci else "")
     if not np.isfinite(value):
-        return NOT_REPRODUCED, f"{m.detail or 'no value could be measured'}; the claim needs {describe_test(test, unit)}"
+        return (NOT_REPRODUCED,
+                f"{m.detail or 'no value could be measured'}; the claim needs {describe_test(test, unit)}")
     kind = _kind(test)
     ok = kind.holds(test, value, low, high) if has_ci else kind.holds(test, value, value, value)
     if not ok and has_ci and kind.directional and kind.holds(test, value, value, value):

@@ -10,9 +10,9 @@ Compute columns of the summary (from the per-sample FLOP records of `visor_model
   mean_layers_{sa,ca,text}   LLM layers per role (mean_layers_sa = mean SA configuration size for VISOR)
   mean_llm_visual_tokens, mean_llm_text_tokens, mean_visual_token_layers_{sa,ca}  visual tokens entering the
                         LLM, and visual tokens x layers processed by SA layers / read by CA blocks
-`latency_table` turns the `results/latency/...json` records of `visor_model.efficiency.latency` into one row each: median
-and IQR of prefill_s (time to first token), decode_per_token_s, generate_s, preprocess_s; peak memory; the mean
-FLOPs of the same inputs; prefill_speedup / decode_speedup against llava_full of the same model, the FLOP
+`latency_table` turns the `results/latency/...json` records of `visor_model.efficiency.latency` into one row each:
+median and IQR of prefill_s (time to first token), decode_per_token_s, generate_s, preprocess_s; peak memory; the
+mean FLOPs of the same inputs; prefill_speedup / decode_speedup against llava_full of the same model, the FLOP
 ratios (llm_prefill, prefill = everything before the first token, total) and prefill_realised_share =
 prefill_speedup x prefill_flop_ratio (1: time fell as much as FLOPs).
 """

@@ -146,7 +146,7 @@ def llm_prefill_flops(
     if router_layer is not None:
         if not router_sizes:
             raise ValueError("router_layer needs router_sizes (the router MLP's widths)")
-        if any(roles[l] == SA for l in range(router_layer)):
+        if any(roles[layer] == SA for layer in range(router_layer)):
             raise ValueError("the router must sit before the first SA layer")
         # the routing token is one more text token in every layer before the router (and one more CA query
         # there; the visual K/V are projected once either way): its cost is the difference, exact in both modes

@@ -215,7 +215,8 @@ class LLMShape:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
         layer_types = getattr(config, "layer_types", None) or ()
         if getattr(config, "use_sliding_window", False) and any(t != "full_attention" for t in layer_types):
-            raise NotImplementedError("sliding-window attention layers are not modelled by visor_model.efficiency.flops")
+            raise NotImplementedError("sliding-window attention layers are not modelled by "
+                                      "visor_model.efficiency.flops")
         return cls(
             hidden=config.hidden_size,
             intermediate=config.intermediate_size,

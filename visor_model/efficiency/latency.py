@@ -46,8 +46,8 @@ from PIL import Image
 
 from visor_model.efficiency.accounting import FlopAccountant, SampleTokens
 from visor_model.llava.generation import greedy_generate
-from visor_model.provenance import environment
 from visor_model.llava.runner import prompt_ids, to_rgb
+from visor_model.provenance import environment
 
 DEFAULT_TASKS = ("synth_background", "synth_shape", "synth_marker")
 

@@ -1,7 +1,9 @@
 """Side-by-side prefill speed benchmark of every method on one architecture, in one process, on the same inputs.
 
-    python -m visor_model.efficiency.speed_bench                                    # GPU: full shapes, bf16, SDPA
-    python -m visor_model.efficiency.speed_bench --arch llava-ov-0.5b --layers 6 --token-scale 0.25 --dtype float32   # CPU
+    # GPU: full shapes, bf16, SDPA
+    python -m visor_model.efficiency.speed_bench
+    # CPU
+    python -m visor_model.efficiency.speed_bench --arch llava-ov-0.5b --layers 6 --token-scale 0.25 --dtype float32
 
 For each architecture the LLM side is built directly from its config (a Qwen2 or Llama decoder with the real
 widths, random weights, optionally only `--layers` of its layers) plus an LM head; the vision tower is not
@@ -46,8 +48,8 @@ from torch import nn
 from visor_model import provenance
 from visor_model.efficiency.accounting import llm_prefill_flops
 from visor_model.efficiency.flops import LLMShape, lm_head_flops
-from visor_model.llava.generation import greedy_generate
 from visor_model.efficiency.latency import Clock, stats, timed_generation
+from visor_model.llava.generation import greedy_generate
 from visor_model.llava.visual import SplicedBatch
 
 # Peak dense (no sparsity) bf16 tensor-core FLOP/s by device name, from NVIDIA's data sheets. Checked in order:
@@ -102,8 +104,8 @@ def reference_architecture(name: str, family: str, note: str) -> Architecture:
     """The LLM of a reference model (`visor_model.reference.models.ReferenceConfig` defaults, the synthetic benchmarks'
     vocabulary): 192 visual tokens = a 2x2 AnyRes grid of 48-px crops (5 x 36 patches) + 12 row newlines, the
     largest the synthetic images produce; 8 text tokens."""
-    from visor_model.reference.tasks import vocabulary
     from visor_model.reference.models import ReferenceConfig, build_tokenizer
+    from visor_model.reference.tasks import vocabulary
 
     c = ReferenceConfig(family=family)
     decoder = "qwen2" if family == "llava_onevision" else "llama"
@@ -321,7 +323,8 @@ def markdown(result: dict) -> str:
         p, d = r["prefill_s"], r["decode_per_token_s"]
         lines.append(
             f"| {r['method']} | {r['visual_tokens']} | {'-' if r['sa_layers'] is None else r['sa_layers']} | "
-            f"{r['prefill_flops'] / 1e9:.3f} | {r['flop_ratio']:.3f} | {p['median'] * 1e3:.2f} ({p['iqr'] * 1e3:.2f}) | "
+            f"{r['prefill_flops'] / 1e9:.3f} | {r['flop_ratio']:.3f} | "
+            f"{p['median'] * 1e3:.2f} ({p['iqr'] * 1e3:.2f}) | "
             f"{r['speedup']:.2f}x | {r['theoretical_speedup']:.2f}x | {r['realised_share']:.2f} | "
             f"{d['median'] * 1e3:.2f} ({d['iqr'] * 1e3:.2f}) | {r['achieved_tflops']:.3f} |")
     if result["mfu_full_prefill"] is not None:

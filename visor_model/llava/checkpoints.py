@@ -8,8 +8,8 @@ loaded. Weights are read from safetensors only; pickled weights are refused and 
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 

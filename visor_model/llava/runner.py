@@ -13,8 +13,8 @@ from PIL import Image
 
 from visor_model.llava.checkpoints import LoadedCheckpoint
 from visor_model.llava.generation import greedy_generate
-from visor_model.methods.base import TokenReducer
 from visor_model.llava.visual import ImageTokens, SplicedBatch, VisionOutputs, encode_images, splice_prompts
+from visor_model.methods.base import TokenReducer
 
 
 @dataclass

@@ -189,7 +189,8 @@ def splice_prompts(
     rows, visual_rows, label_rows = [], [], []
     for i, (ids, image) in enumerate(zip(prompt_ids, images)):
         if ids.count(image_token_id) != 1:
-            raise ValueError(f"prompt {i} must contain exactly one image placeholder, found {ids.count(image_token_id)}")
+            raise ValueError(f"prompt {i} must contain exactly one image placeholder, "
+                             f"found {ids.count(image_token_id)}")
         cut = ids.index(image_token_id)
         targets = target_ids[i] if target_ids is not None else []
         before = torch.tensor(ids[:cut], dtype=torch.long)
@@ -197,7 +198,8 @@ def splice_prompts(
         device = image.features.device
         rows.append(
             torch.cat(
-                [embed_tokens(before.to(device)), image.features.to(embed_tokens.weight.dtype), embed_tokens(after.to(device))]
+                [embed_tokens(before.to(device)), image.features.to(embed_tokens.weight.dtype),
+                 embed_tokens(after.to(device))]
             )
         )
         n_visual = image.features.shape[0]

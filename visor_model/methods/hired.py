@@ -72,7 +72,7 @@ Departures of `reference_code` from the official code, on purpose:
   would need a second, wrong packing; our tokens always come from transformers' own packing.
 - The count of the full image's top patches uses int(P x (1 - alpha)) as in the released code (a later
   revision is reported to use a fixed top-100).
-"""
+"""  # noqa: E501 (a Markdown table: its rows cannot be wrapped)
 
 from __future__ import annotations
 
@@ -81,8 +81,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from visor_model.methods.base import TokenReducer, check_budget, tokens_for_budget
 from visor_model.llava.visual import NEWLINE, ImageTokens, VisionOutputs
+from visor_model.methods.base import TokenReducer, check_budget, tokens_for_budget
 
 MODES = ("paper", "reference_code")
 SCORES = ("cls", "mean_received")

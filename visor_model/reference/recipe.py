@@ -17,16 +17,16 @@ from pathlib import Path
 
 import torch
 
-from visor_model.reference import tasks
 from visor_model.files import replace_folder_atomically
 from visor_model.llava.checkpoints import LoadedCheckpoint
+from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
 from visor_model.methods.base import FullTokens, RandomDrop
+from visor_model.reference import tasks
 from visor_model.reference.models import (
     ReferenceConfig,
     build_reference_model,
     build_tokenizer,
 )
-from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
 from visor_model.training import (
     Example,
     ProgressLog,
@@ -66,7 +66,8 @@ class EncodedExamples:
     def batch(self, indices: list[int]):
         max_crops = max(self.crops[i].shape[0] for i in indices)
         pixels = torch.stack([
-            torch.cat([self.crops[i], self.crops[i].new_zeros(max_crops - self.crops[i].shape[0], *self.crops[i].shape[1:])])
+            torch.cat([self.crops[i],
+                       self.crops[i].new_zeros(max_crops - self.crops[i].shape[0], *self.crops[i].shape[1:])])
             for i in indices
         ])
         sizes = torch.stack([self.sizes[i] for i in indices])
@@ -120,7 +121,8 @@ def discrimination(loaded: LoadedCheckpoint, examples: dict[str, list[Example]],
     figures = {}
     for task, task_examples in examples.items():
         at_full, at_budget = accuracy(full, task_examples), accuracy(dropped, task_examples)
-        figures[task] = {"full": at_full, f"random_drop_{budget}": at_budget, "loss_points": 100 * (at_full - at_budget)}
+        figures[task] = {"full": at_full, f"random_drop_{budget}": at_budget,
+                         "loss_points": 100 * (at_full - at_budget)}
     return figures
 
 

@@ -58,10 +58,11 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 # Directory of the lmms-eval task template and hooks (the `lmms_plugins.tasks` package beside this one).
 LMMS_TASKS_DIR = Path(__file__).resolve().parents[2] / "lmms_plugins" / "tasks"
 YAML_TEMPLATE = LMMS_TASKS_DIR / "synthetic_task.yaml.template"
-UTILS_SHIM = '''"""Written by visor_model.reference.tasks.write_task: lmms-eval resolves `!function utils.*` next to the YAML."""
+UTILS_SHIM = ('''"""Written by visor_model.reference.tasks.write_task: lmms-eval resolves `!function utils.*` '''
+              '''next to the YAML."""
 
 from lmms_plugins.tasks.synthetic_utils import doc_to_text, doc_to_visual, process_results  # noqa: F401
-'''
+''')
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ def accuracy_vs_flops(summary: pd.DataFrame, benchmark: str):
     """Accuracy (%) against mean LLM-prefill FLOPs per sample on one benchmark, one panel per model: every
     series' curve (error bars: 95% CI), the Pareto frontier as a dashed step line, frontier points ringed."""
     part = summary[summary["benchmark"] == benchmark]
-    part = part[np.isfinite(part["mean_flops_llm_prefill"].astype(float))] if "mean_flops_llm_prefill" in part else part[:0]
+    part = (part[np.isfinite(part["mean_flops_llm_prefill"].astype(float))] if "mean_flops_llm_prefill" in part
+            else part[:0])
     if part.empty:
         return None
     part = analysis.pareto_frontier(add_series(part))
@@ -156,7 +157,8 @@ def policy_histogram(configurations: pd.DataFrame):
     for ax, benchmark in zip(axes, benchmarks):
         rows = table[table["benchmark"] == benchmark]
         for i, threshold in enumerate(thresholds):
-            shares = rows[rows["threshold"] == threshold].groupby("sa_layers")["share"].sum().reindex(layers, fill_value=0)
+            shares = (rows[rows["threshold"] == threshold].groupby("sa_layers")["share"].sum()
+                      .reindex(layers, fill_value=0))
             ax.bar(np.arange(len(layers)) + (i - (len(thresholds) - 1) / 2) * width, 100 * shares.to_numpy(),
                    width=width, color=blues[i], label=f"tau = {threshold:g}")
         ax.set_xticks(np.arange(len(layers)), [str(k) for k in layers])
@@ -185,12 +187,14 @@ def policy_threshold(summary: pd.DataFrame):
         part = part.sort_values("threshold")
         label = f"{key[1]} ({key[0]})"
         axes[0].plot(part["threshold"], 100 * part["accuracy"], marker=markers[i % len(markers)],
-                     color=colour("VISOR (policy)"), alpha=0.4 + 0.6 * (i + 1) / len(rows.groupby(["model", "benchmark"])),
+                     color=colour("VISOR (policy)"),
+                     alpha=0.4 + 0.6 * (i + 1) / len(rows.groupby(["model", "benchmark"])),
                      label=label)
         if "mean_flops_llm_prefill" in part and part["mean_flops_llm_prefill"].notna().any():
             divisor, unit = flop_unit(rows["mean_flops_llm_prefill"])
             axes[1].plot(part["threshold"], part["mean_flops_llm_prefill"] / divisor, marker=markers[i % len(markers)],
-                         color=colour("VISOR (policy)"), alpha=0.4 + 0.6 * (i + 1) / len(rows.groupby(["model", "benchmark"])),
+                         color=colour("VISOR (policy)"),
+                         alpha=0.4 + 0.6 * (i + 1) / len(rows.groupby(["model", "benchmark"])),
                          label=label)
             axes[1].set_ylabel(f"LLM-prefill FLOPs per sample ({unit})")
     axes[0].set_ylabel("accuracy (%)")
@@ -245,10 +249,12 @@ def forest(comparisons: pd.DataFrame, title: str):
     fig, ax = plt.subplots(figsize=(8.5, 0.24 * len(rows) + 1.3))
     y = np.arange(len(rows))[::-1]
     for yi, (_, row) in zip(y, rows.iterrows()):
-        ax.errorbar(row["difference"], yi, xerr=[[row["difference"] - row["ci_low"]], [row["ci_high"] - row["difference"]]],
+        ax.errorbar(row["difference"], yi,
+                    xerr=[[row["difference"] - row["ci_low"]], [row["ci_high"] - row["difference"]]],
                     color=colour(row["b"]), marker=MARKERS.get(row["b"], "o"), capsize=2, label=f"against {row['b']}")
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(y, [f"{r['benchmark']}: {r['a_setting']} vs {r['b_setting']}" for _, r in rows.iterrows()], fontsize=7)
+    ax.set_yticks(y, [f"{r['benchmark']}: {r['a_setting']} vs {r['b_setting']}" for _, r in rows.iterrows()],
+                  fontsize=7)
     ax.set_xlabel("accuracy difference, anchor minus competitor (points, paired 95% CI)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)

@@ -14,7 +14,6 @@ from nbformat.v4 import new_markdown_cell
 
 from visor_model.files import write_atomically
 
-
 TITLE = "VISOR and HiRED: an accuracy-per-FLOP audit"
 
 

@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from visor_model.files import write_atomically
 from visor_model.audit.tables import latency_table, sample_table, summary_table
+from visor_model.files import write_atomically
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 

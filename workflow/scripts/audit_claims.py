@@ -1,4 +1,5 @@
-"""Audit the claims of the claims YAML against the result tables; write results/claims.csv (visor_model.audit.claims)."""
+"""Audit the claims of the claims YAML against the result tables; write results/claims.csv
+(visor_model.audit.claims)."""
 
 import sys
 from pathlib import Path

@@ -30,7 +30,8 @@ output = run_lmms_eval(
     include_path=Path(snakemake.input.benchmark[0]).parent if synthetic else benchmark.get("include_path"),
     batch_size=evaluation["batch_size"],
     limit=limit,
-    expected_samples=min(benchmark["test"], limit) if synthetic and limit else (benchmark["test"] if synthetic else None),
+    expected_samples=(min(benchmark["test"], limit) if synthetic and limit
+                      else (benchmark["test"] if synthetic else None)),
     max_empty_fraction=evaluation["max_empty_fraction"],
     offline=synthetic,
     seed=snakemake.config["seed"],

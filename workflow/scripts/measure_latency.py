@@ -11,8 +11,8 @@ import torch
 from lmms_eval.models import get_model
 
 from lmms_plugins.args import model_args
-from visor_model.files import write_json_atomically
 from visor_model.efficiency.latency import LatencyConfig, fixed_inputs, measure_latency
+from visor_model.files import write_json_atomically
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 wildcards, params = snakemake.wildcards, snakemake.params

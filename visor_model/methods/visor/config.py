@@ -121,7 +121,8 @@ class VisorConfig:
 
     def roles(self, active) -> tuple[str, ...]:
         active = set(self.check_active(active))
-        return tuple(SA if l in active else CA if l in self.ca_layers else TEXT for l in range(self.n_layers))
+        return tuple(SA if layer in active else CA if layer in self.ca_layers else TEXT
+                     for layer in range(self.n_layers))
 
     def to_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}

@@ -164,7 +164,8 @@ class VisorModules(nn.Module):
         generator = torch.Generator().manual_seed(config.seed)
         d = text_config.hidden_size
         self.cross = nn.ModuleDict(
-            {str(l): CrossAttention(host_layers[l], text_config, config, generator) for l in config.ca_layers})
+            {str(layer): CrossAttention(host_layers[layer], text_config, config, generator)
+             for layer in config.ca_layers})
         self.pos_conv = None
         if config.conv_kernel and config.ca_layers:
             self.pos_conv = nn.utils.skip_init(nn.Conv1d, d, d, config.conv_kernel, padding=config.conv_kernel // 2,
@@ -283,16 +284,16 @@ class VisorCache:
         return self.keys[layer_idx], self.values[layer_idx]
 
     def drop_last(self, layers) -> None:
-        for l in layers:
-            if l in self.keys:
-                self.keys[l] = self.keys[l][..., :-1, :]
-                self.values[l] = self.values[l][..., :-1, :]
+        for layer in layers:
+            if layer in self.keys:
+                self.keys[layer] = self.keys[layer][..., :-1, :]
+                self.values[layer] = self.values[layer][..., :-1, :]
 
     def select(self, rows: torch.Tensor) -> "VisorCache":
         other = VisorCache()
-        other.keys = {l: k[rows] for l, k in self.keys.items()}
-        other.values = {l: v[rows] for l, v in self.values.items()}
-        other.cross = {l: (k[rows], v[rows]) for l, (k, v) in self.cross.items()}
+        other.keys = {layer: k[rows] for layer, k in self.keys.items()}
+        other.values = {layer: v[rows] for layer, v in self.values.items()}
+        other.cross = {layer: (k[rows], v[rows]) for layer, (k, v) in self.cross.items()}
         return other
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -417,32 +418,33 @@ class VisorModel(nn.Module):
         # stale meanwhile); it goes back into h before an SA layer and at the end.
         text = None
         full_mask = full_rotary = text_mask = text_rotary = visual_rotary = None
-        for l in range(start, stop):
-            layer = lm.layers[l]
-            if roles[l] == SA:
+        for layer_idx in range(start, stop):
+            layer = lm.layers[layer_idx]
+            if roles[layer_idx] == SA:
                 if text is not None:
                     h, text = put_rows(h, layout.text_index, layout.text_valid, text), None
                 if full_mask is None:
                     # exactly what the host's forward builds for this batch
-                    full_mask = create_causal_mask(config=lm.config, inputs_embeds=h, attention_mask=layout.attention_mask,
+                    full_mask = create_causal_mask(config=lm.config, inputs_embeds=h,
+                                                   attention_mask=layout.attention_mask,
                                                    past_key_values=None, position_ids=layout.position_ids)
                     full_rotary = lm.rotary_emb(h, layout.position_ids)
-                h = layer(h, attention_mask=full_mask, position_embeddings=full_rotary, position_ids=layout.position_ids,
-                          past_key_values=cache, use_cache=cache is not None)
+                h = layer(h, attention_mask=full_mask, position_embeddings=full_rotary,
+                          position_ids=layout.position_ids, past_key_values=cache, use_cache=cache is not None)
                 continue
             if text_mask is None:
                 text_mask = mask_4d(text_causal_mask(layout.text_valid), lm.config, h.dtype)
                 text_rotary = lm.rotary_emb(h, layout.text_positions)
-            if roles[l] == CA:
+            if roles[layer_idx] == CA:
                 if not state.conv_done and self.visor.pos_conv is not None:
                     h = self._positional_conv(h, layout)
                     state.conv_done = True
                 if visual_rotary is None:
                     visual_rotary = lm.rotary_emb(h, layout.visual_positions)
-                block = self.visor.cross[str(l)]
+                block = self.visor.cross[str(layer_idx)]
                 kv = block.visual_kv(gather_rows(h, layout.visual_index), visual_rotary)
                 if cache is not None:
-                    cache.cross[l] = kv
+                    cache.cross[layer_idx] = kv
                 text = gather_rows(h, layout.text_index) if text is None else text
                 text = block(text, text_rotary, kv, layout.visual_valid)
             elif text is None:
@@ -581,10 +583,10 @@ class VisorModel(nn.Module):
             rotary = self.lm.rotary_emb(x, next_position)
             masks = {SA: mask_4d(full_keys[:, None, :], self.lm.config, x.dtype),
                      TEXT: mask_4d(text_keys[:, None, :], self.lm.config, x.dtype)}
-            for l, layer in enumerate(self.lm.layers):
-                if roles[l] == CA:
-                    x = self.visor.cross[str(l)](x, rotary, cache.cross[l], layout.visual_valid)
-                x = layer(x, attention_mask=masks[SA if roles[l] == SA else TEXT], position_embeddings=rotary,
+            for layer_idx, layer in enumerate(self.lm.layers):
+                if roles[layer_idx] == CA:
+                    x = self.visor.cross[str(layer_idx)](x, rotary, cache.cross[layer_idx], layout.visual_valid)
+                x = layer(x, attention_mask=masks[SA if roles[layer_idx] == SA else TEXT], position_embeddings=rotary,
                           position_ids=next_position, past_key_values=cache, use_cache=True)
             logits = self._logits_last(x[:, -1])
             next_position = next_position + 1
@@ -674,6 +676,7 @@ def load_visor(source: str, revision: str | None = None, device: str = "cpu", dt
         model.visor.router = None
     missing, unexpected = model.visor.load_state_dict(state, strict=False)
     if unexpected or [m for m in missing if not m.startswith("router.")]:
-        raise CheckpointError(f"{path / VISOR_WEIGHTS} does not match {VISOR_CONFIG}: missing {missing}, unexpected {unexpected}")
+        raise CheckpointError(f"{path / VISOR_WEIGHTS} does not match {VISOR_CONFIG}: "
+                              f"missing {missing}, unexpected {unexpected}")
     model.to(device).eval()
     return loaded, model

@@ -43,25 +43,12 @@ import torch.nn.functional as F
 
 from visor_model.audit.analysis import pareto_mask
 from visor_model.efficiency.accounting import visor_prefill_flops
-from visor_model.llava.checkpoints import LoadedCheckpoint, load_checkpoint
-from visor_model.files import write_atomically
 from visor_model.efficiency.flops import LLMShape
+from visor_model.files import write_atomically
+from visor_model.llava.checkpoints import load_checkpoint
+from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
+from visor_model.llava.visual import encode_images, splice_prompts
 from visor_model.methods.base import FullTokens, stable_seed
-from visor_model.llava.runner import SampleRecord, VisionLanguageRunner, prompt_ids
-from visor_model.reference.recipe import EncodedExamples
-from visor_model.training import (
-    Example,
-    ProgressLog,
-    TrainConfig,
-    batch_indices,
-    exact_match,
-    learning_rate,
-    read_examples,
-    resume_train_state,
-    save_train_state,
-    training_identity,
-)
-from visor_model.methods.visor.runner import VisorRunner, VisorSampleRecord
 from visor_model.methods.visor.config import (  # noqa: F401 (ARCHITECTURE_OPTIONS: re-exported)
     ARCHITECTURE_OPTIONS,
     PolicyConfig,
@@ -78,7 +65,20 @@ from visor_model.methods.visor.modeling import (
     load_visor,
     save_visor,
 )
-from visor_model.llava.visual import encode_images, splice_prompts
+from visor_model.methods.visor.runner import VisorRunner, VisorSampleRecord
+from visor_model.reference.recipe import EncodedExamples
+from visor_model.training import (
+    Example,
+    ProgressLog,
+    TrainConfig,
+    batch_indices,
+    exact_match,
+    learning_rate,
+    read_examples,
+    resume_train_state,
+    save_train_state,
+    training_identity,
+)
 
 
 def sample_configuration(config: VisorConfig, seed: int, step: int, largest_only: bool = False) -> tuple[int, ...]:
