@@ -3,8 +3,12 @@
 `encode_images` runs the vision tower and projector exactly as transformers does and packs the features with
 the model's own `pack_image_features` (base image, then the un-padded AnyRes grid row by row with a newline
 token after each row), so at full budget the sequence is bit-identical to the stock model's. The same
-packing is applied to a tensor of integer coordinates, which tells, for every packed token, which partition
-(0 = the resized full image, 1.. = the AnyRes sub-images in raster order) and which patch of it it came from.
+packing is applied to a tensor of float canvas coordinates, which tells, for every packed token, which
+partition (0 = the resized full image, 1.. = the AnyRes sub-images in raster order) and which patch of it its
+features come from. Coordinates, not indices: LLaVA-OneVision's `anyres_max_9` downsamples a large un-padded
+canvas bilinearly, which blends neighbouring patches; a blend of (row, col) is the position sampled, a blend of
+raster indices is none (an integer index pushed through it lands anywhere in the crop). The position is
+rounded to the nearest patch, the one with the largest bilinear weight.
 
 `splice_prompts` then puts each sample's (possibly reduced) visual tokens where its `<image>` placeholder was
 and left-pads the batch. Dropped tokens are absent from the tensors, not masked.
@@ -26,7 +30,8 @@ class ImageTokens:
 
     features:    [n, d] projector outputs (newline tokens included)
     partition:   [n] 0 = full (base) image, k >= 1 = k-th AnyRes sub-image, NEWLINE for newline tokens
-    patch_index: [n] row-major index of the patch inside its partition's (h x w) grid, NEWLINE for newlines
+    patch_index: [n] row-major index of the patch inside its partition's (h x w) grid, NEWLINE for newlines;
+                 for a token of a downsampled canvas (anyres_max), the patch nearest to the position it samples
     grid:        (rows, cols) of AnyRes sub-images for this image
     patches_per_side: h = w, patches per side of one crop
     """
@@ -102,6 +107,39 @@ def _pack(model, per_image: list[torch.Tensor], image_sizes: torch.Tensor, newli
     return packed
 
 
+BASE, CANVAS = 0, 1  # what a crop coordinate's first channel says: base-image patch, sub-image canvas patch
+
+
+def crop_coordinates(n_crops: int, grid: tuple[int, int], side: int) -> torch.Tensor:
+    """[n_crops, side * side, 3] float (kind, row, col) of every patch of every crop, in the crops' layout before
+    packing: the base crop's patches at (BASE, row, col) of its own side x side grid, the patches of sub-image
+    k (1-based, raster order over the (rows, cols) grid) at (CANVAS, row, col) of the AnyRes canvas of
+    rows * side x cols * side patches."""
+    patch = torch.arange(side * side)
+    row, col = patch // side, patch % side
+    base = torch.stack([torch.full_like(patch, BASE), row, col], dim=-1)[None]  # [1, P, 3]
+    sub = torch.arange(n_crops - 1)[:, None]  # [n_crops - 1, 1] 0-based sub-image index
+    canvas = torch.stack(
+        [
+            torch.full((n_crops - 1, side * side), CANVAS),
+            (sub // grid[1]) * side + row,
+            (sub % grid[1]) * side + col,
+        ],
+        dim=-1,
+    )  # [n_crops - 1, P, 3]
+    return torch.cat([base, canvas]).float()
+
+
+def source_patches(packed: torch.Tensor, grid: tuple[int, int], side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partition, patch_index) [n] of packed crop coordinates [n, 3]: the patch nearest to each token's position
+    (exact where the packing only un-pads; the largest bilinear weight where anyres_max downsampled)."""
+    kind, row, col = packed.round().long().unbind(dim=-1)
+    partition = torch.where(kind == CANVAS, (row // side) * grid[1] + col // side + 1, 0)
+    patch_index = (row % side) * side + col % side
+    newline = kind == NEWLINE
+    return partition.masked_fill(newline, NEWLINE), patch_index.masked_fill(newline, NEWLINE)
+
+
 def select_vision_features(model, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """The tower layer(s) LLaVA feeds to the projector, without the CLS token under the "default" strategy."""
     config = model.config
@@ -131,28 +169,17 @@ def encode_images(
     per_image = list(torch.split(projected, counts, dim=0))
     features = _pack(model, per_image, image_sizes, model.model.image_newline)
 
-    # Pack integer coordinates through the same code path to learn where every packed token came from.
-    n_patches = selected.shape[1]
-    side = int(round(n_patches**0.5))
-    coordinates = []
-    for n_crops in counts:
-        partition = torch.arange(n_crops, dtype=torch.float32)[:, None].expand(n_crops, n_patches)
-        patch = torch.arange(n_patches, dtype=torch.float32)[None, :].expand(n_crops, n_patches)
-        coordinates.append(torch.stack([partition, patch], dim=-1))  # [n_crops, h*w, 2]
-    newline_coordinate = torch.full((2,), float(NEWLINE))
-    packed_coordinates = _pack(model, coordinates, image_sizes, newline_coordinate)
+    # Pack canvas coordinates through the same code path to learn where every packed token's features come from.
+    side = int(round(selected.shape[1] ** 0.5))
+    grids = [anyres_grid(model, size) for size in image_sizes]
+    coordinates = [crop_coordinates(n_crops, grid, side) for n_crops, grid in zip(counts, grids)]
+    packed_coordinates = _pack(model, coordinates, image_sizes, torch.full((3,), float(NEWLINE)))
 
     images = []
-    for feats, coords, size in zip(features, packed_coordinates, image_sizes):
-        coords = coords.round().long()
+    for feats, coords, grid in zip(features, packed_coordinates, grids):
+        partition, patch_index = source_patches(coords, grid, side)
         images.append(
-            ImageTokens(
-                features=feats,
-                partition=coords[:, 0],
-                patch_index=coords[:, 1],
-                grid=anyres_grid(model, size),
-                patches_per_side=side,
-            )
+            ImageTokens(features=feats, partition=partition, patch_index=patch_index, grid=grid, patches_per_side=side)
         )
     crop_owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     hidden = tower_out.hidden_states if return_hidden_states else None

@@ -57,6 +57,11 @@ Choices where the paper is silent (paper mode):
   Without padding this is the plain [r/rows, (r+1)/rows) x [c/cols, (c+1)/cols) split of the full image.
 - Note that reference_code's budget counts padded crops, so on strongly padded images (e.g. 800 x 40 px,
   whose sub-images are un-padded away entirely) it can keep more than budget x the tokens present.
+- LLaVA-OneVision's `anyres_max_9` (not in the paper, which uses LLaVA-NeXT) bilinearly downsamples an un-padded
+  canvas of more than about 9 crops' patches, so such a sub-image token blends up to 2 x 2 neighbouring
+  patches. In both modes it stands for the patch nearest to the position it samples (`encode_images` records
+  that patch): its score is that patch's, it counts towards that patch's sub-image, and the content box is
+  read off those positions. The budget counts the tokens present, i.e. after downsampling.
 
 Shared by both modes: dropping happens after the projector (the projector runs on every token) and heads are
 summed, as in the official code; ties of the top-k go to the lower patch index (the official torch.topk's tie
