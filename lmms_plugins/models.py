@@ -6,6 +6,11 @@ reduction, prefill length, the tokens that entered the LLM, layers per VISOR rol
 term from `visor_model.efficiency.accounting`), so it lands in lmms-eval's per-sample log; means go to
 `results["throughput"]`. Subclasses change the per-sample record through two hooks: `counts_class` (the
 `VisualTokenCounts` subclass) and `build_accountant` (the `FlopAccountant` of the model and method).
+
+One odd document does not abort a run: a sample that cannot be answered (an empty question, an image that is
+missing or cannot be decoded, an input the model rejects) gets an empty answer whose log entry is only its
+`skipped_reason` (no token counts, no FLOPs); `lmms_plugins.run.check_outputs` counts those and fails the job
+above `max_empty_fraction`, naming the documents.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from dataclasses import dataclass
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
+from loguru import logger as eval_logger
+from PIL import Image
 from tqdm import tqdm
 
 from visor_model.efficiency.accounting import FlopAccountant, SampleTokens
@@ -29,7 +36,8 @@ class VisualTokenCounts(TokenCounts):
     """lmms-eval's token counts plus the visual-token and FLOP accounting of one sample.
 
     `to_dict` (what lmms-eval writes to the per-sample log) flattens `flops` into top-level keys
-    (flops_vision, flops_llm_prefill, ..., fastv_macs, layers_sa, ...: see `visor_model.efficiency.accounting`)."""
+    (flops_vision, flops_llm_prefill, ..., fastv_macs, layers_sa, ...: see `visor_model.efficiency.accounting`).
+    A sample that was not answered logs only its `skipped_reason`."""
 
     visual_tokens: int | None = None
     visual_tokens_kept: int | None = None
@@ -38,11 +46,14 @@ class VisualTokenCounts(TokenCounts):
     llm_visual_tokens: int | None = None  # visual tokens that entered the LLM (newlines included)
     llm_text_tokens: int | None = None  # text tokens of the prompt
     flops: dict[str, int] | None = None
+    skipped_reason: str | None = None  # why the sample was not answered (then nothing else is set)
 
     FIELDS = ("visual_tokens", "visual_tokens_kept", "newline_tokens_kept", "crops", "llm_visual_tokens",
               "llm_text_tokens")
 
     def to_dict(self):
+        if self.skipped_reason is not None:
+            return {"skipped_reason": self.skipped_reason}
         counts = super().to_dict()
         for cls in reversed(type(self).__mro__):
             for name in cls.__dict__.get("FIELDS", ()):
@@ -72,6 +83,11 @@ def pick_device(device: str | None) -> str:
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+# What a batch raises when one of its inputs cannot be taken (the image processor rejects an image, a prompt cannot
+# be built); the samples are then run one by one. Anything else (out of memory, a bug) still aborts the run.
+INPUT_ERRORS = (ValueError, OSError, Image.DecompressionBombError)
 
 
 class EfficientLlava(lmms):
@@ -145,30 +161,78 @@ class EfficientLlava(lmms):
     def clean(self):
         """lmms-eval deletes every nn.Module attribute after a run; the runner owns the model, keep it."""
 
+    def request_image(self, request) -> Image.Image | str:
+        """The request's one image, decoded, or why the sample cannot be answered: an empty question, or a document
+        whose image is missing, not one image or cannot be decoded."""
+        context, _, doc_to_visual, doc_id, task, split = request.args
+        if not isinstance(context, str) or not context.strip():
+            return "the question is empty"
+        try:  # `datasets` decodes the image when the row is read; doc_to_visual is the task's code on its data
+            visuals = [v for v in doc_to_visual(self.task_dict[task][split][doc_id]) if v is not None]
+            if len(visuals) == 1 and isinstance(visuals[0], Image.Image):
+                visuals[0].load()  # decode a lazily opened file now, not in the middle of a batch
+        except Exception as error:  # whatever the document's data makes the task's code raise
+            return f"its image cannot be loaded: {type(error).__name__}: {error}"
+        if len(visuals) != 1:
+            return f"expected exactly one image, got {len(visuals)}"
+        if not isinstance(visuals[0], Image.Image):
+            return f"expected a PIL image, got {type(visuals[0]).__name__}"
+        return visuals[0]
+
+    def skipped(self, request, reason: str) -> GenerationResult:
+        """The empty answer of a sample that cannot be answered; its log entry is the reason."""
+        _, _, _, doc_id, task, split = request.args
+        eval_logger.warning(f"{task} doc {doc_id} ({split}) is not answered: {reason}")
+        return GenerationResult(text="", token_counts=self.counts_class(skipped_reason=reason))
+
+    def generate_batch(self, images, questions, keys, budgets, until) -> list[SampleRecord | str]:
+        """The runner's records of one batch. A batch that fails on its inputs is run again sample by sample; a
+        sample that fails alone gets, in place of its record, the error as the reason it is not answered."""
+        try:
+            return self.runner.generate(images, questions, keys, budgets, until)
+        except INPUT_ERRORS as error:
+            eval_logger.warning(f"a batch of {len(keys)} failed ({type(error).__name__}: {error}); "
+                                "running its samples one by one")
+        outcomes: list[SampleRecord | str] = []
+        for sample in zip(images, questions, keys, budgets, until):
+            try:
+                outcomes += self.runner.generate(*([value] for value in sample))
+            except INPUT_ERRORS as error:
+                outcomes.append(f"the model cannot take it: {type(error).__name__}: {error}")
+        return outcomes
+
     def generate_until(self, requests) -> list[GenerationResult]:
         results: list[GenerationResult | None] = [None] * len(requests)
+        decoded: dict[int, Image.Image] = {}
+        for i, request in enumerate(requests):
+            image = self.request_image(request)
+            if isinstance(image, str):
+                results[i] = self.skipped(request, image)
+            else:
+                decoded[i] = image
         # Sort by prompt length so that batches pad little; answers are put back in request order.
-        order = sorted(range(len(requests)), key=lambda i: len(requests[i].args[0]))
+        order = sorted(decoded, key=lambda i: len(requests[i].args[0]))
         totals = {"visual_tokens": 0, "visual_tokens_kept": 0, "prompt_tokens": 0, "flops_llm_prefill": 0,
                   "flops_total": 0}
-        generated, started = 0, time.perf_counter()
+        generated, answered, started = 0, 0, time.perf_counter()
         progress = tqdm(total=len(requests), desc=self.label, disable=self.rank != 0)
+        progress.update(len(requests) - len(order))
         for start in range(0, len(order), self.batch_size_per_gpu):
             indices = order[start : start + self.batch_size_per_gpu]
             images, questions, keys, budgets, until = [], [], [], [], []
             for i in indices:
                 context, gen_kwargs, doc_to_visual, doc_id, task, split = requests[i].args
-                visuals = [v for v in doc_to_visual(self.task_dict[task][split][doc_id]) if v is not None]
-                if len(visuals) != 1:
-                    raise ValueError(f"{task} doc {doc_id}: expected exactly one image, got {len(visuals)}")
-                images.append(visuals[0])
+                images.append(decoded[i])
                 questions.append(context)
                 keys.append(f"{task}/{split}/{doc_id}")
                 budgets.append(self.max_new_tokens_override or int(gen_kwargs.get("max_new_tokens", 16)))
                 stops = gen_kwargs.get("until") or []
                 until.append([stops] if isinstance(stops, str) else list(stops))
-            records = self.runner.generate(images, questions, keys, budgets, until)
+            records = self.generate_batch(images, questions, keys, budgets, until)
             for i, record, limit in zip(indices, records, budgets):
+                if isinstance(record, str):
+                    results[i] = self.skipped(requests[i], record)
+                    continue
                 counts = self.token_counts(record, limit)
                 results[i] = GenerationResult(text=record.answer, token_counts=counts)
                 totals["visual_tokens"] += record.visual_tokens
@@ -177,15 +241,17 @@ class EfficientLlava(lmms):
                 totals["flops_llm_prefill"] += counts.flops["flops_llm_prefill"]
                 totals["flops_total"] += counts.flops["flops_total"]
                 generated += record.generated_tokens
+                answered += 1
             progress.update(len(indices))
         progress.close()
         elapsed = time.perf_counter() - started
-        n = max(1, len(requests))
+        n = max(1, answered)  # means over the answered samples, like the per-sample log's
         log_metrics(
             total_elapsed_time=elapsed,
             total_gen_tokens=generated,
             avg_speed=generated / elapsed if elapsed > 0 else 0.0,
-            additional_metrics={key: value / n for key, value in totals.items()},
+            additional_metrics={**{key: value / n for key, value in totals.items()},
+                                "skipped_samples": len(requests) - answered},
         )
         return results
 

@@ -7,8 +7,8 @@ lmms-eval's hundreds of built-in task YAMLs (the CLI indexes them on every start
 an exception reaches the caller instead of being logged and swallowed (the CLI exits 0 when an evaluation
 fails). What was written is then checked anyway: a results file for the task, the expected number of samples,
 and a share of empty answers without a reported generation below a threshold (lmms-eval's wrappers turn
-generation errors into empty answers). Any failure raises `EvaluationFailed` with a message that names the
-problem and the log to read.
+generation errors into empty answers; the plugins log a `skipped_reason` for a document they cannot answer).
+Any failure raises `EvaluationFailed` with a message that names the problem, the documents and the log to read.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import traceback
+from argparse import Namespace
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,10 +94,13 @@ def evaluate(model: str, model_args: dict, task: str, output_dir: Path, include_
         where = f"in {include_path}" if include_path is not None else "among lmms-eval's tasks"
         raise EvaluationFailed(f"unknown lmms-eval task {task!r}: no task of that name {where}")
     tracker, datetime_str = EvaluationTracker(output_path=str(output_dir)), get_datetime_str()
+    # The CLI's default --process_with_media false: scoring reads the documents without their images (without
+    # cli_args the evaluator decodes every image again, and one corrupt image, which the plugin skips, kills it).
     results = simple_evaluate(
         model=model, model_args=model_args_string(model_args), tasks=[task], batch_size=batch_size, limit=limit,
         log_samples=True, evaluation_tracker=tracker, task_manager=task_manager, random_seed=seed,
         numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, datetime_str=datetime_str,
+        cli_args=Namespace(process_with_media=False),
     )
     if results is None:  # only ranks other than 0 get None; this process is rank 0
         raise EvaluationFailed(f"lmms-eval returned no results for {model} on {task}")
@@ -136,13 +140,32 @@ def check_outputs(
     samples = [json.loads(line) for line in samples_files[0].read_text().splitlines() if line.strip()]
     if expected_samples is not None and len(samples) != expected_samples:
         raise EvaluationFailed(f"{task}: expected {expected_samples} samples, lmms-eval logged {len(samples)}")
-    empty = sum(not logged_answer(sample).strip() and not model_reported_generation(sample) for sample in samples)
-    if samples and empty / len(samples) > max_empty_fraction:
-        raise EvaluationFailed(
-            f"{task}: {empty} of {len(samples)} answers are empty (more than {max_empty_fraction:.0%}); lmms-eval "
-            f"wrappers turn generation errors into empty answers, see {log_path}"
-        )
+    unanswered = [s for s in samples if not logged_answer(s).strip() and not model_reported_generation(s)]
+    if unanswered:
+        summary = f"{len(unanswered)} of {len(samples)} answers are empty"
+        if len(unanswered) / len(samples) > max_empty_fraction:
+            raise EvaluationFailed(
+                f"{task}: {summary} (more than {max_empty_fraction:.0%}): {unanswered_documents(unanswered)}; "
+                f"lmms-eval wrappers turn generation errors into empty answers, see {log_path}"
+            )
+        with open(log_path, "a") as log:
+            print(f"{task}: {summary} (at most {max_empty_fraction:.0%}, accepted): "
+                  f"{unanswered_documents(unanswered)}", file=log)
     return EvaluationOutput(results=results, samples=samples, results_path=results_path, samples_path=samples_files[0])
+
+
+def unanswered_documents(samples: list[dict], shown: int = 20) -> str:
+    """The doc ids of unanswered samples grouped by the plugin's `skipped_reason` ("no reason logged": an error
+    that a wrapper swallowed), at most `shown` ids per reason."""
+    by_reason: dict[str, list] = {}
+    for sample in samples:
+        counts = (sample.get("token_counts") or [None])[0] or {}
+        by_reason.setdefault(counts.get("skipped_reason") or "no reason logged", []).append(sample["doc_id"])
+    parts = []
+    for reason, doc_ids in by_reason.items():
+        more = f" and {len(doc_ids) - shown} more" if len(doc_ids) > shown else ""
+        parts.append(f"doc {', '.join(str(d) for d in doc_ids[:shown])}{more} ({reason})")
+    return "; ".join(parts)
 
 
 def model_reported_generation(sample: dict) -> bool:
