@@ -203,33 +203,30 @@ class EfficientLlava(lmms):
 
     def generate_until(self, requests) -> list[GenerationResult]:
         results: list[GenerationResult | None] = [None] * len(requests)
-        decoded: dict[int, Image.Image] = {}
-        for i, request in enumerate(requests):
-            image = self.request_image(request)
-            if isinstance(image, str):
-                results[i] = self.skipped(request, image)
-            else:
-                decoded[i] = image
         # Sort by prompt length so that batches pad little; answers are put back in request order.
-        order = sorted(decoded, key=lambda i: len(requests[i].args[0]))
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].args[0]))
         totals = {"visual_tokens": 0, "visual_tokens_kept": 0, "prompt_tokens": 0, "flops_llm_prefill": 0,
                   "flops_total": 0}
         generated, answered, started = 0, 0, time.perf_counter()
         progress = tqdm(total=len(requests), desc=self.label, disable=self.rank != 0)
-        progress.update(len(requests) - len(order))
         for start in range(0, len(order), self.batch_size_per_gpu):
             indices = order[start : start + self.batch_size_per_gpu]
-            images, questions, keys, budgets, until = [], [], [], [], []
+            answerable, images, questions, keys, budgets, until = [], [], [], [], [], []
             for i in indices:
+                image = self.request_image(requests[i])  # images are read batch by batch, as they are needed
+                if isinstance(image, str):
+                    results[i] = self.skipped(requests[i], image)
+                    continue
                 context, gen_kwargs, doc_to_visual, doc_id, task, split = requests[i].args
-                images.append(decoded[i])
+                answerable.append(i)
+                images.append(image)
                 questions.append(context)
                 keys.append(f"{task}/{split}/{doc_id}")
                 budgets.append(self.max_new_tokens_override or int(gen_kwargs.get("max_new_tokens", 16)))
                 stops = gen_kwargs.get("until") or []
                 until.append([stops] if isinstance(stops, str) else list(stops))
-            records = self.generate_batch(images, questions, keys, budgets, until)
-            for i, record, limit in zip(indices, records, budgets):
+            records = self.generate_batch(images, questions, keys, budgets, until) if answerable else []
+            for i, record, limit in zip(answerable, records, budgets):
                 if isinstance(record, str):
                     results[i] = self.skipped(requests[i], record)
                     continue

@@ -159,3 +159,136 @@ def test_corrupt_benchmark_parquet_fails_the_job(next_checkpoint, task_dir, tmp_
     with pytest.raises(EvaluationFailed, match="lmms-eval failed for llava_full on synth_marker: "):
         run_lmms_eval("llava_full", {"pretrained": str(next_checkpoint)}, "synth_marker", tmp_path / "out",
                       tmp_path / "log", include_path=broken)
+
+
+# --------------------------------------------------------------------------------------------------------
+# documents that cannot be answered
+# --------------------------------------------------------------------------------------------------------
+
+
+def odd_task(task_dir, folder, edits: dict) -> str:
+    """A copy of the synth_marker task folder whose test documents `edits` (doc id -> column values) replace."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copytree(task_dir, folder)
+    table = pq.read_table(folder / "test.parquet")
+    rows = table.to_pylist()
+    for doc_id, values in edits.items():
+        rows[doc_id].update(values)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), folder / "test.parquet")
+    return folder
+
+
+EMPTY_QUESTION = {"question": "  "}
+CORRUPT_IMAGE = {"image": {"bytes": b"these bytes are no image", "path": None}}
+MISSING_IMAGE = {"image": None}
+
+
+def skipped_reason(sample: dict) -> str | None:
+    return sample["token_counts"][0].get("skipped_reason")
+
+
+@pytest.mark.slow
+def test_odd_documents_get_empty_answers_with_their_reasons(next_checkpoint, task_dir, tmp_path):
+    folder = odd_task(task_dir, tmp_path / "synth_marker", {2: EMPTY_QUESTION, 5: CORRUPT_IMAGE})
+    run = run_lmms_eval("llava_full", {"pretrained": str(next_checkpoint), "device": "cpu"}, "synth_marker",
+                        tmp_path / "out", tmp_path / "log", include_path=folder, batch_size=4, expected_samples=8,
+                        max_empty_fraction=0.25)
+    by_doc = {sample["doc_id"]: sample for sample in run.samples}
+    assert by_doc[2]["token_counts"] == [{"skipped_reason": "the question is empty"}]  # no counts, no FLOPs
+    assert logged_answer(by_doc[2]) == logged_answer(by_doc[5]) == ""
+    assert skipped_reason(by_doc[5]).startswith("its image cannot be loaded: UnidentifiedImageError: cannot identify")
+    for doc_id in (0, 1, 3, 4, 6, 7):
+        counts = by_doc[doc_id]["token_counts"][0]
+        assert "skipped_reason" not in counts and counts["flops_total"] > 0 and counts["output_tokens"] is not None
+    assert run.results["throughput"]["avg_skipped_samples"] == 2
+    assert set(run.results["results"]["synth_marker"]) >= {"exact_match,none", "anls,none"}
+    accepted = [line for line in (tmp_path / "log").read_text().splitlines() if "answers are empty" in line]
+    assert accepted == [f"synth_marker: 2 of 8 answers are empty (at most 25%, accepted): doc 2 (the question is "
+                        f"empty); doc 5 ({skipped_reason(by_doc[5])})"]
+
+
+@pytest.mark.slow
+def test_too_many_odd_documents_fail_the_job_naming_them(next_checkpoint, task_dir, tmp_path):
+    folder = odd_task(task_dir, tmp_path / "synth_marker", {2: EMPTY_QUESTION, 5: CORRUPT_IMAGE, 6: MISSING_IMAGE})
+    with pytest.raises(EvaluationFailed) as failure:
+        run_lmms_eval("llava_full", {"pretrained": str(next_checkpoint), "device": "cpu"}, "synth_marker",
+                      tmp_path / "out", tmp_path / "log", include_path=folder, batch_size=4, expected_samples=8,
+                      max_empty_fraction=0.25)
+    message = str(failure.value)
+    assert message.startswith("synth_marker: 3 of 8 answers are empty (more than 25%): doc 2 (the question is "
+                              "empty); doc 5 (its image cannot be loaded: UnidentifiedImageError: cannot identify")
+    missing = "doc 6 (its image cannot be loaded: AttributeError: 'NoneType' object has no attribute 'convert')"
+    assert f"; {missing}; lmms-eval wrappers turn generation errors into empty answers, see " in message
+
+
+def test_unanswered_documents_are_grouped_by_reason():
+    from lmms_plugins.run import unanswered_documents
+
+    samples = [{"doc_id": i, "token_counts": [{"skipped_reason": "the question is empty"}]} for i in range(23)]
+    samples += [{"doc_id": 30, "token_counts": [None]}, {"doc_id": 31, "token_counts": []}]
+    assert unanswered_documents(samples) == (
+        "doc " + ", ".join(str(i) for i in range(20)) + " and 3 more (the question is empty); "
+        "doc 30, 31 (no reason logged)")
+
+
+@pytest.fixture(scope="module")
+def plugin(next_checkpoint):
+    from lmms_plugins.models import LlavaFull
+
+    return LlavaFull(pretrained=str(next_checkpoint), device="cpu", batch_size=3)
+
+
+def requests_for(plugin, docs: list[dict]):
+    """lmms-eval Instances of a task "odd" whose documents hold a question and a function returning the visuals."""
+    from lmms_eval.api.instance import Instance
+
+    plugin.task_dict = {"odd": {"test": docs}}
+    return [Instance(request_type="generate_until", idx=0, metadata={"task": "odd", "doc_id": i, "repeats": 1},
+                     arguments=(doc["question"], {"max_new_tokens": 3, "until": ["\n"]}, lambda doc: doc["visuals"](),
+                                i, "odd", "test"))
+            for i, doc in enumerate(docs)]
+
+
+def test_generate_until_sets_aside_what_it_cannot_answer(plugin, monkeypatch):
+    """Reasons per kind of odd document; the others are answered as in a run without the odd ones (batches of 3:
+    the rejected image's batch is rerun sample by sample)."""
+    from conftest import noise_images
+
+    def doc(question, *visuals):
+        return {"question": question, "visuals": lambda: list(visuals)}
+
+    def undecodable():
+        raise OSError("image file is truncated")
+
+    images = noise_images([(60, 100), (96, 96), (40, 80), (50, 50), (13, 17)])
+    good = [doc("what colour is the square", image) for image in images[:4]]
+    without_odd = plugin.generate_until(requests_for(plugin, good))
+
+    process_images = plugin.runner.process_images
+
+    def rejecting(batch):
+        if any(image.size == (17, 13) for image in batch):
+            raise ValueError("unsupported image")
+        return process_images(batch)
+
+    monkeypatch.setattr(plugin.runner, "process_images", rejecting)
+    docs = [good[0], doc(" \n", images[1]), good[1], doc("what", images[2], images[2]), good[2], doc("what", None),
+            doc("what", images[4]), {"question": "what", "visuals": undecodable}, good[3]]
+    results = plugin.generate_until(requests_for(plugin, docs))
+    entries = [result.token_counts.to_dict() for result in results]
+    reasons = {i: entry for i, entry in enumerate(entries) if "skipped_reason" in entry}
+    assert reasons == {  # the whole log entry: no token counts, no FLOPs
+        1: {"skipped_reason": "the question is empty"},
+        3: {"skipped_reason": "expected exactly one image, got 2"},
+        5: {"skipped_reason": "expected exactly one image, got 0"},
+        6: {"skipped_reason": "the model cannot take it: ValueError: unsupported image"},
+        7: {"skipped_reason": "its image cannot be loaded: OSError: image file is truncated"},
+    }
+    assert all(results[i].text == "" for i in reasons)
+    answered = [results[i] for i in (0, 2, 4, 8)]
+    assert [r.text for r in answered] == [r.text for r in without_odd]
+    assert [r.token_counts.to_dict() for r in answered] == [r.token_counts.to_dict() for r in without_odd]
