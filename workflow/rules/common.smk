@@ -1,6 +1,7 @@
 # Parse-time setup: the config checked (defaults filled in) and the configured jobs, by the pure functions of
 # visor_model.workflow_config (no Snakemake, torch or transformers: cheap and offline); the input functions
 # of the evaluations here.
+import json
 from pathlib import Path
 
 from visor_model import workflow_config
@@ -55,3 +56,16 @@ def viable_evaluation_outputs(wildcards):
                 runs.append(run)
     return pending + [f"results/eval/{model}/{method}/{setting}/{benchmark}.json"
                       for model, method, setting in runs for benchmark in BENCHMARKS]
+
+
+def model_mem_mb(rule, folder_input, record=True):
+    """mem_mb of a job of `rule` from the model it loads (workflow_config.job_mem_mb): `folder_input` is the input
+    naming it, a checkpoint record (`record`) or a file in the checkpoint folder. Snakemake evaluates this again
+    once the input exists (before, the FileNotFoundError naming the input leaves mem_mb <TBD>)."""
+    path = Path(folder_input)
+    if record:
+        folder = json.loads(path.read_text())["path"]
+    else:
+        path.stat()  # a FileNotFoundError naming the input while it is not there yet
+        folder = path.parent
+    return workflow_config.job_mem_mb(rule, config, workflow_config.ModelShape.read(folder))
