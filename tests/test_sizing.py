@@ -43,7 +43,7 @@ def test_evaluation_hours_are_the_flop_model_over_the_assumed_throughput():
     config["benchmarks"] = {"docvqa_val": config["benchmarks"]["docvqa_val"]}
     config["methods"] = {"random_drop": [{"models": ["llava_next_7b"], "settings": [{"budget": 0.5, "seed": 0}]}]}
     config["evaluation"]["limit"] = 10
-    a = sizing.Assumptions(tflops=100.0, bandwidth_gbs=1000.0, startup_min=3.0)
+    a = sizing.Assumptions(tflops=100.0, fp32_tflops=10.0, bandwidth_gbs=1000.0, startup_min=3.0)
     shape = sizing.SHAPES["llava_next"]
     n_visual = round(2928 * 0.5)  # a document: NeXT's 2x2 grid, half of its visual tokens kept
     prefill = model_prefill_flops(shape, n_text=64, n_visual=n_visual, n_crops=5).total
@@ -56,6 +56,9 @@ def test_evaluation_hours_are_the_flop_model_over_the_assumed_throughput():
     rows = sizing.estimate(config, a)
     assert rows["evaluate"]["jobs"] == 1
     assert rows["evaluate"]["gpu_hours"] == pytest.approx(3.0 / 60 + 10 * seconds / 3600, rel=1e-12)
+    config["evaluation"]["dtype"] = "float32"  # at float32's throughput
+    seconds += (prefill + decode) / 10e12 - (prefill + decode) / 100e12
+    assert sizing.estimate(config, a)["evaluate"]["gpu_hours"] == pytest.approx(3.0 / 60 + 10 * seconds / 3600)
 
 
 def test_unknown_lmms_eval_task_names_the_table():
@@ -87,4 +90,4 @@ def test_the_command_prints_every_rule(config):
     assert rules == ["generate_benchmark", "train_reference", "provide_checkpoint", "evaluate", "measure_latency",
                      "train_visor", "label_policy", "train_policy", "aggregate", "audit_claims", "report_section",
                      "report", "total"]
-    assert "assumed: 200 TFLOP/s achieved at prefill" in result.stdout
+    assert "assumed: 200 TFLOP/s achieved at prefill (bf16; float32: 40)" in result.stdout

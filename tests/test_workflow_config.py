@@ -273,7 +273,7 @@ def test_training_cli_flags_come_from_the_dataclass_fields():
     universal, architecture, policy, device = visor_config.visor_options(visor_config.arguments_options(args),
                                                                          args.seed, args.threads)
     assert universal.stage2_freeze_host and device == visor_config.DeviceConfig("cuda", "bfloat16")
-    assert universal.train_data == visor_config.TrainData("/data/ov", None, "train", 9)
+    assert universal.train_data == visor_config.TrainData("/data/ov", None, "train", 9, None)
     assert (universal.stage1_steps, universal.stage2_steps, universal.batch_size, universal.seed, universal.threads,
             universal.stage1_sampling) == (3, 4, 2, 5, 2, "largest")
     assert (policy.viable_per_task, policy.label_per_task, policy.router_steps, policy.router_lr) == (6, 7, 8, 0.01)

@@ -115,7 +115,8 @@ BENCHMARKS = {
 class Assumptions:
     """What the estimate assumes of the machine (an H100/H200 running these models through HF transformers)."""
 
-    tflops: float = 200.0  # achieved bf16 TFLOP/s at prefill: ~20% of an H100's 989 dense
+    tflops: float = 200.0  # achieved bf16 / fp16 TFLOP/s at prefill: ~20% of an H100's 989 dense
+    fp32_tflops: float = 40.0  # achieved in float32 (no TF32; an H100's float32 peak is 67)
     bandwidth_gbs: float = 1500.0  # achieved HBM GB/s when decode reads the weights (H100: 3,350 peak)
     startup_min: float = 2.0  # per job: load the checkpoint, import lmms-eval, open the task's data
 
@@ -139,9 +140,9 @@ def kept_fraction(method: str, setting: dict) -> float:
 
 
 def sample_seconds(cost: tuple[LlavaShape, dict], profile: BenchmarkProfile, fraction: float, batch: int,
-                   a: Assumptions) -> float:
-    """One sample's share of GPU time: prefill FLOPs / throughput + its decode steps (weights read once per
-    batched step; decode FLOPs are small next to that)."""
+                   a: Assumptions, dtype: str = "bfloat16") -> float:
+    """One sample's share of GPU time: prefill FLOPs / the throughput at `dtype` + its decode steps (weights read
+    once per batched step; decode FLOPs are small next to that)."""
     shape, images = cost
     crops, visual = images[profile.image]
     n_visual = max(1, round(visual * fraction))
@@ -153,7 +154,8 @@ def sample_seconds(cost: tuple[LlavaShape, dict], profile: BenchmarkProfile, fra
                                               + 3 * shape.llm.hidden * shape.llm.intermediate)
                         + shape.llm.hidden * shape.llm.vocab)
     read = profile.answer_tokens * weight_bytes / (a.bandwidth_gbs * 1e9) / batch
-    return (prefill + decode) / (a.tflops * 1e12) + read
+    tflops = a.fp32_tflops if dtype == "float32" else a.tflops
+    return (prefill + decode) / (tflops * 1e12) + read
 
 
 def visor_family_size(shape: LlavaShape) -> int:
@@ -174,22 +176,23 @@ def estimate(config: dict, a: Assumptions = Assumptions()) -> dict[str, dict]:
     startup = a.startup_min / 60
     for model, method, setting in runs:
         for profile in profiles.values():
-            seconds = sample_seconds(costs[model], profile, kept_fraction(method, setting), evaluation["batch_size"], a)
+            seconds = sample_seconds(costs[model], profile, kept_fraction(method, setting), evaluation["batch_size"], a,
+                                     evaluation["dtype"])
             hours["evaluate"] += startup + profile.samples * seconds / 3600
         image = "synthetic" if latency["image_size"] is None or costs[model][1] is REFERENCE_IMAGES else "photo"
         timed = BenchmarkProfile(1, image, answer_tokens=latency["max_new_tokens"])
         per_run = latency["samples"] * (latency["warmup"] + latency["repeats"])
-        hours["measure_latency"] += startup + per_run * sample_seconds(costs[model], timed,
-                                                                       kept_fraction(method, setting), 1, a) / 3600
+        hours["measure_latency"] += startup + per_run * sample_seconds(
+            costs[model], timed, kept_fraction(method, setting), 1, a, evaluation["dtype"]) / 3600
     synthetic = BenchmarkProfile(1, "synthetic", text_tokens=16, answer_tokens=2)
     tasks = len(workflow_config.training_benchmarks(config))
     visor_models = visor["models"] if "visor" in config["methods"] else []
     for model in visor_models:
         cost = costs[model]
         image = "photo" if visor["train_data"] is not None and cost[1] is not REFERENCE_IMAGES else "synthetic"
-        train_sample = sample_seconds(cost, BenchmarkProfile(1, image, answer_tokens=0), 1.0, 1, a)
+        train_sample = sample_seconds(cost, BenchmarkProfile(1, image, answer_tokens=0), 1.0, 1, a, visor["dtype"])
         steps = visor["stage1_steps"] + visor["stage2_steps"]
-        infer = sample_seconds(cost, synthetic, 1.0, visor["inference_batch_size"], a)
+        infer = sample_seconds(cost, synthetic, 1.0, visor["inference_batch_size"], a, visor["dtype"])
         viable = visor_family_size(cost[0])
         hours["train_visor"] += startup + (3 * steps * visor["batch_size"] * train_sample  # forward + backward
                                            + viable * tasks * visor["viable_per_task"] * infer) / 3600
@@ -230,7 +233,8 @@ def report(config: dict, a: Assumptions, benchmarks_dir: Path | None = None) -> 
         lines.append(f"{rule:<20}{row['jobs']:>6}{row['gpu_hours']:>24.2f}{mean:>16}{hours:>18}")
     total = sum(row["gpu_hours"] for row in rows.values())
     lines.append(f"{'total':<20}{sum(row['jobs'] for row in rows.values()):>6}{total:>24.2f}")
-    lines.append(f"assumed: {a.tflops:.0f} TFLOP/s achieved at prefill (bf16), {a.bandwidth_gbs:.0f} GB/s when "
+    lines.append(f"assumed: {a.tflops:.0f} TFLOP/s achieved at prefill (bf16; float32: {a.fp32_tflops:.0f}), "
+                 f"{a.bandwidth_gbs:.0f} GB/s when "
                  f"decoding, {a.startup_min:.1f} min start-up per job; viable VISOR configurations counted at "
                  "their most (the family) and costed at full compute")
     return "\n".join(lines)
@@ -241,13 +245,15 @@ def main() -> None:
     parser.add_argument("--configfile", required=True, type=Path)
     parser.add_argument("--benchmarks", type=Path, default=Path("benchmarks"),
                         help="Snakemake benchmark folder with measured jobs (default: ./benchmarks)")
-    parser.add_argument("--tflops", type=float, default=Assumptions.tflops)
+    parser.add_argument("--tflops", type=float, default=Assumptions.tflops, help="achieved bf16 TFLOP/s")
+    parser.add_argument("--fp32-tflops", type=float, default=Assumptions.fp32_tflops)
     parser.add_argument("--bandwidth", type=float, default=Assumptions.bandwidth_gbs, help="GB/s")
     parser.add_argument("--startup-min", type=float, default=Assumptions.startup_min)
     args = parser.parse_args()
     config = yaml.safe_load(args.configfile.read_text())
     workflow_config.check(config, SCHEMA, overlay=config, replace_workflow_config=True)
-    print(report(config, Assumptions(args.tflops, args.bandwidth, args.startup_min), args.benchmarks))
+    assumptions = Assumptions(args.tflops, args.fp32_tflops, args.bandwidth, args.startup_min)
+    print(report(config, assumptions, args.benchmarks))
 
 
 if __name__ == "__main__":

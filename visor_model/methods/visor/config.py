@@ -160,12 +160,14 @@ class TrainData:
     """VISOR's training examples from a Hugging Face dataset in LLaVA-OneVision's data format (an `image`
     column and `conversations`, a list of {"from": "human" | "gpt", "value": ...} turns with `<image>` in the
     human turn; the first human/gpt pair is the question and answer) instead of the synthetic train splits.
-    `dataset`: a hub id or a local folder; `revision`: a pinned commit (hub ids); `limit`: the first rows only."""
+    `dataset`: a hub id or a local folder; `subset`: its configuration (e.g. one source of
+    lmms-lab/LLaVA-OneVision-Data); `revision`: a pinned commit (hub ids); `limit`: the first rows only."""
 
     dataset: str
     revision: str | None = None
     split: str = "train"
     limit: int | None = None
+    subset: str | None = None
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
@@ -278,6 +280,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset-revision", default=data["revision"])
     parser.add_argument("--dataset-split", default=data["split"])
     parser.add_argument("--dataset-limit", type=int, default=data["limit"])
+    parser.add_argument("--dataset-subset", default=data["subset"])
     for f in option_fields():
         if not f.metadata["flag"]:
             continue
@@ -297,5 +300,5 @@ def arguments_options(args: argparse.Namespace) -> dict:
     """The named options of parsed arguments (see add_arguments), for visor_options."""
     options = {f.name: getattr(args, f.name) for f in option_fields() if f.metadata["flag"]}
     options["train_data"] = None if args.dataset is None else TrainData(
-        args.dataset, args.dataset_revision, args.dataset_split, args.dataset_limit)
+        args.dataset, args.dataset_revision, args.dataset_split, args.dataset_limit, args.dataset_subset)
     return options

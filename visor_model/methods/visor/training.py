@@ -105,10 +105,10 @@ def load_hf_examples(data: TrainData) -> list[Example]:
 
     split = data.split if data.limit is None else f"{data.split}[:{data.limit}]"
     try:
-        table = datasets.load_dataset(data.dataset, revision=data.revision, split=split)
+        table = datasets.load_dataset(data.dataset, data.subset, revision=data.revision, split=split)
     except Exception as error:  # offline, unknown id, missing split ...
-        raise RuntimeError(f"could not load VISOR training data {data.dataset!r} (revision {data.revision!r}, "
-                           f"split {split!r}): {error}") from None
+        raise RuntimeError(f"could not load VISOR training data {data.dataset!r} (subset {data.subset!r}, revision "
+                           f"{data.revision!r}, split {split!r}): {error}") from None
     missing = {"image", "conversations"} - set(table.column_names)
     if missing:
         raise ValueError(f"dataset {data.dataset!r} lacks columns {sorted(missing)} (LLaVA-OneVision's format: "
