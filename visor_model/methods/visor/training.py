@@ -9,9 +9,9 @@ train_policy); `train_visor` runs all three in sequence for users of the Python 
 
 1. `train_universal_checkpoint` (rule train_visor). Universal training: stage 1 trains only the new modules
    (CA blocks with their gates, positional conv) with the host frozen; stage 2 fine-tunes everything (the VISOR
-   modules only with `stage2_freeze_host`). Every
-   step samples one configuration of the family (`VisorConfig.family`: the evenly spread k-subset of SA
-   candidates for k = 0..n, k uniform), seeded by (seed, step), like the batch. Loss: next-token
+   modules only with `stage2_freeze_host`). Every step samples one configuration of the family
+   (`VisorConfig.family`: the evenly spread k-subset of SA candidates for k = 0..n, k uniform), seeded by
+   (seed, step), like the batch. Loss: next-token
    cross-entropy on the answer tokens. Resumable: the state (weights, AdamW moments, step) is saved every
    `save_every` steps with `visor_model.training.save_train_state`; a state made with another configuration
    or base checkpoint is discarded, not resumed. Then the viable configurations: every family member is
