@@ -1,6 +1,7 @@
 # Parse-time setup: the config checked (defaults filled in) and the configured jobs, by the pure functions of
 # visor_model.workflow_config (no Snakemake, torch or transformers: cheap and offline); the input functions
 # of the evaluations here.
+import errno
 import json
 from pathlib import Path
 
@@ -60,12 +61,14 @@ def viable_evaluation_outputs(wildcards):
 
 def model_mem_mb(rule, folder_input, record=True):
     """mem_mb of a job of `rule` from the model it loads (workflow_config.job_mem_mb): `folder_input` is the input
-    naming it, a checkpoint record (`record`) or a file in the checkpoint folder. Snakemake evaluates this again
-    once the input exists (before, the FileNotFoundError naming the input leaves mem_mb <TBD>)."""
+    naming it, a checkpoint record (`record`) or a file in the checkpoint folder. While that is not readable (not
+    made yet, or a placeholder) this raises a FileNotFoundError naming the input, which leaves mem_mb <TBD>;
+    Snakemake evaluates it again once the input exists, and a job whose checkpoint is broken names the fault
+    when it loads it."""
     path = Path(folder_input)
-    if record:
-        folder = json.loads(path.read_text())["path"]
-    else:
-        path.stat()  # a FileNotFoundError naming the input while it is not there yet
-        folder = path.parent
-    return workflow_config.job_mem_mb(rule, config, workflow_config.ModelShape.read(folder))
+    try:
+        folder = json.loads(path.read_text())["path"] if record else path.parent
+        shape = workflow_config.ModelShape.read(folder)
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise FileNotFoundError(errno.ENOENT, f"no readable checkpoint behind {path}: {error}", str(path)) from None
+    return workflow_config.job_mem_mb(rule, config, shape)
