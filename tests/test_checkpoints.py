@@ -15,6 +15,7 @@ from visor_model.llava.checkpoints import (
     load_checkpoint,
     provide_checkpoint,
     resolve_checkpoint,
+    weights_sha256,
     write_sha256sums,
 )
 
@@ -30,8 +31,35 @@ def test_roundtrip_loads_the_saved_weights(tiny_checkpoint):
     loaded = load_checkpoint(str(tiny_checkpoint))
     assert loaded.family in ("llava_next", "llava_onevision")
     assert loaded.tokenizer.chat_template is not None
-    assert len(loaded.weights_sha256) == 64
+    assert loaded.weights_sha256 is None  # hashed once by provide_checkpoint, not on every load
     assert not loaded.model.training
+
+
+def test_loading_never_hashes_the_weights(tiny_checkpoint, monkeypatch):
+    """Every evaluation loads the checkpoint: re-hashing a 7B model's 14 GB there took minutes per job."""
+    from visor_model.llava import checkpoints
+
+    def refuse(*args):
+        raise AssertionError("load_checkpoint hashed the weights")
+
+    monkeypatch.setattr(checkpoints, "update_sha256", refuse)
+    monkeypatch.setattr(checkpoints, "sha256_file", refuse)
+    assert load_checkpoint(str(tiny_checkpoint), weights_sha256="ab" * 32).weights_sha256 == "ab" * 32
+
+
+def test_the_record_has_the_hash_and_size_of_the_weights(tiny_checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    write_sha256sums(folder)
+    family = load_checkpoint(str(folder)).family
+    record = provide_checkpoint({"family": family, "checkpoint": {"source": "shipped", "path": str(folder)}},
+                                "shipped", tmp_path)
+    assert record["weights_sha256"] == weights_sha256(folder)
+    tensors = [t for f in sorted(folder.glob("*.safetensors")) for t in load_file(str(f)).values()]
+    assert record["size"] == {"parameters": sum(t.numel() for t in tensors),
+                              "bytes": sum(f.stat().st_size for f in folder.glob("*.safetensors"))}
+    assert all(t.dtype == torch.float32 for t in tensors)
 
 
 def test_missing_folder(tmp_path):
@@ -105,8 +133,8 @@ def test_hub_path_offline_from_a_prepopulated_cache(tiny_checkpoint, tmp_path, m
     spec = {"family": family, "checkpoint": {"source": "hub", "repo": "tiny-org/tiny-llava", "revision": REVISION}}
     record = provide_checkpoint(spec, "hub", tmp_path / "unused")
     assert record["revision"] == REVISION and Path(record["path"]).name == REVISION
-    loaded = load_checkpoint("tiny-org/tiny-llava", REVISION)
-    assert loaded.weights_sha256 == load_checkpoint(str(tiny_checkpoint)).weights_sha256
+    assert load_checkpoint("tiny-org/tiny-llava", REVISION).family == family
+    assert record["weights_sha256"] == weights_sha256(tiny_checkpoint)
     # a blob whose content no longer matches the pinned hash is refused
     blob = next(b for b in (root / "blobs").iterdir() if b.stat().st_size > 100_000)
     blob.write_bytes(blob.read_bytes()[:-1] + b"\0")

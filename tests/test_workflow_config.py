@@ -233,17 +233,18 @@ def test_each_stage_reads_its_options_from_the_dataclasses():
     config = workflow_config.check(micro_config(), SCHEMA)
     universal = workflow_config.visor_section(config, workflow_config.UNIVERSAL)
     assert tuple(universal) == ("stage1_steps", "stage2_steps", "batch_size", "stage1_lr", "stage2_lr",
-                                "warmup_steps", "stage1_sampling", "ca_layers", "sa_candidates", "conv_kernel",
-                                "gate_init", "ca_init", "ca_rope", "router_hidden", "viable_per_task",
-                                "inference_batch_size")
+                                "warmup_steps", "stage1_sampling", "stage2_freeze_host", "train_data", "ca_layers",
+                                "sa_candidates", "conv_kernel", "gate_init", "ca_init", "ca_rope", "router_hidden",
+                                "viable_per_task", "inference_batch_size", "device", "dtype")
     assert tuple(workflow_config.visor_section(config, workflow_config.LABEL)) == (
-        "viable_per_task", "label_per_task", "inference_batch_size")
+        "viable_per_task", "label_per_task", "inference_batch_size", "device", "dtype")
     assert tuple(workflow_config.visor_section(config, workflow_config.POLICY)) == (
-        "router_steps", "router_lr", "router_batch_size")
+        "router_steps", "router_lr", "router_batch_size", "device", "dtype")
     assert universal["stage1_steps"] == 2 and universal["inference_batch_size"] == 8
     every = {key for stage in visor_config.STAGES for key in visor_config.stage_options(stage)}
     assert every == set(visor_config.option_defaults()) - {"threads"}
-    universal_config, architecture, policy = visor_config.visor_options(universal, seed=3, threads=2)
+    universal_config, architecture, policy, device = visor_config.visor_options(universal, seed=3, threads=2)
+    assert device == visor_config.DeviceConfig("auto", "float32") and universal_config.train_data is None
     assert (universal_config.stage1_steps, universal_config.seed, universal_config.threads) == (2, 3, 2)
     assert architecture == {"seed": 3, **{k: universal[k] for k in visor_config.ARCHITECTURE_OPTIONS}}
     assert policy.viable_per_task == 4 and policy.label_per_task == visor_config.PolicyConfig.label_per_task
@@ -259,16 +260,20 @@ def parse(*args: str) -> argparse.Namespace:
 
 def test_training_cli_flags_come_from_the_dataclass_fields():
     args = parse()
-    universal, architecture, policy = visor_config.visor_options(visor_config.arguments_options(args), args.seed,
-                                                                 args.threads)
+    universal, architecture, policy, device = visor_config.visor_options(visor_config.arguments_options(args),
+                                                                         args.seed, args.threads)
     assert universal == visor_config.UniversalConfig() and policy == visor_config.PolicyConfig()
+    assert device == visor_config.DeviceConfig()
     assert visor_config.VisorConfig(n_layers=6, **architecture) == visor_config.VisorConfig(n_layers=6)
     args = parse("--stage1-steps", "3", "--stage2-steps", "4", "--batch-size", "2", "--seed", "5", "--threads", "2",
                  "--stage1-sampling", "largest", "--viable-per-task", "6", "--label-per-task", "7",
                  "--router-steps", "8", "--router-lr", "0.01", "--ca-layers", "0", "--sa-candidates", "1", "4",
-                 "--no-ca-rope", "--ca-init", "random")
-    universal, architecture, policy = visor_config.visor_options(visor_config.arguments_options(args), args.seed,
-                                                                 args.threads)
+                 "--no-ca-rope", "--ca-init", "random", "--stage2-freeze-host", "--device", "cuda",
+                 "--dtype", "bfloat16", "--dataset", "/data/ov", "--dataset-limit", "9")
+    universal, architecture, policy, device = visor_config.visor_options(visor_config.arguments_options(args),
+                                                                         args.seed, args.threads)
+    assert universal.stage2_freeze_host and device == visor_config.DeviceConfig("cuda", "bfloat16")
+    assert universal.train_data == visor_config.TrainData("/data/ov", None, "train", 9, None)
     assert (universal.stage1_steps, universal.stage2_steps, universal.batch_size, universal.seed, universal.threads,
             universal.stage1_sampling) == (3, 4, 2, 5, 2, "largest")
     assert (policy.viable_per_task, policy.label_per_task, policy.router_steps, policy.router_lr) == (6, 7, 8, 0.01)

@@ -13,8 +13,11 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
 import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 from jsonschema import Draft202012Validator, validators
@@ -243,3 +246,127 @@ def gpu_per_job() -> int:
     """GPUs a job that would use one declares: 1 where there is one (profiles/default limits it to the GPUs
     present), else 0."""
     return 1 if shutil.which("nvidia-smi") else 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# job memory, from the model's size and the data (rules' mem_mb)
+
+MB = 2**20
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Python, torch, transformers, lmms-eval and datasets in a job before any model: the offline default's evaluate
+# jobs peak at about 650 MB RSS with a 1 MB model (benchmarks/evaluate/*.tsv); with room for a task's documents.
+RUNTIME_MB = 2000
+TEXT_TOKENS = 256  # prompt and answer tokens beside the image: a bound per sample
+SYNTHETIC_IMAGE_BYTES = 144 * 144 * 3  # a decoded synthetic scene (at most 144 px a side)
+HF_IMAGE_BYTES = 1024 * 1024 * 3  # a decoded training image of an HF dataset (LLaVA-OneVision's: ~1 megapixel)
+HF_ROWS_WITHOUT_LIMIT = 100_000  # train_data without a limit is sized for this many rows
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a job's memory depends on: the checkpoint's safetensors (elements, file bytes) and its config.json.
+    `tokens` bounds a sample's sequence: the visual tokens of the largest AnyRes grid (LLaVA-OneVision's
+    anyres_max_N caps them at N + 1 crops' worth) plus TEXT_TOKENS; `max_crops` the crops the processor makes."""
+
+    parameters: int
+    file_bytes: int
+    layers: int
+    hidden: int
+    kv_dim: int
+    tokens: int
+    max_crops: int
+    crop_values: int  # 3 x H x W of one crop
+
+    @classmethod
+    def read(cls, folder) -> "ModelShape":
+        folder = Path(folder)
+        config = json.loads((folder / "config.json").read_text())
+        text, vision = config["text_config"], config["vision_config"]
+        side = vision["image_size"]
+        cells = max(h * w for h, w in config["image_grid_pinpoints"]) // side**2
+        cap = re.fullmatch(r"anyres_max_(\d+)", config.get("vision_aspect_ratio", ""))
+        per_crop = (side // vision["patch_size"]) ** 2
+        heads = text["num_attention_heads"]
+        head_dim = text.get("head_dim") or text["hidden_size"] // heads
+        parameters, file_bytes = safetensors_size(folder)
+        return cls(parameters=parameters, file_bytes=file_bytes, layers=text["num_hidden_layers"],
+                   hidden=text["hidden_size"], kv_dim=text.get("num_key_value_heads", heads) * head_dim,
+                   tokens=per_crop * (1 + min(cells, int(cap.group(1)) if cap else cells)) + TEXT_TOKENS,
+                   max_crops=1 + cells, crop_values=3 * side * side)
+
+
+def safetensors_size(folder) -> tuple[int, int]:
+    """(tensor elements, file bytes) of a folder's safetensors, from their headers (8-byte length, then JSON)."""
+    parameters, file_bytes = 0, 0
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with open(file, "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        parameters += sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+        file_bytes += file.stat().st_size
+    return parameters, file_bytes
+
+
+def resolve_device(device: str) -> str:
+    """A job's device as the plugins resolve it ("auto": cuda where there is a GPU, else cpu), without torch."""
+    return ("cuda" if gpu_per_job() else "cpu") if device in ("auto", "", None) else device
+
+
+def _loaded_bytes(shape: ModelShape, dtype: str) -> int:
+    """Host memory of loading: the mapped safetensors plus the model at `dtype` (moved to a GPU afterwards)."""
+    return shape.file_bytes + shape.parameters * DTYPE_BYTES[dtype]
+
+
+def _inference_bytes(shape: ModelShape, dtype: str, batch: int) -> int:
+    """A batch's activations at inference: the KV cache plus a layer's hidden states (x 8: MLP and attention)."""
+    return batch * shape.tokens * (2 * shape.layers * shape.kv_dim + 8 * shape.hidden) * DTYPE_BYTES[dtype]
+
+
+def _pixel_bytes(shape: ModelShape, batch: int) -> int:
+    """A batch's processed pixels (float32, every crop of the largest grid)."""
+    return batch * shape.max_crops * shape.crop_values * 4
+
+
+def visor_train_rows(config: dict) -> int:
+    """Examples VISOR's universal training holds in memory: train_data's rows, else the synthetic train splits."""
+    data = config["visor"]["train_data"]
+    if data is not None:
+        return data.get("limit") or HF_ROWS_WITHOUT_LIMIT
+    return sum(config["benchmarks"][b]["train"] for b in training_benchmarks(config))
+
+
+def job_mem_mb(rule: str, config: dict, shape: ModelShape | None = None) -> int:
+    """mem_mb (host memory) of a job of `rule` on a model of `shape` (None for train_reference, whose model is
+    made in the job and small): RUNTIME_MB + loading the model at the job's dtype + the data it holds + on CPU
+    (where activations, gradients and AdamW moments live on the host) the batch's activations and the optimizer;
+    on a GPU those are device memory. Bounds, not measurements: see benchmarks/<rule>/ for the measured peaks."""
+    evaluation, visor = config["evaluation"], config["visor"]
+    if rule == "train_reference":
+        rows = sum(config["benchmarks"][b]["train"] for b in training_benchmarks(config))
+        return RUNTIME_MB + math.ceil(rows * SYNTHETIC_IMAGE_BYTES / MB) + 500  # the reference model's training
+    if shape is None:
+        raise ValueError(f"job_mem_mb({rule!r}) needs the model's shape")
+    if rule in ("evaluate", "measure_latency"):
+        device, dtype = resolve_device(evaluation["device"]), evaluation["dtype"]
+        batch = evaluation["batch_size"] if rule == "evaluate" else 1
+        data = _pixel_bytes(shape, batch) + (_inference_bytes(shape, dtype, batch) if device == "cpu" else 0)
+    elif rule in ("train_visor", "label_policy", "train_policy"):
+        device, dtype = resolve_device(visor["device"]), visor["dtype"]
+        val_rows = len(training_benchmarks(config)) * (visor["viable_per_task"] + visor["label_per_task"])
+        data = val_rows * SYNTHETIC_IMAGE_BYTES + _pixel_bytes(shape, visor["inference_batch_size"])
+        if device == "cpu":
+            data += _inference_bytes(shape, dtype, visor["inference_batch_size"])
+        if rule == "train_visor":
+            image_bytes = HF_IMAGE_BYTES if visor["train_data"] is not None else SYNTHETIC_IMAGE_BYTES
+            data += visor_train_rows(config) * image_bytes + _pixel_bytes(shape, visor["batch_size"])
+            if device == "cpu":
+                # gradients + two AdamW moments of what trains (VISOR's modules: under a third of the host's
+                # size; everything in stage 2 unless the host is frozen), and the activations kept for backward
+                trainable = shape.parameters // 3 if visor["stage2_freeze_host"] else shape.parameters
+                data += 3 * trainable * DTYPE_BYTES[dtype]
+                data += visor["batch_size"] * shape.tokens * shape.layers * 17 * shape.hidden * DTYPE_BYTES[dtype]
+        if rule == "train_policy" and device == "cpu":  # the labelling rows' spliced prompts, kept for every step
+            data += len(training_benchmarks(config)) * visor["label_per_task"] * shape.tokens * shape.hidden * \
+                DTYPE_BYTES[dtype]
+    else:
+        raise ValueError(f"no memory model for rule {rule!r}")
+    return RUNTIME_MB + math.ceil((_loaded_bytes(shape, dtype) + data) / MB)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,8 @@ class LoadedCheckpoint:
     path: Path
     source: str
     revision: str | None
-    weights_sha256: str
+    # the checkpoint record's hash (provide_checkpoint), when the caller passed it; load_checkpoint never hashes
+    weights_sha256: str | None = None
 
 
 def resolve_checkpoint(source: str, revision: str | None = None) -> Path:
@@ -79,12 +81,27 @@ def resolve_checkpoint(source: str, revision: str | None = None) -> Path:
 
 
 def weights_sha256(path: Path) -> str:
-    """sha256 over the safetensors files of a checkpoint, in name order."""
+    """sha256 over the safetensors files of a checkpoint, in name order. Minutes for a 7B model: computed once per
+    checkpoint by provide_checkpoint (and train_policy for VISOR), which record it; jobs read it from the record."""
     digest = hashlib.sha256()
     for file in sorted(path.glob("*.safetensors")):
         digest.update(file.name.encode())
         update_sha256(digest, file)
     return digest.hexdigest()
+
+
+def weights_size(path: Path) -> dict:
+    """{"parameters": tensor elements, "bytes": file bytes} of a checkpoint's safetensors, from their headers
+    (nothing loaded): what the workflow sizes its jobs' memory from (visor_model.workflow_config.job_mem_mb)."""
+    from safetensors import safe_open
+
+    parameters = 0
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                shape = handle.get_slice(name).get_shape()
+                parameters += math.prod(shape)
+    return {"parameters": parameters, "bytes": sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))}
 
 
 def check_checkpoint_folder(path: Path) -> str:
@@ -130,9 +147,11 @@ def load_image_processor(path: Path, family: str):
 
 
 def load_checkpoint(
-    source: str, revision: str | None = None, device: str = "cpu", dtype: str = "float32"
+    source: str, revision: str | None = None, device: str = "cpu", dtype: str = "float32",
+    weights_sha256: str | None = None,
 ) -> LoadedCheckpoint:
-    """Model, tokenizer and PIL image processor of a LLaVA-NeXT or LLaVA-OneVision checkpoint."""
+    """Model, tokenizer and PIL image processor of a LLaVA-NeXT or LLaVA-OneVision checkpoint. `weights_sha256`:
+    the hash recorded for it (the checkpoint record's), kept as provenance; nothing is hashed here."""
     import transformers
 
     if dtype not in DTYPES:
@@ -156,7 +175,7 @@ def load_checkpoint(
         path=path,
         source=source,
         revision=revision,
-        weights_sha256=weights_sha256(path),
+        weights_sha256=weights_sha256,
     )
 
 
@@ -233,4 +252,5 @@ def provide_checkpoint(spec: dict, source: str, trained_dir: Path) -> dict:
         "revision": revision,
         "family": family,
         "weights_sha256": weights_sha256(path),
+        "size": weights_size(path),
     }

@@ -42,36 +42,26 @@ from visor_model.training import (
 
 
 class EncodedExamples:
-    """Examples with images already run through the image processor and prompts tokenised (done once)."""
+    """Training examples with prompts and answers tokenised once; images run through the image processor per
+    batch. Caching processed pixels would hold every crop in float32 (a 384x384 crop is 1.7 MB: about 32 GB for
+    the synthetic splits at LLaVA-OneVision's crop counts); the processor works per image (the batch only pads
+    crops, which the vision tower never sees), so a batch's pixels are the same either way."""
 
     def __init__(self, examples: list[Example], tokenizer, image_processor, image_token_id: int):
         self.examples = examples
-        self.crops, self.sizes, self.prompts, self.targets = [], [], [], []
-        for start in range(0, len(examples), 256):
-            chunk = examples[start : start + 256]
-            processed = image_processor([e.image for e in chunk], return_tensors="pt")
-            for pixels, size in zip(processed["pixel_values"], processed["image_sizes"]):
-                self.sizes.append(size)
-                self.crops.append(pixels)
-        n_crops = [c.shape[0] for c in self.crops]
-        for e in examples:
-            self.prompts.append(prompt_ids(tokenizer, image_token_id, e.question))
-            answer = tokenizer(" " + e.answer, add_special_tokens=False).input_ids
-            self.targets.append(answer + [tokenizer.eos_token_id])
-        self.n_crops = n_crops
+        self.image_processor = image_processor
+        self.prompts = [prompt_ids(tokenizer, image_token_id, e.question) for e in examples]
+        self.targets = [tokenizer(" " + e.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+                        for e in examples]
 
     def __len__(self):
         return len(self.examples)
 
     def batch(self, indices: list[int]):
-        max_crops = max(self.crops[i].shape[0] for i in indices)
-        pixels = torch.stack([
-            torch.cat([self.crops[i],
-                       self.crops[i].new_zeros(max_crops - self.crops[i].shape[0], *self.crops[i].shape[1:])])
-            for i in indices
-        ])
-        sizes = torch.stack([self.sizes[i] for i in indices])
-        return pixels, sizes, [self.prompts[i] for i in indices], [self.targets[i] for i in indices]
+        """(pixel_values [B, max_crops, 3, H, W], image_sizes [B, 2], prompts, targets) of the examples `indices`."""
+        processed = self.image_processor([self.examples[i].image for i in indices], return_tensors="pt")
+        return (processed["pixel_values"], processed["image_sizes"], [self.prompts[i] for i in indices],
+                [self.targets[i] for i in indices])
 
 
 def curriculum_weights(examples: list[Example], progress: float) -> torch.Tensor:

@@ -24,7 +24,7 @@ rule train_reference:
         "benchmarks/train_reference/{model}.tsv"
     threads: config["training"]["threads"]
     resources:
-        mem_mb=6000,
+        mem_mb=workflow_config.job_mem_mb("train_reference", config),
         gpu=GPU_PER_JOB,
     script:
         "../scripts/train_reference.py"

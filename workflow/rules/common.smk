@@ -1,6 +1,8 @@
 # Parse-time setup: the config checked (defaults filled in) and the configured jobs, by the pure functions of
 # visor_model.workflow_config (no Snakemake, torch or transformers: cheap and offline); the input functions
 # of the evaluations here.
+import errno
+import json
 from pathlib import Path
 
 from visor_model import workflow_config
@@ -55,3 +57,18 @@ def viable_evaluation_outputs(wildcards):
                 runs.append(run)
     return pending + [f"results/eval/{model}/{method}/{setting}/{benchmark}.json"
                       for model, method, setting in runs for benchmark in BENCHMARKS]
+
+
+def model_mem_mb(rule, folder_input, record=True):
+    """mem_mb of a job of `rule` from the model it loads (workflow_config.job_mem_mb): `folder_input` is the input
+    naming it, a checkpoint record (`record`) or a file in the checkpoint folder. While that is not readable (not
+    made yet, or a placeholder) this raises a FileNotFoundError naming the input, which leaves mem_mb <TBD>;
+    Snakemake evaluates it again once the input exists, and a job whose checkpoint is broken names the fault
+    when it loads it."""
+    path = Path(folder_input)
+    try:
+        folder = json.loads(path.read_text())["path"] if record else path.parent
+        shape = workflow_config.ModelShape.read(folder)
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise FileNotFoundError(errno.ENOENT, f"no readable checkpoint behind {path}: {error}", str(path)) from None
+    return workflow_config.job_mem_mb(rule, config, shape)

@@ -17,7 +17,7 @@ rule measure_latency:
         "benchmarks/measure_latency/{model}/{method}/{setting}.tsv"
     threads: config["latency"]["threads"]
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, input: model_mem_mb("measure_latency", input.checkpoint),
         gpu=GPU_PER_JOB,
     script:
         "../scripts/measure_latency.py"

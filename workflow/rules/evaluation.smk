@@ -30,7 +30,7 @@ rule evaluate:
         "benchmarks/evaluate/{model}/{method}/{setting}/{benchmark}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, input: model_mem_mb("evaluate", input.checkpoint),
         gpu=GPU_PER_JOB,
     script:
         "../scripts/evaluate.py"

@@ -48,7 +48,7 @@ checkpoint train_visor:
         model=alternatives(VISOR_MODELS),
     threads: config["visor"]["threads"]
     resources:
-        mem_mb=6000,
+        mem_mb=lambda wildcards, input: model_mem_mb("train_visor", input.checkpoint),
         gpu=GPU_PER_JOB,
     script:
         "../scripts/train_visor.py"
@@ -70,7 +70,7 @@ rule label_policy:
         model=alternatives(VISOR_MODELS),
     threads: config["visor"]["threads"]
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, input: model_mem_mb("label_policy", input.universal, record=False),
         gpu=GPU_PER_JOB,
     script:
         "../scripts/label_policy.py"
@@ -96,7 +96,7 @@ rule train_policy:
         model=alternatives(VISOR_MODELS),
     threads: config["visor"]["threads"]
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, input: model_mem_mb("train_policy", input.universal, record=False),
         gpu=GPU_PER_JOB,
     script:
         "../scripts/train_policy.py"

@@ -10,7 +10,7 @@ from visor_model.methods.visor.config import visor_options
 from visor_model.methods.visor.training import train_policy, visor_checkpoint_record
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
-_, _, policy = visor_options(snakemake.params.options)
+_, _, policy, device = visor_options(snakemake.params.options)
 final_dir = Path(snakemake.output.final).parent
 train_policy(
     Path(snakemake.input.universal).parent,
@@ -20,6 +20,7 @@ train_policy(
     policy,
     seed=snakemake.params.seed,
     threads=snakemake.threads,
+    device=device,
 )
 record = visor_checkpoint_record(final_dir, json.loads(Path(snakemake.input.base).read_text()))
 write_json_atomically(Path(snakemake.output.record), record)

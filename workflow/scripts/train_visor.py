@@ -10,7 +10,8 @@ from visor_model.methods.visor.training import train_universal_checkpoint
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 base = json.loads(Path(snakemake.input.checkpoint).read_text())
-universal, architecture, policy = visor_options(snakemake.params.options, snakemake.params.seed, snakemake.threads)
+universal, architecture, policy, device = visor_options(snakemake.params.options, snakemake.params.seed,
+                                                        snakemake.threads)
 train_universal_checkpoint(
     base["path"],
     [Path(manifest).parent for manifest in snakemake.input.benchmarks],
@@ -19,4 +20,6 @@ train_universal_checkpoint(
     universal,
     architecture,
     policy,
+    device=device,
+    base_sha256=base["weights_sha256"],  # recorded once by provide_checkpoint
 )

@@ -21,10 +21,11 @@ UNIVERSAL, LABEL, POLICY = "universal", "label", "policy"  # train_visor, label_
 STAGES = (UNIVERSAL, LABEL, POLICY)
 
 
-def option(default, *stages: str, choices: tuple | None = None):
-    """A dataclass field that is a named option of the workflow's `visor:` section (and of the CLI), read by
-    the given stages. Fields declared without it (grad_clip, save_every, ...) are Python-API-only."""
-    return field(default=default, metadata={"stages": stages, "choices": choices})
+def option(default, *stages: str, choices: tuple | None = None, flag: bool = True):
+    """A dataclass field that is a named option of the workflow's `visor:` section (and, with `flag`, a flag of
+    the CLI), read by the given stages. Fields declared without it (grad_clip, save_every, ...) are
+    Python-API-only."""
+    return field(default=default, metadata={"stages": stages, "choices": choices, "flag": flag})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -136,6 +137,42 @@ class VisorConfig:
 # ----------------------------------------------------------------------------------------------------------
 # training
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Where every VISOR stage runs (training, viable configurations, labelling, router): `device` as the
+    evaluation's ("auto": cuda where there is one, else cpu) and `dtype`, the dtype the host and the VISOR
+    modules are loaded, trained (weights, gradients, AdamW moments) and saved in. float32 by default: pure
+    bfloat16 AdamW loses updates smaller than the weights' precision; evaluation casts to evaluation.dtype."""
+
+    device: str = option("auto", UNIVERSAL, LABEL, POLICY)
+    dtype: str = option("float32", UNIVERSAL, LABEL, POLICY, choices=DTYPES)
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"VISOR dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """VISOR's training examples from a Hugging Face dataset in LLaVA-OneVision's data format (an `image`
+    column and `conversations`, a list of {"from": "human" | "gpt", "value": ...} turns with `<image>` in the
+    human turn; the first human/gpt pair is the question and answer) instead of the synthetic train splits.
+    `dataset`: a hub id or a local folder; `subset`: its configuration (e.g. one source of
+    lmms-lab/LLaVA-OneVision-Data); `revision`: a pinned commit (hub ids); `limit`: the first rows only."""
+
+    dataset: str
+    revision: str | None = None
+    split: str = "train"
+    limit: int | None = None
+    subset: str | None = None
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"visor.train_data.limit must be at least 1, got {self.limit}")
+
 
 @dataclass(frozen=True)
 class UniversalConfig:
@@ -156,6 +193,14 @@ class UniversalConfig:
     threads: int = 1
     # "family" (uniform over k) or "largest" (the paper's stage-1 reading)
     stage1_sampling: str = option("family", UNIVERSAL, choices=("family", "largest"))
+    # stage 2 trains the VISOR modules only (the host stays frozen, as in stage 1) instead of everything
+    stage2_freeze_host: bool = option(False, UNIVERSAL)
+    # a TrainData (or its dict, as in the workflow's config); None: the synthetic train splits
+    train_data: TrainData | None = option(None, UNIVERSAL, flag=False)
+
+    def __post_init__(self):
+        if isinstance(self.train_data, dict):
+            object.__setattr__(self, "train_data", TrainData(**self.train_data))
 
     @property
     def steps(self) -> int:
@@ -177,18 +222,21 @@ class PolicyConfig:
 ARCHITECTURE_OPTIONS = tuple(f.name for f in fields(VisorConfig) if f.name not in ("n_layers", "seed"))
 
 
-def visor_options(options: dict, seed: int = 0, threads: int = 1) -> tuple[UniversalConfig, dict, PolicyConfig]:
-    """(UniversalConfig, VisorConfig options, PolicyConfig) from one flat dict of named options (the workflow's
-    `visor:` config section, or a part of it); absent keys keep their defaults, unknown keys are refused."""
+def visor_options(options: dict, seed: int = 0, threads: int = 1
+                  ) -> tuple[UniversalConfig, dict, PolicyConfig, DeviceConfig]:
+    """(UniversalConfig, VisorConfig options, PolicyConfig, DeviceConfig) from one flat dict of named options (the
+    workflow's `visor:` config section, or a part of it); absent keys keep their defaults, unknown keys are refused."""
     universal_keys = {f.name for f in fields(UniversalConfig)} - {"seed", "threads"}
     policy_keys = {f.name for f in fields(PolicyConfig)}
-    unknown = set(options) - universal_keys - policy_keys - set(ARCHITECTURE_OPTIONS) - {"models"}
+    device_keys = {f.name for f in fields(DeviceConfig)}
+    unknown = set(options) - universal_keys - policy_keys - device_keys - set(ARCHITECTURE_OPTIONS) - {"models"}
     if unknown:
         raise ValueError(f"unknown VISOR options {sorted(unknown)}")
     universal = UniversalConfig(seed=seed, threads=threads, **{k: v for k, v in options.items() if k in universal_keys})
     architecture = {"seed": seed, **{k: v for k, v in options.items() if k in ARCHITECTURE_OPTIONS}}
     policy = PolicyConfig(**{k: v for k, v in options.items() if k in policy_keys})
-    return universal, architecture, policy
+    device = DeviceConfig(**{k: v for k, v in options.items() if k in device_keys})
+    return universal, architecture, policy, device
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -196,8 +244,9 @@ def visor_options(options: dict, seed: int = 0, threads: int = 1) -> tuple[Unive
 
 
 def option_fields() -> list:
-    """The dataclass fields that are named options, in order: universal training, architecture, policy."""
-    return [f for cls in (UniversalConfig, VisorConfig, PolicyConfig) for f in fields(cls) if "stages" in f.metadata]
+    """The dataclass fields that are named options, in order: universal training, architecture, policy, device."""
+    return [f for cls in (UniversalConfig, VisorConfig, PolicyConfig, DeviceConfig) for f in fields(cls)
+            if "stages" in f.metadata]
 
 
 def stage_options(stage: str) -> tuple[str, ...]:
@@ -220,12 +269,21 @@ def _flag(name: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds --seed, --threads and one flag per named option (--stage1-steps, --ca-layers 0 3, --no-ca-rope, ...),
-    each defaulting to its dataclass default."""
+    """Adds --seed, --threads, --dataset/--dataset-revision/--dataset-split/--dataset-limit (train_data) and one
+    flag per other named option (--stage1-steps, --ca-layers 0 3, --no-ca-rope, ...), each defaulting to its
+    dataclass default."""
     plain = {f.name: f.default for f in fields(UniversalConfig)}
     parser.add_argument("--seed", type=int, default=plain["seed"])
     parser.add_argument("--threads", type=int, default=plain["threads"])
+    data = {f.name: f.default for f in fields(TrainData)}
+    parser.add_argument("--dataset", help="train on this HF dataset (LLaVA-OneVision format: image, conversations)")
+    parser.add_argument("--dataset-revision", default=data["revision"])
+    parser.add_argument("--dataset-split", default=data["split"])
+    parser.add_argument("--dataset-limit", type=int, default=data["limit"])
+    parser.add_argument("--dataset-subset", default=data["subset"])
     for f in option_fields():
+        if not f.metadata["flag"]:
+            continue
         if f.default is MISSING:
             raise TypeError(f"option {f.name} needs a default")
         if isinstance(f.default, bool):
@@ -240,4 +298,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def arguments_options(args: argparse.Namespace) -> dict:
     """The named options of parsed arguments (see add_arguments), for visor_options."""
-    return {f.name: getattr(args, f.name) for f in option_fields()}
+    options = {f.name: getattr(args, f.name) for f in option_fields() if f.metadata["flag"]}
+    options["train_data"] = None if args.dataset is None else TrainData(
+        args.dataset, args.dataset_revision, args.dataset_split, args.dataset_limit, args.dataset_subset)
+    return options

@@ -8,9 +8,10 @@ Each stage reads and writes files, so the workflow runs them as separate jobs (t
 train_policy); `train_visor` runs all three in sequence for users of the Python API and the CLI.
 
 1. `train_universal_checkpoint` (rule train_visor). Universal training: stage 1 trains only the new modules
-   (CA blocks with their gates, positional conv) with the host frozen; stage 2 fine-tunes everything. Every
-   step samples one configuration of the family (`VisorConfig.family`: the evenly spread k-subset of SA
-   candidates for k = 0..n, k uniform), seeded by (seed, step), like the batch. Loss: next-token
+   (CA blocks with their gates, positional conv) with the host frozen; stage 2 fine-tunes everything (the VISOR
+   modules only with `stage2_freeze_host`). Every step samples one configuration of the family
+   (`VisorConfig.family`: the evenly spread k-subset of SA candidates for k = 0..n, k uniform), seeded by
+   (seed, step), like the batch. Loss: next-token
    cross-entropy on the answer tokens. Resumable: the state (weights, AdamW moments, step) is saved every
    `save_every` steps with `visor_model.training.save_train_state`; a state made with another configuration
    or base checkpoint is discarded, not resumed. Then the viable configurations: every family member is
@@ -51,7 +52,9 @@ from visor_model.llava.visual import encode_images, splice_prompts
 from visor_model.methods.base import FullTokens, stable_seed
 from visor_model.methods.visor.config import (  # noqa: F401 (ARCHITECTURE_OPTIONS: re-exported)
     ARCHITECTURE_OPTIONS,
+    DeviceConfig,
     PolicyConfig,
+    TrainData,
     UniversalConfig,
     VisorConfig,
     add_arguments,
@@ -93,22 +96,38 @@ def sample_configuration(config: VisorConfig, seed: int, step: int, largest_only
 # data
 
 
-def load_hf_examples(dataset_id: str, revision: str | None, split: str) -> list[Example]:
-    """Examples from a hub dataset with image / question / answer columns (needs network or a local cache)."""
-    try:
-        import datasets
+def load_hf_examples(data: TrainData) -> list[Example]:
+    """Training examples from a Hugging Face dataset (hub id at a pinned revision, or a local folder) in
+    LLaVA-OneVision's data format: an `image` column and `conversations`, a list of {"from", "value"} turns; the
+    first human turn (its `<image>` placeholder removed) is the question, the gpt turn after it the answer. Rows
+    without an image or without such a pair are skipped (and counted)."""
+    import datasets
 
-        table = datasets.load_dataset(dataset_id, revision=revision, split=split)
+    split = data.split if data.limit is None else f"{data.split}[:{data.limit}]"
+    try:
+        table = datasets.load_dataset(data.dataset, data.subset, revision=data.revision, split=split)
     except Exception as error:  # offline, unknown id, missing split ...
-        raise RuntimeError(
-            f"could not load dataset {dataset_id!r} (revision {revision!r}, split {split!r}): {error}. "
-            "Offline runs use the synthetic splits (--tasks) instead."
-        ) from None
-    missing = {"image", "question", "answer"} - set(table.column_names)
+        raise RuntimeError(f"could not load VISOR training data {data.dataset!r} (subset {data.subset!r}, revision "
+                           f"{data.revision!r}, split {split!r}): {error}") from None
+    missing = {"image", "conversations"} - set(table.column_names)
     if missing:
-        raise ValueError(f"dataset {dataset_id!r} lacks columns {sorted(missing)}")
-    return [Example(task=dataset_id, image=row["image"].convert("RGB"), question=row["question"],
-                    answer=str(row["answer"]).strip().lower()) for row in table]
+        raise ValueError(f"dataset {data.dataset!r} lacks columns {sorted(missing)} (LLaVA-OneVision's format: "
+                         "image, conversations)")
+    examples, skipped = [], 0
+    for row in table:
+        turns = row["conversations"] or []
+        human = next((i for i, t in enumerate(turns) if t["from"] == "human"), None)
+        if row["image"] is None or human is None or human + 1 >= len(turns) or turns[human + 1]["from"] != "gpt":
+            skipped += 1
+            continue
+        question = turns[human]["value"].replace("<image>", "").strip()
+        examples.append(Example(task=data.dataset, image=row["image"].convert("RGB"), question=question,
+                                answer=turns[human + 1]["value"].strip()))
+    print(f"{len(examples)} training examples from {data.dataset} ({split}); {skipped} rows skipped (no image or "
+          "no human/gpt turn pair)", flush=True)
+    if not examples:
+        raise ValueError(f"dataset {data.dataset!r} ({split}) has no row with an image and a human/gpt turn pair")
+    return examples
 
 
 def split_rows(task_dirs: list[Path], split: str, per_task: int | None = None, offset: int = 0
@@ -147,20 +166,23 @@ def examples_at(task_dirs: list[Path], split: str, keys: list[tuple[str, int]]) 
 
 def visor_loss(model: VisorModel, image_token_id: int, pixels, sizes, prompts, targets, active,
                train_vision: bool) -> torch.Tensor:
-    """Next-token cross-entropy on the answer tokens under configuration `active`."""
+    """Next-token cross-entropy on the answer tokens under configuration `active` (pixels on any device: moved to
+    the model's device and dtype)."""
     base = model.base
+    weight = base.get_input_embeddings().weight
     with torch.set_grad_enabled(train_vision and torch.is_grad_enabled()):
-        vision = encode_images(base, pixels, sizes)
+        vision = encode_images(base, pixels.to(weight.device, weight.dtype), sizes)
     batch = splice_prompts(base.get_input_embeddings(), prompts, vision.images, image_token_id, targets)
     logits, layout = model.text_logits(batch, active)  # [B, Tt, V]
     labels = batch.labels.gather(1, layout.text_index).masked_fill(~layout.text_valid, -100)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
 
 
-def set_stage(model: VisorModel, stage: int) -> None:
-    """Stage 1: only CA blocks and the positional conv train; stage 2: everything but the router."""
+def set_stage(model: VisorModel, stage: int, freeze_host: bool = False) -> None:
+    """Stage 1: only CA blocks and the positional conv train; stage 2: everything but the router (the VISOR
+    modules only with `freeze_host`)."""
     for p in model.base.parameters():
-        p.requires_grad_(stage == 2)
+        p.requires_grad_(stage == 2 and not freeze_host)
     for name, p in model.visor.named_parameters():
         p.requires_grad_(not name.startswith(("router", "routing_token")))
 
@@ -193,7 +215,7 @@ def train_universal(model: VisorModel, data, image_token_id: int, config: Univer
         if stop_after is not None and done >= stop_after:
             break
         stage, schedule = universal_stage(config, step)
-        set_stage(model, stage)
+        set_stage(model, stage, config.stage2_freeze_host)
         local = step if stage == 1 else step - config.stage1_steps
         lr = learning_rate(schedule, local)
         for group in optimizer.param_groups:
@@ -201,7 +223,8 @@ def train_universal(model: VisorModel, data, image_token_id: int, config: Univer
         active = sample_configuration(model.config, config.seed, step,
                                       largest_only=stage == 1 and config.stage1_sampling == "largest")
         pixels, sizes, prompts, targets = data.batch(batch_indices(schedule, step, len(data)))
-        loss = visor_loss(model, image_token_id, pixels, sizes, prompts, targets, active, train_vision=stage == 2)
+        loss = visor_loss(model, image_token_id, pixels, sizes, prompts, targets, active,
+                          train_vision=stage == 2 and not config.stage2_freeze_host)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in trainable if p.requires_grad], config.grad_clip)
@@ -223,7 +246,7 @@ def train_universal(model: VisorModel, data, image_token_id: int, config: Univer
 
 def run_configuration(loaded, model: VisorModel, examples: list[Example], active, batch_size: int = 32,
                       reducer=None) -> list[VisorSampleRecord]:
-    runner = VisorRunner(loaded, model, reducer, active=active)
+    runner = VisorRunner(loaded, model, reducer, device=str(loaded.model.device), active=active)
     records = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
@@ -282,7 +305,7 @@ def sufficient(scores: torch.Tensor) -> torch.Tensor:
 
 def routing_features_batches(loaded, model: VisorModel, examples: list[Example], batch_size: int):
     """Spliced prompts of the labelling examples (vision computed once, frozen)."""
-    runner = VisionLanguageRunner(loaded, FullTokens())
+    runner = VisionLanguageRunner(loaded, FullTokens(), str(loaded.model.device))
     batches = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
@@ -314,7 +337,8 @@ def train_router(loaded, model: VisorModel, examples: list[Example], labels: tor
         batch, target = batches[k], labels[offsets[k] : offsets[k] + batches[k].inputs_embeds.shape[0]]
         state, _ = model.start(batch, use_cache=False, routing=True)
         state = model.run_layers(state, 0, r, ())
-        loss = F.binary_cross_entropy_with_logits(model.router_logits(state), target)
+        logits = model.router_logits(state)
+        loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.device, logits.dtype))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -339,8 +363,16 @@ def expected_compute(model: VisorModel, probabilities: torch.Tensor, flops: list
 # the whole workflow
 
 
-def build_visor(base_dir: str, visor_config: dict | None = None, device: str = "cpu"):
-    loaded = load_checkpoint(str(base_dir), None, device)
+def resolve_device(device: str) -> str:
+    """"auto": cuda where there is one, else cpu (as the plugins' device); other names as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def build_visor(base_dir: str, visor_config: dict | None = None, device: DeviceConfig = DeviceConfig(),
+                weights_sha256: str | None = None):
+    loaded = load_checkpoint(str(base_dir), None, resolve_device(device.device), device.dtype, weights_sha256)
     n_layers = loaded.model.model.language_model.config.num_hidden_layers
     model = VisorModel(loaded.model, VisorConfig(n_layers=n_layers, **(visor_config or {})))
     return loaded, model
@@ -354,12 +386,18 @@ def configuration_name(active) -> str:
 def train_universal_checkpoint(base_dir: str, task_dirs: list[Path], out_dir: Path, state_dir: Path,
                                config: UniversalConfig, visor_config: dict | None = None,
                                policy: PolicyConfig = PolicyConfig(), train_examples: list[Example] | None = None,
-                               stop_after: int | None = None) -> dict | None:
-    """Stage 1 (rule train_visor): universal training (resumable from `state_dir`), then the viable
-    configurations on the val split; writes the VISOR checkpoint folder `out_dir` without a router. Returns
-    its training record, or None when `stop_after` interrupted the training on purpose."""
+                               stop_after: int | None = None, device: DeviceConfig = DeviceConfig(),
+                               base_sha256: str | None = None) -> dict | None:
+    """Stage 1 (rule train_visor): universal training (resumable from `state_dir`) on `train_examples`, else
+    `config.train_data`, else the tasks' train splits; then the viable configurations on the val split; writes
+    the VISOR checkpoint folder `out_dir` without a router. `base_sha256`: the base's recorded weights hash (the
+    workflow's checkpoint record; hashed here when not given). Returns its training record, or None when
+    `stop_after` interrupted the training on purpose."""
+    from visor_model.llava.checkpoints import weights_sha256
+
     torch.set_num_threads(config.threads)
-    loaded, model = build_visor(base_dir, visor_config)
+    base_sha256 = base_sha256 or weights_sha256(Path(base_dir))
+    loaded, model = build_visor(base_dir, visor_config, device, base_sha256)
     image_token_id = loaded.model.config.image_token_id
     n_new = sum(p.numel() for p in model.visor.parameters())
     tasks = [Path(d).name for d in task_dirs]
@@ -367,11 +405,16 @@ def train_universal_checkpoint(base_dir: str, task_dirs: list[Path], out_dir: Pa
           f"{n_new:,} new parameters", flush=True)
 
     def encoded() -> EncodedExamples:
-        train = train_examples if train_examples is not None else read_split(task_dirs, "train")
+        if train_examples is not None:
+            train = train_examples
+        elif config.train_data is not None:
+            train = load_hf_examples(config.train_data)
+        else:
+            train = read_split(task_dirs, "train")
         print(f"{len(train)} training examples", flush=True)
         return EncodedExamples(train, loaded.tokenizer, loaded.image_processor, image_token_id)
 
-    identity = {"visor_config": model.config.to_dict(), "base_sha256": loaded.weights_sha256,
+    identity = {"visor_config": model.config.to_dict(), "base_sha256": base_sha256,
                 "train_data": "examples given" if train_examples is not None else tasks}
     timing = train_universal(model, encoded, image_token_id, config, state_dir, stop_after, identity)
     print(f"universal training: {timing}", flush=True)
@@ -385,8 +428,8 @@ def train_universal_checkpoint(base_dir: str, task_dirs: list[Path], out_dir: Pa
     viable = viable_configurations(loaded, model, val, policy.inference_batch_size)
     model.set_viable(viable["viable"])
     model.visor.router = None  # trained by train_policy
-    record = {"stage": "universal", "base": str(base_dir), "base_sha256": loaded.weights_sha256, "tasks": tasks,
-              "universal": asdict(config), "timing": timing,
+    record = {"stage": "universal", "base": str(base_dir), "base_sha256": base_sha256, "tasks": tasks,
+              "universal": asdict(config), "device": asdict(device), "timing": timing,
               "viable_split": {"split": "val", "rows_per_task": [0, policy.viable_per_task]},
               "viable_seconds": round(time.time() - started, 1),
               "configurations": viable["evaluated"], "viable": [list(v) for v in model.viable],
@@ -397,13 +440,13 @@ def train_universal_checkpoint(base_dir: str, task_dirs: list[Path], out_dir: Pa
 
 
 def label_policy(universal_dir: Path, task_dirs: list[Path], labels_path: Path, policy: PolicyConfig = PolicyConfig(),
-                 threads: int = 1):
+                 threads: int = 1, device: DeviceConfig = DeviceConfig()):
     """Stage 2 (rule label_policy): every viable configuration of the universal checkpoint on the labelling
     rows (val rows viable_per_task .. + label_per_task per task); writes the labels table (CSV) and returns it."""
     import pandas as pd
 
     torch.set_num_threads(threads)
-    loaded, model = load_visor(str(universal_dir))
+    loaded, model = load_visor(str(universal_dir), None, resolve_device(device.device), device.dtype)
     rows = split_rows(task_dirs, "val", policy.label_per_task, offset=policy.viable_per_task)
     examples = [example for _, example in rows]
     started = time.time()
@@ -425,13 +468,14 @@ def label_policy(universal_dir: Path, task_dirs: list[Path], labels_path: Path, 
 
 
 def train_policy(universal_dir: Path, labels_path: Path, task_dirs: list[Path], out_dir: Path,
-                 policy: PolicyConfig = PolicyConfig(), seed: int = 0, threads: int = 1) -> dict:
+                 policy: PolicyConfig = PolicyConfig(), seed: int = 0, threads: int = 1,
+                 device: DeviceConfig = DeviceConfig()) -> dict:
     """Stage 3 (rule train_policy): the router trained on the labels table; writes the final VISOR checkpoint
     folder `out_dir` (the universal one plus the router) and returns its training record."""
     import pandas as pd
 
     torch.set_num_threads(threads)
-    loaded, model = load_visor(str(universal_dir))
+    loaded, model = load_visor(str(universal_dir), None, resolve_device(device.device), device.dtype)
     table = pd.read_csv(labels_path, keep_default_na=False)
     columns = [f"suffices_{configuration_name(active)}" for active in model.viable]
     found = [c for c in table.columns if c.startswith("suffices_")]
@@ -457,46 +501,44 @@ def train_policy(universal_dir: Path, labels_path: Path, task_dirs: list[Path], 
 
 def visor_checkpoint_record(visor_dir: Path, base: dict) -> dict:
     """The workflow's checkpoint record of a trained VISOR folder (same fields as provide_checkpoint's:
-    path, source, repo, revision, family, weights_sha256 over all its safetensors), plus the base's record."""
-    from visor_model.llava.checkpoints import check_checkpoint_folder, weights_sha256
+    path, source, repo, revision, family, weights_sha256 over all its safetensors, size), plus the base's record.
+    Hashed once here; the evaluations read it from the record."""
+    from visor_model.llava.checkpoints import check_checkpoint_folder, weights_sha256, weights_size
 
     path = Path(visor_dir)
     return {"path": str(path), "source": "train", "repo": None, "revision": None,
-            "family": check_checkpoint_folder(path), "weights_sha256": weights_sha256(path), "method": "visor",
-            "base": base}
+            "family": check_checkpoint_folder(path), "weights_sha256": weights_sha256(path),
+            "size": weights_size(path), "method": "visor", "base": base}
 
 
 def train_visor(base_dir: str, task_dirs: list[Path], out_dir: Path, state_dir: Path, config: UniversalConfig,
                 visor_config: dict | None = None, policy: PolicyConfig = PolicyConfig(),
-                train_examples: list[Example] | None = None, stop_after: int | None = None) -> dict | None:
+                train_examples: list[Example] | None = None, stop_after: int | None = None,
+                device: DeviceConfig = DeviceConfig()) -> dict | None:
     """All three stages in sequence. Intermediate products beside `out_dir`: `<out>.universal/` (stage 1)
     and `<out>.labels.csv` (stage 2)."""
     out_dir = Path(out_dir)
     universal_dir = out_dir.with_name(out_dir.name + ".universal")
     labels_path = out_dir.with_name(out_dir.name + ".labels.csv")
     if train_universal_checkpoint(base_dir, task_dirs, universal_dir, state_dir, config, visor_config, policy,
-                                  train_examples, stop_after) is None:
+                                  train_examples, stop_after, device) is None:
         return None
-    label_policy(universal_dir, task_dirs, labels_path, policy, config.threads)
-    return train_policy(universal_dir, labels_path, task_dirs, out_dir, policy, config.seed, config.threads)
+    label_policy(universal_dir, task_dirs, labels_path, policy, config.threads, device)
+    return train_policy(universal_dir, labels_path, task_dirs, out_dir, policy, config.seed, config.threads, device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="host checkpoint folder (save_pretrained)")
     parser.add_argument("--tasks", nargs="+", type=Path, default=[], help="synthetic task folders")
-    parser.add_argument("--dataset", help="HF dataset id with image/question/answer columns (train split)")
-    parser.add_argument("--dataset-revision")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--state", required=True, type=Path)
-    add_arguments(parser)  # --seed, --threads and every named option (visor_model.methods.visor.config)
+    add_arguments(parser)  # --seed, --threads, --dataset... and every named option (visor_model.methods.visor.config)
     args = parser.parse_args()
     if not args.tasks:
         parser.error("--tasks is needed (validation and labelling splits), also with --dataset")
-    config, architecture, policy = visor_options(arguments_options(args), args.seed, args.threads)
-    train_examples = load_hf_examples(args.dataset, args.dataset_revision, "train") if args.dataset else None
-    train_visor(args.base, args.tasks, args.out, args.state, config, architecture, policy,
-                train_examples=train_examples)
+    config, architecture, policy, device = visor_options(arguments_options(args), args.seed, args.threads)
+    train_visor(args.base, args.tasks, args.out, args.state, config, architecture, policy, device=device)
 
 
 if __name__ == "__main__":
