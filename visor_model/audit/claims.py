@@ -229,8 +229,9 @@ def _metrics_used(rows: pd.DataFrame) -> str:
 def metric_value(tables: Tables, family, series, benchmark, setting=None, metric=None) -> Measurement:
     """The primary metric of one run on `benchmark` as lmms-eval aggregates it, on the task's own scale
     (points 0-100 for ANLS and accuracies, OCRBench 0-1000, MME perception 0-2000; the summary's
-    metric_value), with a bootstrap CI over its documents where the metric is a per-sample mean. `metric`:
-    the primary metric the claim is about (checked)."""
+    metric_value), with the summary's bootstrap CI over its documents where the metric is a per-sample mean
+    (metric_ci_low/high; none for corpus-level scores). `metric`: the primary metric the claim is about
+    (checked)."""
     rows = require(select(tables.summary, family, series, setting, benchmark=benchmark), family=family,
                    series=series, setting=setting, benchmark=benchmark)
     _check_metric(rows, metric)
