@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmms_plugins.args import model_args_string
+from lmms_plugins.metrics import sample_score
 
 
 class EvaluationFailed(RuntimeError):
@@ -183,19 +184,28 @@ def logged_answer(sample: dict) -> str:
     return str(answer)
 
 
-def sample_rows(samples: list[dict], metrics: tuple[str, ...] = ("exact_match", "anls")) -> list[dict]:
-    """One flat row per sample: doc id, answer, target, scores and the plugin's per-sample accounting."""
+def sample_rows(samples: list[dict], metric: str = "exact_match") -> list[dict]:
+    """One flat row per sample: doc id, answer, target, `score` (the sample's score in [0, 1] under the
+    benchmark's primary `metric`, None where it has none; lmms_plugins.metrics) and the plugin's per-sample
+    accounting. Raises EvaluationFailed when no sample carries the metric (a task that logs other keys)."""
     rows = []
     for sample in samples:
         row = {
             "doc_id": sample["doc_id"],
             "answer": logged_answer(sample),
             "target": sample.get("target"),
+            "score": sample_score(metric, sample),
         }
-        for metric in metrics:
-            if metric in sample:
-                row[metric] = float(sample[metric])
         counts = (sample.get("token_counts") or [None])[0] or {}
         row.update({key: value for key, value in counts.items() if not isinstance(value, (dict, list))})
         rows.append(row)
+    if samples and all(row["score"] is None for row in rows):
+        logged = sorted(key for key in samples[0] if key not in LOG_FIELDS)
+        raise EvaluationFailed(f"no sample logged metric {metric!r} (the benchmark's `metric`); the task's "
+                               f"per-sample metrics are: {', '.join(logged) or 'none'}")
     return rows
+
+
+# the keys of lmms-eval's per-sample log entry that are not metrics (evaluator._process_document_results)
+LOG_FIELDS = {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "token_counts", "doc_hash",
+              "input_media"}

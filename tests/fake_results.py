@@ -94,8 +94,8 @@ def records(n: int = 60, seed: int = 0, **kwargs):
                 correct = float(difficulty[benchmark][doc] < p)
                 f = flops(full_flops, method, setting, sa)
                 tokens = 120 if method in ("llava_full", "visor") else int(120 * setting["budget"])
-                samples.append({"doc_id": doc, "answer": "x", "target": "x", "exact_match": correct,
-                                "anls": correct, "input_tokens": 140, "output_tokens": 1, "visual_tokens": 120,
+                samples.append({"doc_id": doc, "answer": "x", "target": "x", "score": correct,
+                                "input_tokens": 140, "output_tokens": 1, "visual_tokens": 120,
                                 "visual_tokens_kept": tokens,
                                 "newline_tokens_kept": 0 if setting.get("mode") == "reference_code" else 10,
                                 "llm_visual_tokens": tokens, "llm_text_tokens": 20,
@@ -107,7 +107,9 @@ def records(n: int = 60, seed: int = 0, **kwargs):
             evaluations.append({
                 "model": model, "method": method, "setting_id": setting_id(setting), "setting": setting,
                 "benchmark": benchmark, "task": benchmark, "kind": kind, "cluster": cluster,
-                "metrics": {"exact_match": float(np.mean([s["exact_match"] for s in samples]))}, "n": n,
+                "metrics": {"exact_match": float(np.mean([s["score"] for s in samples]))}, "n": n,
+                "primary_metric": {"name": "exact_match", "value": 100 * float(np.mean([s["score"] for s in samples])),
+                                   "scale": "0-100", "factor": 100, "mean": True},
                 "samples": samples,
                 "checkpoint": {"family": MODELS[model], "source": "shipped", "revision": None,
                                "weights_sha256": "ab" * 32},

@@ -319,11 +319,12 @@ def test_plugins_log_flops_per_sample_in_request_order(visor, benchmark_tokenize
 
 
 def fake_record(method, model, benchmark, prefill, n=4):
-    samples = [{"exact_match": float(i % 2), "flops_llm_prefill": prefill, "flops_total": 2 * prefill,
+    samples = [{"score": float(i % 2), "flops_llm_prefill": prefill, "flops_total": 2 * prefill,
                 "flops_vision": 10, "fastv_macs": prefill // 2, "layers_sa": 2, "layers_ca": 2,
                 "llm_visual_tokens": 100, "visual_tokens": 100, "visual_tokens_kept": 100} for i in range(n)]
     return {"model": model, "method": method, "setting_id": "default", "setting": {}, "benchmark": benchmark,
             "kind": "fine", "cluster": "hard", "n": n, "metrics": {}, "samples": samples,
+            "primary_metric": {"name": "exact_match", "value": 50.0, "scale": "0-100", "factor": 100, "mean": True},
             "checkpoint": {"family": "llava_onevision", "source": "x", "weights_sha256": "0"},
             "provenance": {"device": "cpu", "versions": {"torch": "x"}, "lock": {"sha256": "0" * 64}}}
 

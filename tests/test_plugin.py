@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from lmms_plugins.args import model_args, model_args_string
-from lmms_plugins.run import EvaluationFailed, check_outputs, logged_answer, run_lmms_eval
+from lmms_plugins.metrics import primary_metric
+from lmms_plugins.run import EvaluationFailed, check_outputs, logged_answer, run_lmms_eval, sample_rows
 from visor_model.methods.base import tokens_for_budget
 
 
@@ -79,6 +80,19 @@ def test_cli_writes_results_and_per_sample_logs(cli_runs):
     counts = full.samples[0]["token_counts"][0]
     assert counts["visual_tokens"] == counts["visual_tokens_kept"] > 0
     assert full.results["throughput"]["avg_visual_tokens_kept"] > 0
+
+
+@pytest.mark.slow
+def test_sample_scores_and_the_primary_metric_of_a_real_evaluation(cli_runs):
+    """The synthetic task's primary metric (exact_match, the default): each sample's score is what lmms-eval
+    logged, and metric_value is lmms-eval's aggregate in points."""
+    run = cli_runs["full_b4"]
+    rows = sample_rows(run.samples)
+    assert [row["score"] for row in rows] == [float(sample["exact_match"]) for sample in run.samples]
+    task_results = run.results["results"]["synth_marker"]
+    primary = primary_metric("exact_match", task_results)
+    assert primary["value"] == 100 * task_results["exact_match,none"] == 100 * sum(r["score"] for r in rows) / 8
+    assert primary["scale"] == "0-100" and primary["mean"]
 
 
 @pytest.mark.slow

@@ -240,7 +240,7 @@ def test_audit_with_missing_runs_says_what_is_missing():
 
 def test_models_at_floor_make_comparisons_not_testable():
     summary, samples, latency = fake_results.tables(n=20)
-    samples["exact_match"] = 0.0
+    samples["score"] = 0.0
     summary["accuracy"] = 0.0
     table = audit(load_claims(CLAIMS), Tables(summary, samples, latency, resamples=100), "offline").set_index("id")
     row = table.loc["hired_beats_random_fine"]
@@ -350,7 +350,7 @@ def test_a_policy_trained_at_floor_is_not_tested(tables):
     samples = tables.samples.copy()
     summary = tables.summary.copy()
     policy = (samples["method"] == "visor") & samples["setting_id"].str.startswith("threshold")
-    samples.loc[policy, "exact_match"] = 0.0
+    samples.loc[policy, "score"] = 0.0
     table = audit(load_claims(CLAIMS), Tables(summary, samples, tables.latency, resamples=100),
                   "offline").set_index("id")
     assert "every compared run scores 0" in table.loc["visor_policy_adapts", "reason"]

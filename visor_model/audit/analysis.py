@@ -38,7 +38,9 @@ PALETTE = {
 }
 MARKERS = {"full model": "*", "random drop": "x", "HiRED (paper)": "o", "HiRED (official code)": "s",
            "VISOR (fixed configuration)": "D", "VISOR (policy)": "^", "VISOR-TR (VISOR + token reduction)": "v"}
-METRIC_SAMPLE_COLUMN = {"accuracy": "exact_match", "anls": "anls"}
+# the per-sample column behind a summary column: `score`, the sample's score under its benchmark's primary
+# metric (visor_model.audit.tables), is what `accuracy` averages
+METRIC_SAMPLE_COLUMN = {"accuracy": "score"}
 KEY = ["model", "method", "setting_id", "benchmark"]
 
 
@@ -147,8 +149,10 @@ def pareto_frontier(table: pd.DataFrame, cost: str = "mean_flops_llm_prefill", q
 # --- VISOR's Table 1 -------------------------------------------------------------------------------------
 
 def cluster_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per model x series x setting, laid out like VISOR's Table 1: the mean accuracy (points) over
-    the easy and over the hard benchmarks, how many benchmarks each average covers, and the FLOP saving
+    """One row per model x series x setting, laid out like VISOR's Table 1: the mean over the easy and over
+    the hard benchmarks of each one's primary score in points (`accuracy` x 100: ANLS on DocVQA/InfoVQA,
+    relaxed accuracy on ChartQA, OCRBench's correct share, i.e. its 0-1000 score / 10), how many benchmarks
+    each average covers, and the FLOP saving
     = 1 / (the mean over benchmarks of llm_prefill_ratio, LLM prefill FLOPs relative to the full model)."""
     columns = ["model", "series_label", "setting", "setting_id", "easy_avg", "hard_avg", "n_easy", "n_hard",
                "llm_prefill_ratio", "flops_saving"]
@@ -223,13 +227,14 @@ def bootstrap_mean(groups: dict, resamples: int = BOOTSTRAP_RESAMPLES, seed: int
 
 
 def sample_scores(samples: pd.DataFrame, row, metric: str = "accuracy") -> pd.Series:
-    """Per-document scores (indexed by doc_id) of one summary row's evaluation."""
+    """Per-document scores (indexed by doc_id) of one summary row's evaluation; documents without a score
+    under the benchmark's primary metric (MME's other kind of question) are left out."""
     column = METRIC_SAMPLE_COLUMN.get(metric, metric)
     if samples.empty or column not in samples:
         return pd.Series(dtype=float)
     part = samples[(samples["model"] == row["model"]) & (samples["method"] == row["method"])
                    & (samples["setting_id"] == row["setting_id"]) & (samples["benchmark"] == row["benchmark"])]
-    return part.set_index("doc_id")[column].astype(float).groupby(level=0).first()
+    return part.set_index("doc_id")[column].astype(float).dropna().groupby(level=0).first()
 
 
 def difference_matrices(samples: pd.DataFrame, pairs, metric: str = "accuracy") -> dict:

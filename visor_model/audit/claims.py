@@ -20,8 +20,11 @@ the reason naming what is missing. Otherwise the test decides between "reproduce
   no_worse_than {margin}         the CI's lower end >= -margin (non-inferiority)
   equivalent {margin}            the CI lies within [-margin, margin]
 
-Accuracies and differences are in points (accuracy x 100); CIs are 95% bootstrap intervals over documents,
-paired where two runs share documents.
+Accuracies and differences are in points: `accuracy` x 100, the mean per-sample score under each benchmark's
+primary metric (exact match, ANLS, relaxed accuracy, ...; visor_model.audit.tables); `metric_value` reads
+lmms-eval's own aggregate on the task's scale (OCRBench 0-1000, MME perception 0-2000). A computation's
+`metric` argument names the primary metric the claim is about; a benchmark configured with another one makes
+the claim not testable. CIs are 95% bootstrap intervals over documents, paired where two runs share documents.
 """
 
 from __future__ import annotations
@@ -203,37 +206,55 @@ def computation(function):
     return function
 
 
-def _scale(metric: str) -> float:
-    return 100.0 if metric in ("accuracy", "anls") else 1.0
+def _check_metric(rows: pd.DataFrame, metric) -> None:
+    """A claim's `metric`: the primary metric it is about (e.g. anls, mme_perception_score). Rows of
+    benchmarks configured with another primary metric make it not testable (the numbers would not compare)."""
+    if metric is None or rows.empty:
+        return
+    configured = rows.get("metric", pd.Series([None] * len(rows), index=rows.index))
+    other = sorted({f"{b} ({m})" for b, m in zip(rows["benchmark"], configured) if m != metric})
+    if other:
+        raise NotTestable(f"the claim is about {metric}, but the primary metric of {', '.join(other)} in this "
+                          f"config is another (benchmarks.<name>.metric)")
+
+
+def _metrics_used(rows: pd.DataFrame) -> str:
+    """'docvqa_val: anls, ocrbench: ocrbench_accuracy' for a detail."""
+    if "metric" not in rows:
+        return ", ".join(dict.fromkeys(rows["benchmark"]))
+    return ", ".join(dict.fromkeys(f"{b}: {m}" for b, m in zip(rows["benchmark"], rows["metric"])))
 
 
 @computation
-def metric_value(tables: Tables, family, series, benchmark, setting=None, metric="accuracy") -> Measurement:
-    """A metric of one run (points for accuracy/ANLS) with a bootstrap CI over its documents."""
+def metric_value(tables: Tables, family, series, benchmark, setting=None, metric=None) -> Measurement:
+    """The primary metric of one run on `benchmark` as lmms-eval aggregates it, on the task's own scale
+    (points 0-100 for ANLS and accuracies, OCRBench 0-1000, MME perception 0-2000; the summary's
+    metric_value), with the summary's bootstrap CI over its documents where the metric is a per-sample mean
+    (metric_ci_low/high; none for corpus-level scores). `metric`: the primary metric the claim is about
+    (checked)."""
     rows = require(select(tables.summary, family, series, setting, benchmark=benchmark), family=family,
                    series=series, setting=setting, benchmark=benchmark)
-    if metric not in rows or rows[metric].isna().all():
-        raise NotTestable(f"the summary table has no {metric} value for {benchmark} (it records exact match "
-                          f"and ANLS per sample; task-specific scores such as MME's are not aggregated)")
+    _check_metric(rows, metric)
     row = rows.iloc[0]
-    scores = sample_scores(tables.samples, row, metric)
-    low, high = (analysis.bootstrap_mean({0: scores.to_numpy()}, tables.resamples, tables.seed)[1:]
-                 if len(scores) else (float("nan"), float("nan")))
-    scale = _scale(metric)
-    return Measurement(scale * float(row[metric]), scale * low, scale * high,
-                       f"{row['model']} {setting_label(row)} on {benchmark}, n={int(row['n'])}")
+    if "metric_value" not in rows or _missing(row["metric_value"]):
+        raise NotTestable(f"the summary table has no value of {benchmark}'s primary metric "
+                          f"({row.get('metric', 'unknown')}: lmms-eval reported none)")
+    return Measurement(float(row["metric_value"]), float(row["metric_ci_low"]), float(row["metric_ci_high"]),
+                       f"{row['model']} {setting_label(row)} on {benchmark}: {row['metric']} on the "
+                       f"{row['metric_scale']} scale, n={int(row['n'])}")
 
 
-def _average_with_ci(tables: Tables, rows: pd.DataFrame, metric="accuracy") -> Measurement:
+def _average_with_ci(tables: Tables, rows: pd.DataFrame) -> Measurement:
+    """The mean over `rows` (one per benchmark) of the primary score in points, with a bootstrap CI."""
     groups = {}
     for _, row in rows.iterrows():
-        scores = sample_scores(tables.samples, row, metric)
+        scores = sample_scores(tables.samples, row)
         if len(scores):
             groups[row["benchmark"]] = scores.to_numpy()
-    value = _scale(metric) * rows[metric].mean()
+    value = 100 * rows["accuracy"].mean()
     if len(groups) == len(rows):
         _, low, high = analysis.bootstrap_mean(groups, tables.resamples, tables.seed)
-        return Measurement(value, _scale(metric) * low, _scale(metric) * high)
+        return Measurement(value, 100 * low, 100 * high)
     return Measurement(value)
 
 
@@ -253,10 +274,11 @@ def _saving(rows: pd.DataFrame, flops: str = "llm_prefill", full: pd.DataFrame |
 
 @computation
 def max_saving_at_accuracy(tables: Tables, family, series, margin=1.0, cluster=("easy", "hard"), benchmark=None,
-                           metric="accuracy", flops="llm_prefill") -> Measurement:
-    """The largest FLOP saving among the settings of `series` whose accuracy is at least the full model's
-    minus `margin` points on every cluster (or on `benchmark`). flops: llm_prefill (the papers' convention)
-    or prefill_with_vision (vision tower, projector and selection counted too). NaN: no setting qualifies."""
+                           metric=None, flops="llm_prefill") -> Measurement:
+    """The largest FLOP saving among the settings of `series` whose primary score is at least the full
+    model's minus `margin` points on every cluster (or on `benchmark`). flops: llm_prefill (the papers'
+    convention) or prefill_with_vision (vision tower, projector and selection counted too). NaN: no setting
+    qualifies."""
     _flop_column(tables.summary)
     groups = ([("benchmark", b) for b in _as_list(benchmark)] if benchmark
               else [("cluster", c) for c in _as_list(cluster)])
@@ -270,7 +292,8 @@ def max_saving_at_accuracy(tables: Tables, family, series, margin=1.0, cluster=(
                 if mine.empty or base.empty:
                     reference_ok = False
                     break
-                gap = _scale(metric) * (mine[metric].mean() - base[metric].mean())
+                _check_metric(base, metric)
+                gap = 100 * (mine["accuracy"].mean() - base["accuracy"].mean())
                 detail.append(f"{value} {gap:+.1f}")
                 reference_ok &= gap >= -margin
             candidates += 1
@@ -285,7 +308,7 @@ def max_saving_at_accuracy(tables: Tables, family, series, margin=1.0, cluster=(
     if not savings:
         raise NotTestable("no FLOP saving could be computed (the full model's LLM-prefill FLOPs are missing)")
     full_rows = select(tables.summary, family, "full")
-    _at_floor(tables, [row for _, row in full_rows.iterrows()], metric)
+    _at_floor(tables, [row for _, row in full_rows.iterrows()])
     if not np.isfinite(best):
         return Measurement(float("nan"), detail=f"none of {candidates} settings stays within {margin} points of "
                            f"the full model on {', '.join(str(v) for _, v in groups)}")
@@ -294,9 +317,10 @@ def max_saving_at_accuracy(tables: Tables, family, series, margin=1.0, cluster=(
 
 @computation
 def cluster_average_at_saving(tables: Tables, family, series, cluster=None, benchmark=None, saving=None,
-                              metric="accuracy") -> Measurement:
-    """The mean accuracy (points) over a cluster's benchmarks (or the named ones) of the setting of `series`
-    whose FLOP saving is nearest to `saving` (the paper's operating point; any setting of the full model)."""
+                              metric=None) -> Measurement:
+    """The mean primary score (points) over a cluster's benchmarks (or the named ones) of the setting of
+    `series` whose FLOP saving is nearest to `saving` (the paper's operating point; any setting of the full
+    model). Each benchmark counts with its own metric (OCRBench's 0-1000 score as its correct share in points)."""
     where = {"cluster": cluster, "benchmark": benchmark}
     rows = require(select(tables.summary, family, series, **where), family=family, series=series, **where)
     choice = None
@@ -310,10 +334,11 @@ def cluster_average_at_saving(tables: Tables, family, series, cluster=None, benc
         _, choice, achieved = min(options)
         rows = require(rows[rows["setting_id"] == choice], family=family, series=series, **where)
     rows = rows[rows["setting_id"] == rows["setting_id"].iloc[0]]
-    measurement = _average_with_ci(tables, rows, metric)
+    _check_metric(rows, metric)
+    measurement = _average_with_ci(tables, rows)
     measurement.detail = (f"{rows.iloc[0]['model']} {setting_label(rows.iloc[0])}"
                           + (f" (saving {achieved:.2f}x, nearest to {saving}x)" if choice else "")
-                          + f" over {', '.join(rows['benchmark'])}")
+                          + f" over {_metrics_used(rows)}")
     return measurement
 
 
@@ -336,18 +361,19 @@ def _pairs(tables: Tables, family, a, b, match_on, benchmarks: dict):
     return pairs
 
 
-def _at_floor(tables: Tables, rows, metric="accuracy") -> None:
+def _at_floor(tables: Tables, rows) -> None:
     """Runs that score the same on every document (all wrong, or all right) carry no information about a
     difference: the models are not trained enough (the micro config) or the benchmark is saturated."""
-    values = pd.concat([sample_scores(tables.samples, row, metric) for row in rows]) if len(rows) else pd.Series()
+    values = pd.concat([sample_scores(tables.samples, row) for row in rows]) if len(rows) else pd.Series()
     if len(values) and values.nunique() == 1:
         raise NotTestable(f"every compared run scores {100 * values.iloc[0]:.0f} on every document (models "
                           f"at floor or ceiling), so no comparison is informative")
 
 
-def _difference(tables: Tables, pairs, metric="accuracy") -> Measurement:
-    _at_floor(tables, [row for pair in pairs for row in pair], metric)
-    result = paired_difference(tables.samples, pairs, metric, tables.seed, tables.resamples)
+def _difference(tables: Tables, pairs, metric=None) -> Measurement:
+    _check_metric(pd.DataFrame([row for pair in pairs for row in pair]), metric)
+    _at_floor(tables, [row for pair in pairs for row in pair])
+    result = paired_difference(tables.samples, pairs, seed=tables.seed, resamples=tables.resamples)
     if not result["pairs"]:
         raise NotTestable("the per-sample table has no shared documents for these runs")
     models = sorted({a["model"] for a, _ in pairs})
@@ -358,7 +384,7 @@ def _difference(tables: Tables, pairs, metric="accuracy") -> Measurement:
 
 
 @computation
-def paired_gap(tables: Tables, family, a, b, match_on=(), metric="accuracy", cluster=None, kind=None,
+def paired_gap(tables: Tables, family, a, b, match_on=(), metric=None, cluster=None, kind=None,
                benchmark=None) -> Measurement:
     """Mean paired difference a - b (points) over the same documents, runs matched on model, benchmark and
     the `match_on` setting fields (e.g. budget)."""
@@ -368,14 +394,15 @@ def paired_gap(tables: Tables, family, a, b, match_on=(), metric="accuracy", clu
 
 @computation
 def gap_between_groups(tables: Tables, family, a, b, group, first, second, match_on=(),
-                       metric="accuracy") -> Measurement:
+                       metric=None) -> Measurement:
     """(a - b on the `first` benchmarks) - (a - b on the `second`), `group` being cluster or kind: e.g. how
     much more token dropping loses on fine-grained than on coarse tasks. Independent bootstrap per group."""
     stats, details = [], []
     groups = [_pairs(tables, family, a, b, list(match_on), {group: value}) for value in (first, second)]
-    _at_floor(tables, [row for pairs in groups for pair in pairs for row in pair], metric)
+    _check_metric(pd.DataFrame([row for pairs in groups for pair in pairs for row in pair]), metric)
+    _at_floor(tables, [row for pairs in groups for pair in pairs for row in pair])
     for k, (value, pairs) in enumerate(zip((first, second), groups)):
-        aligned = analysis.difference_matrices(tables.samples, pairs, metric)
+        aligned = analysis.difference_matrices(tables.samples, pairs)
         if not aligned:
             raise NotTestable("the per-sample table has no shared documents for these runs")
         stats.append(analysis.bootstrap_distribution(aligned, tables.resamples, tables.seed + k))
@@ -387,7 +414,7 @@ def gap_between_groups(tables: Tables, family, a, b, group, first, second, match
 
 
 @computation
-def paired_gap_at_matched_flops(tables: Tables, family, a, b, max_flop_ratio=1.5, metric="accuracy",
+def paired_gap_at_matched_flops(tables: Tables, family, a, b, max_flop_ratio=1.5, metric=None,
                                 cluster=None, kind=None, benchmark=None) -> Measurement:
     """Mean paired difference (points) between every setting of series `a` and the setting of series `b`
     nearest to it in LLM-prefill FLOPs (same model, benchmark and documents); pairs further apart than
@@ -526,14 +553,16 @@ def memory_saving(tables: Tables, family, series, setting=None) -> Measurement:
 
 
 @computation
-def best_setting_value(tables: Tables, family, series, field_name, metric="accuracy", setting=None) -> Measurement:
-    """The value of `field_name` (e.g. alpha) whose runs have the best mean accuracy; needs two values at least."""
+def best_setting_value(tables: Tables, family, series, field_name, metric=None, setting=None) -> Measurement:
+    """The value of `field_name` (e.g. alpha) whose runs have the best mean primary score; needs two values at
+    least."""
     rows = require(select(tables.summary, family, series, setting), family=family, series=series, setting=setting)
+    _check_metric(rows, metric)
     if field_name not in rows or rows[field_name].nunique() < 2:
         values = sorted(rows[field_name].dropna().unique()) if field_name in rows else []
         raise NotTestable(f"the sweep has {len(values)} value(s) of {field_name} "
                           f"({', '.join(map(str, values)) or 'none'}); a comparison needs two at least")
-    means = rows.groupby(field_name)[metric].mean()
+    means = rows.groupby(field_name)["accuracy"].mean()
     return Measurement(float(means.idxmax()),
                        detail=", ".join(f"{field_name} {k}: {100 * v:.1f}" for k, v in means.items()))
 

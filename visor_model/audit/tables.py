@@ -1,6 +1,14 @@
 """Tidy result tables from the per-evaluation records: one summary row per model x method x setting x
 benchmark, one row per sample (for paired comparisons), accuracy with a seeded bootstrap CI.
 
+Scores: each sample's `score` in [0, 1] under its benchmark's primary metric (`lmms_plugins.metrics`; exact
+match on the synthetic tasks, ANLS on DocVQA, relaxed accuracy on ChartQA, ...). `accuracy` is their mean over
+the `n_scored` samples that have one (all but MME's other kind of question), with a percentile bootstrap CI
+(accuracy_ci_low/high); the cluster averages and paired comparisons use it. `metric` names the primary metric,
+`metric_value` is lmms-eval's own aggregate of it on the task's scale `metric_scale` (points 0-100, OCRBench
+0-1000, MME perception 0-2000), with a CI (metric_ci_low/high) where the metric is the per-sample mean
+(not for POPE's F1, MME's category sums or MMBench's circular evaluation).
+
 Compute columns of the summary (from the per-sample FLOP records of `visor_model.efficiency.accounting`):
   mean_flops_<term>     mean over samples of each term: vision, projector, selection, llm_prefill (causal, the
                         headline), llm_prefill_{sa,text,ca,conv,router}, llm_prefill_dense, llm_decode,
@@ -38,8 +46,11 @@ def summary_table(records: list[dict], seed: int = 0) -> pd.DataFrame:
     rows = []
     for record in records:
         samples = pd.DataFrame(record["samples"])
-        scores = samples["exact_match"].to_numpy(dtype=float)
+        scores = samples["score"].to_numpy(dtype=float)
+        scores = scores[np.isfinite(scores)]  # samples without a score under the primary metric (MME)
         _, low, high = bootstrap_mean({record["benchmark"]: scores}, seed=seed)  # percentile bootstrap CI
+        metric = record["primary_metric"]
+        factor = metric["factor"] if metric["mean"] else float("nan")  # a CI of the mean is one of the metric
         row = {
             "model": record["model"],
             "family": record["checkpoint"]["family"],
@@ -54,6 +65,12 @@ def summary_table(records: list[dict], seed: int = 0) -> pd.DataFrame:
             "accuracy_ci_low": low,
             "accuracy_ci_high": high,
             "anls": record["metrics"].get("anls"),
+            "metric": metric["name"],
+            "metric_value": metric["value"],
+            "metric_scale": metric["scale"],
+            "metric_ci_low": factor * low,
+            "metric_ci_high": factor * high,
+            "n_scored": len(scores),
         }
         for column in ("visual_tokens", "visual_tokens_kept", "newline_tokens_kept", "input_tokens", "output_tokens"):
             if column in samples:

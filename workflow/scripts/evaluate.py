@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from lmms_plugins.args import model_args
+from lmms_plugins.metrics import primary_metric
 from lmms_plugins.run import run_lmms_eval, sample_rows
 from visor_model.files import write_json_atomically
 from visor_model.provenance import environment
@@ -37,6 +38,7 @@ output = run_lmms_eval(
     seed=snakemake.config["seed"],
 )
 task_results = output.results["results"][task]
+primary = primary_metric(benchmark["metric"], task_results)
 record = {
     "model": wildcards.model,
     "method": wildcards.method,
@@ -48,12 +50,14 @@ record = {
     "cluster": benchmark.get("cluster"),
     "metrics": {key.split(",")[0]: value for key, value in task_results.items()
                 if "," in key and not key.split(",")[0].endswith("_stderr") and isinstance(value, (int, float))},
+    "primary_metric": primary,
     "n": len(output.samples),
     "throughput": output.results.get("throughput", {}),
-    "samples": sample_rows(output.samples),
+    "samples": sample_rows(output.samples, primary["name"]),
     "checkpoint": checkpoint,
     "provenance": environment(evaluation["device"]),
     "lmms_eval_results": str(output.results_path),
 }
 write_json_atomically(Path(snakemake.output[0]), record)
-print(json.dumps({k: record[k] for k in ("model", "method", "setting_id", "benchmark", "metrics", "n")}, indent=2))
+print(json.dumps({k: record[k] for k in (
+    "model", "method", "setting_id", "benchmark", "primary_metric", "metrics", "n")}, indent=2))
