@@ -229,3 +229,55 @@ def test_greedy_generate_keeps_its_plain_signature(hub_layout):
     batch = runner.splice([prompt_ids(loaded.tokenizer, loaded.model.config.image_token_id, QUESTIONS[0])], kept)
     out = greedy_generate(loaded.model, batch, 3, None)
     assert [len(ids) for ids in out.token_ids] == [3] and out.finish_reasons == ["length"]
+
+
+def plugin_requests(images, contexts, gen_kwargs):
+    docs = [{"i": i} for i in range(len(images))]
+    requests = [SimpleNamespace(args=(context, kwargs, lambda doc: [images[doc["i"]]], i, "t", "val"))
+                for i, (context, kwargs) in enumerate(zip(contexts, gen_kwargs))]
+    return {"t": {"val": docs}}, requests
+
+
+def test_llava_full_plugin_counts_only_the_tokens_it_generated(hub_layout):
+    """The lmms-eval plugin: a stop string in `until` ends the answer and its FLOP record; the per-sample
+    log's output_tokens and decode FLOPs are those of the tokens produced."""
+    from lmms_plugins.models import LlavaFull
+    from visor_model.efficiency.accounting import SampleTokens
+
+    plugin = LlavaFull(pretrained=str(hub_layout.folder), device="cpu", batch_size=2)
+    batch_images = images()
+    free = hf_generate(hub_layout, batch_images[0], QUESTIONS[0])
+    stop = pick_stop(plugin.runner.decode_text, free)
+    expected = hf_generate(hub_layout, batch_images[0], QUESTIONS[0], stop_strings=[stop])
+    plugin.task_dict, requests = plugin_requests(batch_images, QUESTIONS, [
+        {"until": [stop], "max_new_tokens": LIMIT, "do_sample": False},
+        {"until": stop + "-not-generated", "max_new_tokens": 4}])
+    results = plugin.generate_until(requests)
+    counts = [result.token_counts.to_dict() for result in results]
+    assert [c["output_tokens"] for c in counts] == [len(expected), 4]
+    decoded = plugin.runner.decode_text(expected)
+    assert results[0].text == trim_at_stop(decoded, [stop]).strip()
+    single = plugin.runner.generate([batch_images[0]], [QUESTIONS[0]], ["k"], [LIMIT], [[stop]])[0]
+    assert single.finish_reason == "stop"
+    logged = plugin.accountant.record(SampleTokens.from_record(single, LIMIT))
+    assert logged["flops_llm_decode"] == counts[0]["flops_llm_decode"]
+    assert SampleTokens.from_record(single, LIMIT).produced == len(expected)
+
+
+def test_plugin_default_max_new_tokens_is_lmms_evals(hub_layout, monkeypatch):
+    """A task without max_new_tokens (textvqa_val) gets 1024, what lmms-eval 0.7.3's LLaVA models use."""
+    from lmms_plugins.models import DEFAULT_MAX_NEW_TOKENS, LlavaFull
+
+    plugin = LlavaFull(pretrained=str(hub_layout.folder), device="cpu", batch_size=2)
+    seen = []
+
+    def capture(images, questions, keys, max_new_tokens, until):
+        seen.append((list(max_new_tokens), until))
+        raise InterruptedError
+
+    monkeypatch.setattr(plugin.runner, "generate", capture)
+    plugin.task_dict, requests = plugin_requests(images(), QUESTIONS, [{"until": ["ASSISTANT:"]}, {"until": "\n\n"}])
+    with pytest.raises(InterruptedError):
+        plugin.generate_until(requests)
+    assert DEFAULT_MAX_NEW_TOKENS == 1024
+    assert sorted(map(tuple, seen[0][1])) == [("\n\n",), ("ASSISTANT:",)] and seen[0][0] == [1024, 1024]
