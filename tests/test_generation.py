@@ -16,7 +16,7 @@ import torch
 from conftest import noise_images
 from llava_hf_layout import hf_processor, write_llava_hf_checkpoint
 
-from visor_model.llava.checkpoints import load_checkpoint
+from visor_model.llava.checkpoints import load_checkpoint, read_processor_chat_template
 from visor_model.llava.generation import StoppingCriteria, greedy_generate, trim_at_stop
 from visor_model.llava.runner import VisionLanguageRunner, eos_token_ids, prompt_ids, prompt_text
 from visor_model.methods.base import FullTokens
@@ -82,6 +82,19 @@ def test_chat_template_is_read_like_the_processor_reads_it(hub_layout):
     assert hub_layout.loaded.tokenizer.chat_template == hub_layout.processor.chat_template
     assert hub_layout.processor.chat_template == json.loads(
         (hub_layout.folder / "chat_template.json").read_text())["chat_template"]
+
+
+def test_processor_template_precedence_is_transformers(tmp_path):
+    """processor_config.json's key, then chat_template.json, then chat_template.jinja (ProcessorMixin order)."""
+    assert read_processor_chat_template(tmp_path) is None
+    (tmp_path / "chat_template.jinja").write_text("jinja")
+    assert read_processor_chat_template(tmp_path) == "jinja"
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": "json"}))
+    assert read_processor_chat_template(tmp_path) == "json"
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_token": "<image>"}))
+    assert read_processor_chat_template(tmp_path) == "json"
+    (tmp_path / "processor_config.json").write_text(json.dumps({"chat_template": "processor"}))
+    assert read_processor_chat_template(tmp_path) == "processor"
 
 
 def test_prompt_equals_the_processors(hub_layout):
