@@ -30,6 +30,11 @@ from visor_model.llava.checkpoints import load_checkpoint
 from visor_model.llava.runner import SampleRecord, VisionLanguageRunner
 from visor_model.methods.base import FullTokens, RandomDrop, TokenReducer
 
+# A task without `max_new_tokens` in its generation_kwargs (e.g. textvqa_val) gets what lmms-eval 0.7.3's own
+# LLaVA models use: `llava_hf`, `llava` and `llava_onevision` set 1024 in generate_until. Answers stop earlier,
+# at eos or a stop string, so the limit costs nothing unless a model rambles.
+DEFAULT_MAX_NEW_TOKENS = 1024
+
 
 @dataclass
 class VisualTokenCounts(TokenCounts):
@@ -222,7 +227,8 @@ class EfficientLlava(lmms):
                 images.append(image)
                 questions.append(context)
                 keys.append(f"{task}/{split}/{doc_id}")
-                budgets.append(self.max_new_tokens_override or int(gen_kwargs.get("max_new_tokens", 16)))
+                budgets.append(self.max_new_tokens_override
+                               or int(gen_kwargs.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)))
                 stops = gen_kwargs.get("until") or []
                 until.append([stops] if isinstance(stops, str) else list(stops))
             records = self.generate_batch(images, questions, keys, budgets, until) if answerable else []

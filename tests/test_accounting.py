@@ -105,14 +105,10 @@ def test_dense_accounting_equals_flop_counter_term_by_term(hosts, family, method
         hook.remove()
     record = records[0]
     tokens = SampleTokens.from_record(record, LIMIT)
-    # greedy_generate may run one decode step more than the sample needs (after the last token, when a row
-    # reaches the limit; its output is discarded); the per-sample record charges only the needed steps, so
-    # charge what actually ran (LLM calls - the prefill) to compare with the counter
-    ran_steps = len(calls) - 1
-    assert ran_steps - tokens.decode_steps in (0, 1)
-    ran = SampleTokens(tokens.n_text, tokens.n_visual, tokens.n_crops, tokens.produced, decode_steps=ran_steps)
+    # greedy_generate runs exactly the decode steps the sample needs (LLM calls - the prefill)
+    assert len(calls) - 1 == tokens.decode_steps
     accountant = FlopAccountant.for_model(loaded.model, reducer)
-    dense = accountant.sample(ran, "dense")
+    dense = accountant.sample(tokens, "dense")
 
     root = "Harness.m"
     assert counts[f"{root}.model.vision_tower"] == dense.vision.total  # every layer runs
@@ -128,7 +124,7 @@ def test_dense_accounting_equals_flop_counter_term_by_term(hosts, family, method
     assert (dense.selection.total > 0) == method.startswith("hired")
     # the per-sample record: visual tokens that entered the LLM, essential decode steps
     assert tokens.n_visual == record.visual_tokens_kept + record.newline_tokens_kept
-    assert tokens.produced == produced_tokens(record.generated_tokens, LIMIT)
+    assert tokens.produced == produced_tokens(record.generated_tokens, LIMIT, record.finish_reason)
     logged = accountant.record(tokens)
     assert logged["flops_llm_prefill_dense"] == dense.llm_prefill.total
     assert logged["flops_llm_decode"] == llm_decode_flops(accountant.shape.llm, tokens.n_text, tokens.n_visual,
@@ -262,11 +258,19 @@ def test_fastv_convention_of_the_host_and_of_visor():
 
 
 def test_produced_tokens_and_bad_inputs():
-    assert produced_tokens(0, 4) == 1  # end-of-sequence right away: one LM-head call
-    assert produced_tokens(2, 4) == 3  # two tokens, then eos
-    assert produced_tokens(4, 4) == 4  # the limit: no eos needed
+    assert produced_tokens(0, 4, "eos") == 1  # end-of-sequence right away: one LM-head call
+    assert produced_tokens(2, 4, "eos") == 3  # two tokens, then eos
+    assert produced_tokens(2, 4, "stop") == 2  # the second token completed a stop string: nothing more
+    assert produced_tokens(4, 4, "length") == 4  # the limit: no eos needed
+    assert produced_tokens(4, 4, "stop") == 4
     with pytest.raises(ValueError, match="exceeds"):
-        produced_tokens(5, 4)
+        produced_tokens(5, 4, "length")
+    with pytest.raises(ValueError, match="cannot have stopped on eos"):
+        produced_tokens(4, 4, "eos")
+    with pytest.raises(ValueError, match=r"stopped by length generates max_new_tokens \(4\), got 3"):
+        produced_tokens(3, 4, "length")
+    with pytest.raises(ValueError, match="finish_reason must be one of eos, stop, length"):
+        produced_tokens(3, 4, "done")
     shape = LLMShape(hidden=8, intermediate=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=4, vocab=10)
     with pytest.raises(ValueError, match="roles"):
         llm_prefill_flops(shape, 3, 4, roles=(SA,))

@@ -26,10 +26,9 @@ Conventions (those of `visor_model.efficiency.flops`, which supplies every per-m
   exactly as `torch.utils.flop_counter.FlopCounterMode` leaves it out.
 * A sample's cost is its cost **alone (batch size 1)**: padding added by batching is not charged, and
   generation stops when *this* sample stops. ``produced`` = tokens whose logits were computed: the
-  generated tokens plus the end-of-sequence token when the sample stopped on it
-  (`produced_tokens`). Decode steps = produced - 1 (the first token comes from the prefill).
-  Note: `visor_model.llava.generation.greedy_generate` runs one more decode step than needed when a row reaches
-  max_new_tokens (its output is discarded); that wasted step is not charged (see tests/test_accounting.py).
+  generated tokens plus the end-of-sequence token when the sample stopped on it; a sample that stopped on a
+  stop string or at max_new_tokens produced exactly its generated tokens (`produced_tokens`). Decode steps =
+  produced - 1 (the first token comes from the prefill); the runners run exactly these steps.
 * Causal vs dense (the reconciliation, tested exactly in tests/test_accounting.py): they differ only in
   the attention score/value products of self-attention at prefill. For every self-attention that sees n
   new tokens at prefill (an SA layer: n = text + visual; a text-only or CA host layer: n = text; the
@@ -268,14 +267,28 @@ def hired_selection_flops(vshape: VisionShape, n_crops: int, score: str, n_image
 # one sample
 
 
-def produced_tokens(generated_tokens: int, max_new_tokens: int) -> int:
+FINISH_REASONS = ("eos", "stop", "length")  # visor_model.llava.generation: eos token, stop string, token limit
+
+
+def produced_tokens(generated_tokens: int, max_new_tokens: int, finish_reason: str) -> int:
     """Tokens whose logits a sample needed: its generated tokens, plus the end-of-sequence token when it
-    stopped before ``max_new_tokens`` (the runners exclude eos from the generated ids)."""
+    stopped on one (the runners exclude eos from the generated ids; a stop string's token is included)."""
     generated_tokens = _count("generated_tokens", generated_tokens, allow_zero=True)
     max_new_tokens = _count("max_new_tokens", max_new_tokens)
+    if finish_reason not in FINISH_REASONS:
+        raise ValueError(f"finish_reason must be one of {', '.join(FINISH_REASONS)}, got {finish_reason!r}")
     if generated_tokens > max_new_tokens:
         raise ValueError(f"generated_tokens ({generated_tokens}) exceeds max_new_tokens ({max_new_tokens})")
-    return generated_tokens + 1 if generated_tokens < max_new_tokens else generated_tokens
+    if finish_reason == "eos":
+        if generated_tokens == max_new_tokens:
+            raise ValueError(f"a sample at max_new_tokens ({max_new_tokens}) cannot have stopped on eos")
+        return generated_tokens + 1
+    if generated_tokens == 0:
+        raise ValueError(f"a sample that stopped on {finish_reason!r} generated at least one token")
+    if finish_reason == "length" and generated_tokens != max_new_tokens:
+        raise ValueError(f"a sample stopped by length generates max_new_tokens ({max_new_tokens}), "
+                         f"got {generated_tokens}")
+    return generated_tokens
 
 
 @dataclass(frozen=True)
@@ -325,7 +338,7 @@ class SampleTokens:
             n_text=n_text,
             n_visual=n_visual,
             n_crops=record.crops,
-            produced=produced_tokens(record.generated_tokens, max_new_tokens),
+            produced=produced_tokens(record.generated_tokens, max_new_tokens, record.finish_reason),
             roles=roles,
             routed=getattr(record, "router_probabilities", None) is not None,
         )

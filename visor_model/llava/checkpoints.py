@@ -165,8 +165,9 @@ def load_checkpoint(
         raise CheckpointError(f"could not load weights of {path}: {error}") from None
     model.to(device).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = read_chat_template(path)
+    processor_template = read_processor_chat_template(path)
+    if processor_template is not None:
+        tokenizer.chat_template = processor_template  # what HF's processor renders; the runner renders it too
     return LoadedCheckpoint(
         model=model,
         tokenizer=tokenizer,
@@ -179,12 +180,22 @@ def load_checkpoint(
     )
 
 
-def read_chat_template(path: Path) -> str | None:
-    """Hub LLaVA checkpoints keep the chat template beside the processor rather than in the tokenizer."""
-    if (path / "chat_template.jinja").is_file():
-        return (path / "chat_template.jinja").read_text()
+def read_processor_chat_template(path: Path) -> str | None:
+    """The chat template transformers' processor would use (`ProcessorMixin.from_pretrained`, transformers 5.x).
+
+    llava-hf checkpoints keep it beside the processor, not in the tokenizer. The processor's order: a
+    `chat_template` key in processor_config.json, else the legacy chat_template.json, else chat_template.jinja
+    (its default template). None when the folder has none of them (the tokenizer's own template then applies).
+    """
+    processor_config = path / "processor_config.json"
+    if processor_config.is_file():
+        template = json.loads(processor_config.read_text()).get("chat_template")
+        if template is not None:
+            return template
     if (path / "chat_template.json").is_file():
         return json.loads((path / "chat_template.json").read_text())["chat_template"]
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text()
     return None
 
 

@@ -1,7 +1,10 @@
 """One batch of visual questions in, answers and per-sample accounting out.
 
 The runner owns the input pipeline (PIL image processor, chat template, tokenizer, `<image>` splice), so it
-works without torchvision and the same code serves training, evaluation and latency measurement.
+works without torchvision and the same code serves training, evaluation and latency measurement. The prompt is
+what transformers' processor makes of the same turn: the checkpoint's chat template on the conversation it
+expects, tokenized with the tokenizer's special tokens (tests/test_generation.py holds the greedy answers equal
+to the processor + `generate` on checkpoints in the llava-hf layout).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch
 from PIL import Image
 
 from visor_model.llava.checkpoints import LoadedCheckpoint
-from visor_model.llava.generation import greedy_generate
+from visor_model.llava.generation import GreedyOutput, greedy_generate, trim_at_stop
 from visor_model.llava.visual import ImageTokens, SplicedBatch, VisionOutputs, encode_images, splice_prompts
 from visor_model.methods.base import TokenReducer
 
@@ -26,21 +29,57 @@ class SampleRecord:
     visual_tokens_kept: int  # patch tokens that entered the LLM
     newline_tokens_kept: int
     prompt_tokens: int  # LLM prefill length of this sample (text + kept visual tokens)
-    generated_tokens: int
+    generated_tokens: int  # tokens the model produced for the answer (eos excluded, stop string included)
     crops: int
+    finish_reason: str  # "eos", "stop" (a stop string) or "length" (max_new_tokens)
 
 
-def prompt_ids(tokenizer, image_token_id: int, question: str) -> list[int]:
-    """Token ids of the chat-formatted prompt with one `<image>` placeholder before the question."""
+CONTENT_PROBE = "visor-content-probe"
+
+
+def renders_string_content(tokenizer) -> bool:
+    """Whether the chat template prints a message's `content` as a string (the reference checkpoints' template)
+    rather than iterating a list of typed items (llava-hf's chat_template.json, which renders nothing of a
+    plain string)."""
+    probe = [{"role": "user", "content": CONTENT_PROBE}]
+    return CONTENT_PROBE in tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+
+
+def prompt_text(tokenizer, image_token_id: int, question: str) -> str:
+    """The chat-formatted prompt with one `<image>` placeholder before the question.
+
+    A template written for list content gets the conversation transformers' processor is given,
+    `[{"type": "image"}, {"type": "text", "text": question}]`; one written for strings gets "<image>\\nquestion",
+    as does a tokenizer without a template."""
     if not question or not question.strip():
         raise ValueError("the question is empty")
     image_token = tokenizer.convert_ids_to_tokens(image_token_id)
-    messages = [{"role": "user", "content": f"{image_token}\n{question}"}]
-    if tokenizer.chat_template is not None:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if tokenizer.chat_template is None:
+        return f"{image_token}\n{question}"
+    if renders_string_content(tokenizer):
+        content = f"{image_token}\n{question}"
     else:
-        text = messages[0]["content"]
-    return tokenizer(text, add_special_tokens=False).input_ids
+        content = [{"type": "image"}, {"type": "text", "text": question}]
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def prompt_ids(tokenizer, image_token_id: int, question: str) -> list[int]:
+    """Token ids of the prompt, with the special tokens the tokenizer adds (Llama/Vicuna: BOS) unless the
+    template already wrote BOS: the rule of transformers' `ProcessorMixin.apply_chat_template`."""
+    text = prompt_text(tokenizer, image_token_id, question)
+    template_wrote_bos = tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token)
+    return tokenizer(text, add_special_tokens=not template_wrote_bos).input_ids
+
+
+def eos_token_ids(tokenizer, model) -> frozenset[int]:
+    """The tokens that end an answer: the tokenizer's eos and those of the model's generation config (what
+    `generate` stops on; Qwen2 checkpoints list more than one)."""
+    ids = set()
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if source is not None:
+            ids.update([source] if isinstance(source, int) else source)
+    return frozenset(ids)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -81,13 +120,16 @@ class VisionLanguageRunner:
             self.model.get_input_embeddings(), prompts, kept, self.model.config.image_token_id, targets
         )
 
-    def decode(self, batch: SplicedBatch, max_new_tokens: int):
-        """Greedy token ids per row, and whatever else the LLM side reports (here nothing)."""
-        output = greedy_generate(self.model, batch, max_new_tokens, self.loaded.tokenizer.eos_token_id)
-        return output.token_ids, None
+    def decode_text(self, ids: list[int]) -> str:
+        return self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def decode(self, batch: SplicedBatch, max_new_tokens: list[int], until: list[list[str]]) -> GreedyOutput:
+        """Greedy decoding; the output has `token_ids` and `finish_reasons` per row (subclasses: more)."""
+        return greedy_generate(self.model, batch, max_new_tokens, eos_token_ids(self.loaded.tokenizer, self.model),
+                               until, self.decode_text)
 
     def record(self, row: int, fields: dict, decoded) -> SampleRecord:
-        """The record of batch row `row` from the shared `fields` (subclasses add their own)."""
+        """The record of batch row `row` from the shared `fields` and the decode output (subclasses add theirs)."""
         return SampleRecord(**fields)
 
     @torch.no_grad()
@@ -99,30 +141,28 @@ class VisionLanguageRunner:
         max_new_tokens: list[int],
         until: list[list[str]] | None = None,
     ) -> list[SampleRecord]:
-        """Greedy answers; sample i stops at eos, after max_new_tokens[i] tokens or at any of until[i]."""
+        """Greedy answers; sample i stops at eos, after max_new_tokens[i] tokens or once its text contains any of
+        until[i] (lmms-eval's stop strings; the answer ends before the first one)."""
         pixel_values, image_sizes = self.process_images(images)
         prompts = [prompt_ids(self.loaded.tokenizer, self.model.config.image_token_id, q) for q in questions]
         vision, kept = self.visual_tokens(pixel_values, image_sizes, sample_keys)
         batch = self.splice(prompts, kept)
-        token_ids, decoded = self.decode(batch, max(max_new_tokens))
         until = until or [[] for _ in questions]
+        decoded = self.decode(batch, list(max_new_tokens), until)
         records = []
-        for i, (full, reduced, prompt, ids, n_crops, limit, stops) in enumerate(zip(
-            vision.images, kept, prompts, token_ids, vision.crop_owner.bincount().tolist(), max_new_tokens, until,
+        for i, (full, reduced, prompt, ids, reason, n_crops, stops) in enumerate(zip(
+            vision.images, kept, prompts, decoded.token_ids, decoded.finish_reasons,
+            vision.crop_owner.bincount().tolist(), until,
         )):
-            ids = ids[:limit]
-            text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
-            for stop in stops:
-                if stop and stop in text:
-                    text = text[: text.index(stop)]
             fields = dict(
-                answer=text.strip(),
+                answer=trim_at_stop(self.decode_text(ids), stops).strip(),
                 visual_tokens=full.num_patch_tokens,
                 visual_tokens_kept=reduced.num_patch_tokens,
                 newline_tokens_kept=int(reduced.is_newline.sum()),
                 prompt_tokens=len(prompt) - 1 + reduced.features.shape[0],
                 generated_tokens=len(ids),
                 crops=n_crops,
+                finish_reason=reason,
             )
             records.append(self.record(i, fields, decoded))
         return records

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visor_model.files import replace_folder_atomically
-from visor_model.llava.generation import record_greedy_step
+from visor_model.llava.generation import GreedyRows, StoppingCriteria
 from visor_model.llava.visual import SplicedBatch
 from visor_model.methods.visor.config import CA, SA, TEXT, VisorConfig, default_layers, spread  # noqa: F401
 
@@ -338,7 +338,8 @@ class PrefillState:
 
 @dataclass
 class VisorOutput:
-    token_ids: list[list[int]]
+    token_ids: list[list[int]]  # generated ids per row, eos excluded
+    finish_reasons: list[str]  # per row: "eos", "stop" or "length" (visor_model.llava.generation)
     configurations: list[tuple[int, ...]]  # SA layers that ran, per row
     roles: list[tuple[str, ...]]
     n_visual: list[int]  # visual tokens in the LLM (newline tokens included)
@@ -506,12 +507,15 @@ class VisorModel(nn.Module):
 
     # -- generation
     @torch.no_grad()
-    def generate(self, batch: SplicedBatch, max_new_tokens: int, eos_token_id: int | None, active=None,
-                 threshold: float | None = None, use_cache: bool = True) -> VisorOutput:
+    def generate(self, batch: SplicedBatch, max_new_tokens, eos_token_id, active=None,
+                 threshold: float | None = None, use_cache: bool = True, stop_strings=None,
+                 decode=None) -> VisorOutput:
         """Greedy answers for a left-padded batch, either with a fixed configuration (`active`) or with the
         policy at `threshold`. Rows that pick different configurations are continued as separate groups
-        after the router (the layers before it run once for the whole batch)."""
+        after the router (the layers before it run once for the whole batch). Each row stops on its own
+        (`max_new_tokens`, `eos_token_id`, `stop_strings`, `decode`: as `StoppingCriteria.for_batch`)."""
         B = batch.inputs_embeds.shape[0]
+        stopping = StoppingCriteria.for_batch(B, max_new_tokens, eos_token_id, stop_strings, decode)
         probabilities = None
         if threshold is None:
             active = self.config.check_active(active if active is not None else self.config.sa_candidates)
@@ -531,6 +535,7 @@ class VisorModel(nn.Module):
             groups = {a: torch.tensor(rows) for a, rows in groups.items()}
 
         token_ids: list[list[int]] = [[] for _ in range(B)]
+        finish_reasons: list[str] = [""] * B
         configurations: list[tuple[int, ...]] = [()] * B
         layout_all = Layout.build(batch.attention_mask, batch.position_ids, batch.visual_mask)
         for active, rows in groups.items():
@@ -540,13 +545,15 @@ class VisorModel(nn.Module):
             else:
                 sub = _select_batch(batch, rows)
                 group_state = state.select(rows)
-            ids = (self._generate_cached if use_cache else self._generate_uncached)(
-                sub, group_state, r, active, max_new_tokens, eos_token_id)
-            for row, out in zip(rows.tolist(), ids):
+            decoded = (self._generate_cached if use_cache else self._generate_uncached)(
+                sub, group_state, r, active, stopping.select(rows.tolist()))
+            for row, out, reason in zip(rows.tolist(), decoded.generated, decoded.finish_reasons):
                 token_ids[row] = out
+                finish_reasons[row] = reason
                 configurations[row] = active
         return VisorOutput(
             token_ids=token_ids,
+            finish_reasons=finish_reasons,
             configurations=configurations,
             roles=[self.config.roles(a) for a in configurations],
             n_visual=layout_all.n_visual(),
@@ -557,7 +564,7 @@ class VisorModel(nn.Module):
     def _logits_last(self, h_last: torch.Tensor) -> torch.Tensor:
         return self.base.lm_head(self.lm.norm(h_last))
 
-    def _generate_cached(self, batch, state, start_layer, active, max_new_tokens, eos_token_id):
+    def _generate_cached(self, batch, state, start_layer, active, stopping: StoppingCriteria) -> GreedyRows:
         if state is None:
             state, _ = self.start(batch, use_cache=True)
             start_layer = 0
@@ -570,11 +577,10 @@ class VisorModel(nn.Module):
         logits = self._logits_last(state.h[:, -1])
         B = logits.shape[0]
         embed = self.base.get_input_embeddings()
-        finished = torch.zeros(B, dtype=torch.bool)
-        generated: list[list[int]] = [[] for _ in range(B)]
-        for step in range(max_new_tokens):
+        rows = GreedyRows(stopping)
+        while True:
             next_ids = logits.argmax(dim=-1)
-            if record_greedy_step(next_ids, generated, finished, eos_token_id) or step + 1 == max_new_tokens:
+            if rows.append(next_ids):
                 break
             ones = full_keys.new_ones(B, 1)
             full_keys = torch.cat([full_keys, ones], dim=1)
@@ -590,18 +596,17 @@ class VisorModel(nn.Module):
                           position_ids=next_position, past_key_values=cache, use_cache=True)
             logits = self._logits_last(x[:, -1])
             next_position = next_position + 1
-        return generated
+        return rows
 
-    def _generate_uncached(self, batch, state, start_layer, active, max_new_tokens, eos_token_id):
+    def _generate_uncached(self, batch, state, start_layer, active, stopping: StoppingCriteria) -> GreedyRows:
         """Reference decoding: the whole prefill again for every new token (tests the cache)."""
         B = batch.inputs_embeds.shape[0]
         embed = self.base.get_input_embeddings()
-        finished = torch.zeros(B, dtype=torch.bool)
-        generated: list[list[int]] = [[] for _ in range(B)]
-        for step in range(max_new_tokens):
+        rows = GreedyRows(stopping)
+        while True:
             hidden, _ = self.forward(batch, active)
             next_ids = self.base.lm_head(hidden[:, -1]).argmax(dim=-1)
-            if record_greedy_step(next_ids, generated, finished, eos_token_id):
+            if rows.append(next_ids):
                 break
             batch = SplicedBatch(
                 inputs_embeds=torch.cat([batch.inputs_embeds, embed(next_ids[:, None])], dim=1),
@@ -609,7 +614,7 @@ class VisorModel(nn.Module):
                 position_ids=torch.cat([batch.position_ids, batch.position_ids[:, -1:] + 1], dim=1),
                 visual_mask=torch.cat([batch.visual_mask, batch.visual_mask.new_zeros(B, 1)], dim=1),
             )
-        return generated
+        return rows
 
 
 def _select_batch(batch: SplicedBatch, rows: torch.Tensor) -> SplicedBatch:

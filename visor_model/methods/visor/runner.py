@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from visor_model.llava.checkpoints import LoadedCheckpoint
-from visor_model.llava.runner import SampleRecord, VisionLanguageRunner
+from visor_model.llava.runner import SampleRecord, VisionLanguageRunner, eos_token_ids
 from visor_model.methods.base import FullTokens
 from visor_model.methods.visor.modeling import VisorModel, check_threshold
 
@@ -20,10 +20,10 @@ class VisorRunner(VisionLanguageRunner):
         self.active = active
         self.threshold = None if threshold is None else check_threshold(threshold)
 
-    def decode(self, batch, max_new_tokens):
-        out = self.visor.generate(batch, max_new_tokens, self.loaded.tokenizer.eos_token_id,
-                                  active=self.active, threshold=self.threshold)
-        return out.token_ids, out
+    def decode(self, batch, max_new_tokens, until):
+        return self.visor.generate(batch, max_new_tokens, eos_token_ids(self.loaded.tokenizer, self.model),
+                                   active=self.active, threshold=self.threshold, stop_strings=until,
+                                   decode=self.decode_text)
 
     def record(self, row, fields, decoded) -> "VisorSampleRecord":
         return VisorSampleRecord(
