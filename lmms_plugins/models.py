@@ -50,11 +50,12 @@ class VisualTokenCounts(TokenCounts):
     crops: int | None = None
     llm_visual_tokens: int | None = None  # visual tokens that entered the LLM (newlines included)
     llm_text_tokens: int | None = None  # text tokens of the prompt
+    finish_reason: str | None = None  # why decoding stopped: "eos", "stop" (an `until` string) or "length"
     flops: dict[str, int] | None = None
     skipped_reason: str | None = None  # why the sample was not answered (then nothing else is set)
 
     FIELDS = ("visual_tokens", "visual_tokens_kept", "newline_tokens_kept", "crops", "llm_visual_tokens",
-              "llm_text_tokens")
+              "llm_text_tokens", "finish_reason")
 
     def to_dict(self):
         if self.skipped_reason is not None:
@@ -76,6 +77,7 @@ class VisualTokenCounts(TokenCounts):
             visual_tokens_kept=record.visual_tokens_kept,
             newline_tokens_kept=record.newline_tokens_kept,
             crops=record.crops,
+            finish_reason=record.finish_reason,
             llm_visual_tokens=None if tokens is None else tokens.n_visual,
             llm_text_tokens=None if tokens is None else tokens.n_text,
             flops=flops,

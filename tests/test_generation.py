@@ -268,6 +268,7 @@ def test_llava_full_plugin_counts_only_the_tokens_it_generated(hub_layout):
     results = plugin.generate_until(requests)
     counts = [result.token_counts.to_dict() for result in results]
     assert [c["output_tokens"] for c in counts] == [len(expected), 4]
+    assert counts[0]["finish_reason"] == "stop" and counts[1]["finish_reason"] in ("eos", "length")
     decoded = plugin.runner.decode_text(expected)
     assert results[0].text == trim_at_stop(decoded, [stop]).strip()
     single = plugin.runner.generate([batch_images[0]], [QUESTIONS[0]], ["k"], [LIMIT], [[stop]])[0]
@@ -284,13 +285,16 @@ def test_plugin_default_max_new_tokens_is_lmms_evals(hub_layout, monkeypatch):
     plugin = LlavaFull(pretrained=str(hub_layout.folder), device="cpu", batch_size=2)
     seen = []
 
+    class Captured(Exception):
+        """Not an input error, so the plugin does not retry sample by sample."""
+
     def capture(images, questions, keys, max_new_tokens, until):
         seen.append((list(max_new_tokens), until))
-        raise InterruptedError
+        raise Captured
 
     monkeypatch.setattr(plugin.runner, "generate", capture)
     plugin.task_dict, requests = plugin_requests(images(), QUESTIONS, [{"until": ["ASSISTANT:"]}, {"until": "\n\n"}])
-    with pytest.raises(InterruptedError):
+    with pytest.raises(Captured):
         plugin.generate_until(requests)
     assert DEFAULT_MAX_NEW_TOKENS == 1024
     assert sorted(map(tuple, seen[0][1])) == [("\n\n",), ("ASSISTANT:",)] and seen[0][0] == [1024, 1024]
