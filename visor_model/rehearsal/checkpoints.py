@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # The llava-hf chat templates (chat_template.json): user content is a list of {"type": "image"} and
@@ -77,7 +77,6 @@ class Geometry:
     text_hidden: int = 64
     text_layers: int = 2
     vocab_size: int = 600
-    extra: dict = field(default_factory=dict)
 
     @property
     def tokens_per_crop(self) -> int:
@@ -93,7 +92,7 @@ GEOMETRIES = {
         image_grid_pinpoints=[[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)],
         vision_feature_layer=-1, vision_feature_select_strategy="full", image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5], chat_template=OV_CHAT_TEMPLATE, vision_aspect_ratio="anyres_max_9",
-        text_model_type="qwen2",
+        text_model_type="qwen2", text_layers=6,  # VISOR places L/3 CA and SA layers: 2 + 2 of 6
     ),
     # CLIP ViT-L/14 at 336 px: 24 x 24 = 576 patch tokens per crop plus CLS, dropped (strategy default) from
     # the second-to-last layer; LLaVA-1.6's five pinpoints.

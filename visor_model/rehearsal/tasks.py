@@ -15,14 +15,15 @@ scores on them are meaningless.
 from __future__ import annotations
 
 import io
-import json
 import random
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import yaml
+from datasets.naming import camelcase_to_snakecase
 
 from visor_model.files import sha256_file
 
@@ -36,6 +37,9 @@ class RehearsalTask:
     split: str  # the task's test_split
     sizes: tuple  # (width, height) of the documents' images, cycled
     rows: Callable[[int, random.Random], dict]  # document i's columns, images excluded
+    # images kept in a second hub dataset that the task's process_docs loads by id (GQA): (repo, config, split,
+    # the documents' column naming the image); these go into a prepared `datasets` cache instead
+    hub_images: tuple | None = None
 
 
 def _docvqa(i, rng):
@@ -132,7 +136,8 @@ TASKS = {
                               ((120, 40), (600, 150), (1024, 768), (1700, 2200)), _ocrbench),
     "textvqa_val": RehearsalTask("textvqa/textvqa_val.yaml", "default", "validation", ((1024, 768), (768, 1024)),
                                  _textvqa),
-    "gqa": RehearsalTask("gqa/gqa.yaml", "testdev_balanced_instructions", "testdev", ((640, 480), (500, 375)), _gqa),
+    "gqa": RehearsalTask("gqa/gqa.yaml", "testdev_balanced_instructions", "testdev", ((640, 480), (500, 375)), _gqa,
+                         hub_images=("lmms-lab-encoder/GQA", "testdev_balanced_images", "testdev", "imageId")),
     "scienceqa_img": RehearsalTask("scienceqa/scienceqa_img.yaml", "ScienceQA-IMG", "test",
                                    ((302, 232), (640, 360), (180, 120)), _scienceqa),
     "pope": RehearsalTask("pope/pope.yaml", "default", "test", ((640, 480), (480, 640), (640, 427)), _pope),
@@ -180,8 +185,10 @@ def dataset_readme(config_name: str, split: str) -> str:
     return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\nRehearsal documents (synthetic).\n"
 
 
-def write_task(name: str, folder: Path, documents: int, seed: int) -> dict:
-    """The local dataset and task YAML of lmms-eval task `name` in `folder`; returns a manifest."""
+def write_task(name: str, folder: Path, documents: int, seed: int, datasets_cache: Path) -> dict:
+    """The local dataset and task YAML of lmms-eval task `name` in `folder` (and, for a task whose
+    process_docs loads a second hub dataset, that dataset prepared in `datasets_cache`, the HF_DATASETS_CACHE
+    of the jobs); returns a manifest."""
     import datasets
 
     if name not in TASKS:
@@ -201,8 +208,14 @@ def write_task(name: str, folder: Path, documents: int, seed: int) -> dict:
             rng_image = rng
         row["image"] = {"bytes": png_bytes(page_image(width, height, rng_image)), "path": None}
         rows.append(row)
+    if spec.hub_images is not None:
+        repo, config_name, split, key = spec.hub_images
+        images = [{"id": row[key], "image": row.pop("image")} for row in rows]
+        prepare_datasets_cache(images, datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()}),
+                               Path(datasets_cache), repo, config_name, split)
     features = datasets.Dataset.from_list([{k: v for k, v in row.items() if k != "image"} for row in rows]).features
-    features["image"] = datasets.Image()
+    if spec.hub_images is None:
+        features["image"] = datasets.Image()
     # `datasets` caches a local dataset under its folder's name and config, not its content: the folder is
     # named by its content so that documents of another run (another workdir, another count) are never reused
     staging = folder / "dataset.tmp"
@@ -221,5 +234,26 @@ def write_task(name: str, folder: Path, documents: int, seed: int) -> dict:
             "image_sizes": [list(spec.sizes[i % len(spec.sizes)]) for i in range(documents)]}
 
 
-def write_manifest(folder: Path, manifest: dict) -> None:
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+def prepare_datasets_cache(rows: list[dict], features, cache: Path, repo: str, config_name: str, split: str) -> Path:
+    """A `datasets` cache entry for hub dataset `repo` (config, split) holding `rows`, as `load_dataset(repo,
+    config_name)` finds it offline (HF_DATASETS_OFFLINE=1, HF_DATASETS_CACHE=`cache`): its cached-dataset
+    fallback looks for <namespace>___<name>/<config>/<version>/<hash>/ with <name>-<split>.arrow files."""
+    import datasets
+    from datasets.data_files import DataFilesDict
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    namespace, name = repo.split("/")
+    name = camelcase_to_snakecase(name)
+    root = Path(cache) / f"{namespace}___{name}"
+    shutil.rmtree(root, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        parquet = Path(tmp) / f"{split}.parquet"
+        datasets.Dataset.from_list(rows, features=features).to_parquet(str(parquet))
+        builder = Parquet(cache_dir=tmp, dataset_name=name, config_name=config_name, hash="0" * 16,
+                          data_files=DataFilesDict.from_patterns({split: [str(parquet)]}))
+        builder.download_and_prepare()
+        prepared = Path(builder.cache_dir)
+        target = root / config_name / prepared.parent.name / prepared.name
+        target.parent.mkdir(parents=True)
+        shutil.move(str(prepared), target)
+    return target
