@@ -158,3 +158,21 @@ def test_small_rehearsal_reaches_the_report(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     html = (tmp_path / "reports" / "final.html").read_text()
     assert "every score in this report is random" in html
+
+
+def test_rehearsal_config_mirrors_the_paper_profile():
+    paper, rehearsal = (yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
+                        for name in ("paper", "rehearsal"))
+    assert rehearsal["rehearsal"] is True and rehearsal["audit"]["profile"] == "paper"
+    assert list(rehearsal["benchmarks"]) == list(paper["benchmarks"])
+    for name, spec in paper["benchmarks"].items():
+        assert {k: rehearsal["benchmarks"][name].get(k) for k in ("kind", "cluster")} == {
+            k: spec.get(k) for k in ("kind", "cluster")}
+        expected_source = "synthetic" if spec["source"] == "synthetic" else "rehearsal"
+        assert rehearsal["benchmarks"][name]["source"] == expected_source
+    assert set(rehearsal["methods"]) == set(paper["methods"])
+    assert rehearsal["visor"]["models"] == paper["visor"]["models"]
+    for model, spec in paper["models"].items():
+        assert rehearsal["models"][model]["family"] == spec["family"]
+        assert rehearsal["models"][model]["checkpoint"]["rehearsal_of"] == spec["checkpoint"]["repo"]
+    assert set(TASKS) == {name for name, spec in paper["benchmarks"].items() if spec["source"] == "lmms_eval"}
