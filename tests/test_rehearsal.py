@@ -139,6 +139,31 @@ def test_unknown_task_is_refused(tmp_path):
         write_task("vqav2", tmp_path, 2, seed=0, datasets_cache=tmp_path)
 
 
+def test_report_says_a_rehearsal_scores_randomly(tmp_path):
+    import fake_results
+
+    from visor_model.audit.claims import Tables, audit, load_claims
+    from visor_model.reporting import render
+
+    summary, samples, latency = fake_results.tables(n=10)
+    paths = {name: tmp_path / f"{name}.csv" for name in ("summary", "samples", "latency", "claims")}
+    for name, table in (("summary", summary), ("samples", samples), ("latency", latency)):
+        table.to_csv(paths[name], index=False)
+    audit(load_claims(REPO / "config" / "claims.yaml"),
+          Tables.read(paths["summary"], paths["samples"], paths["latency"], resamples=100),
+          "offline").to_csv(paths["claims"], index=False)
+    parameters = {f"{name}_path": str(path) for name, path in paths.items()}
+    texts = []
+    for rehearsal in (True, False):
+        parameters.update(profile="offline", config_sha256="ab" * 32, seed=0, resamples=100, rehearsal=rehearsal)
+        executed = render.execute_section(str(REPO / "notebooks" / "report.ipynb"),
+                                          tmp_path / f"report_{rehearsal}.ipynb", parameters)
+        texts.append("".join(str(output.get("data", {}).get("text/markdown", ""))
+                             for cell in executed.cells for output in cell.get("outputs", [])))
+    assert "every score in this report is random" in texts[0]
+    assert "every score in this report is random" not in texts[1]
+
+
 def small_rehearsal(benchmarks: list[str]) -> dict:
     """config/rehearsal.yaml on `benchmarks` with llava_full on LLaVA-OV only."""
     config = yaml.safe_load((REPO / "config" / "rehearsal.yaml").read_text())
