@@ -11,6 +11,7 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/rehearsal.smk"
 include: "workflow/rules/checkpoints.smk"
 include: "workflow/rules/visor.smk"
 include: "workflow/rules/evaluation.smk"

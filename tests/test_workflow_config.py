@@ -104,7 +104,7 @@ def test_bad_visor_config_names_the_key(edit, message):
 
 
 def test_the_shipped_configs_pass_and_get_their_defaults():
-    for path in (REPO / "config" / "config.yaml", REPO / "config" / "paper.yaml",
+    for path in (REPO / "config" / "config.yaml", REPO / "config" / "paper.yaml", REPO / "config" / "rehearsal.yaml",
                  REPO / ".test" / "config" / "config.yaml"):
         config = load(path)
         assert workflow_config.check(config, SCHEMA, overlay=config, replace_workflow_config=True) is config
@@ -116,7 +116,7 @@ def test_defaults_are_those_of_snakemake_validate():
     """fill_defaults is snakemake.utils.validate's default filling: the same config, key order included."""
     from snakemake.utils import validate
 
-    for path in (REPO / "config" / "config.yaml", REPO / "config" / "paper.yaml",
+    for path in (REPO / "config" / "config.yaml", REPO / "config" / "paper.yaml", REPO / "config" / "rehearsal.yaml",
                  REPO / ".test" / "config" / "config.yaml"):
         ours, theirs = load(path), load(path)
         workflow_config.fill_defaults(ours, workflow_config.load_schema(SCHEMA))

@@ -35,6 +35,7 @@ rule provide_checkpoint:
         lambda wildcards: (
             ["resources/trained/{model}/training.json"] if checkpoint_source(wildcards.model) == "train" else []
         ),
+        rehearsal_checkpoint_inputs,
     output:
         "resources/checkpoints/{model}.json",
     params:

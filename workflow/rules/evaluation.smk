@@ -2,8 +2,12 @@
 
 
 def benchmark_inputs(wildcards):
-    spec = config["benchmarks"][wildcards.benchmark]
-    return [f"resources/benchmarks/{wildcards.benchmark}/manifest.json"] if spec["source"] == "synthetic" else []
+    source = config["benchmarks"][wildcards.benchmark]["source"]
+    if source == "synthetic":
+        return [f"resources/benchmarks/{wildcards.benchmark}/manifest.json"]
+    if source == "rehearsal":
+        return [f"resources/rehearsal/tasks/{wildcards.benchmark}/manifest.json"]
+    return []
 
 
 def evaluation_checkpoint(wildcards):

@@ -35,7 +35,8 @@ rule report_section:
         notebook="results/notebooks/{section}.ipynb",
         html="reports/{section}.html",
     params:
-        parameters={"profile": config["audit"]["profile"], "config_sha256": workflow_config.config_sha256(config),
+        parameters={"profile": config["audit"]["profile"], "rehearsal": config["rehearsal"],
+                    "config_sha256": workflow_config.config_sha256(config),
                     "seed": config["seed"], "resamples": config["audit"]["resamples"]},
     wildcard_constraints:
         section="|".join(REPORT_SECTIONS),

@@ -15,7 +15,7 @@ sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 wildcards, params = snakemake.wildcards, snakemake.params
 checkpoint = json.loads(Path(snakemake.input.checkpoint).read_text())
 benchmark, evaluation = params.benchmark, params.evaluation
-synthetic = benchmark["source"] == "synthetic"
+local = benchmark["source"] in ("synthetic", "rehearsal")  # a task folder made by the workflow, `test` documents
 task = benchmark.get("task", wildcards.benchmark)
 
 plugin_args = model_args(checkpoint["path"], params.setting, evaluation)
@@ -28,13 +28,13 @@ output = run_lmms_eval(
     task=task,
     output_dir=lmms_dir,
     log_path=Path(snakemake.log[0]),
-    include_path=Path(snakemake.input.benchmark[0]).parent if synthetic else benchmark.get("include_path"),
+    include_path=Path(snakemake.input.benchmark[0]).parent if local else benchmark.get("include_path"),
     batch_size=evaluation["batch_size"],
     limit=limit,
-    expected_samples=(min(benchmark["test"], limit) if synthetic and limit
-                      else (benchmark["test"] if synthetic else None)),
+    expected_samples=(min(benchmark["test"], limit) if local and limit
+                      else (benchmark["test"] if local else None)),
     max_empty_fraction=evaluation["max_empty_fraction"],
-    offline=synthetic,
+    offline=local,
     seed=snakemake.config["seed"],
 )
 task_results = output.results["results"][task]
