@@ -175,11 +175,6 @@ def small_rehearsal(benchmarks: list[str]) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 13 defects on this path, fixed on other branches: the user turn is passed to the llava-hf chat "
-    "template as a string (`prompt 0 must contain exactly one image placeholder, found 0`), and aggregation reads "
-    "samples['exact_match'] (KeyError on chartqa's relaxed accuracy and POPE's scores); remove this mark once "
-    "they are merged"))
 def test_small_rehearsal_reaches_the_report(tmp_path):
     config = small_rehearsal(["chartqa", "pope"])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

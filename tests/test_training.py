@@ -125,3 +125,26 @@ def test_without_renameat2_the_folder_is_still_replaced(tmp_path, monkeypatch):
     replace_folder_atomically(target, write_files(["a"], "new"))
     assert sorted(os.listdir(target.parent)) == ["out"]
     assert sorted(os.listdir(target)) == ["a"] and (target / "a").read_text() == "new"
+
+
+def test_a_model_with_tied_embeddings_saves_and_resumes_its_state(tmp_path):
+    """Qwen2 checkpoints tie the LM head to the word embeddings; safetensors refuses shared tensors as they are."""
+    import torch
+
+    from visor_model.training import load_train_state, save_train_state
+
+    def tied_model():
+        model = torch.nn.Sequential(torch.nn.Embedding(11, 4), torch.nn.Linear(4, 11, bias=False))
+        model[1].weight = model[0].weight
+        return model
+
+    model = tied_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.arange(5)).sum().backward()
+    optimizer.step()
+    save_train_state(tmp_path / "state", model, optimizer, step=1, extra={"note": "tied"})
+
+    restored = tied_model()
+    record = load_train_state(tmp_path / "state", restored, torch.optim.AdamW(restored.parameters(), lr=0.1))
+    assert record == {"step": 1, "note": "tied"}
+    assert torch.equal(restored[0].weight, model[0].weight) and restored[1].weight is restored[0].weight

@@ -102,7 +102,8 @@ def save_train_state(state_dir: Path, model: torch.nn.Module, optimizer: torch.o
                 moments[f"{name}::step"] = torch.as_tensor(state["step"], dtype=torch.float64).reshape(1)
 
     def write(tmp: Path) -> None:
-        save_file({n: p.detach().contiguous() for n, p in model.state_dict().items()}, str(tmp / "weights.safetensors"))
+        # clone: safetensors refuses tensors that share memory, as tied word embeddings and LM heads do (Qwen2)
+        save_file({n: p.detach().clone() for n, p in model.state_dict().items()}, str(tmp / "weights.safetensors"))
         save_file(moments, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
 
