@@ -191,8 +191,8 @@ def test_rehearsal_config_mirrors_the_paper_profile():
     assert rehearsal["rehearsal"] is True and rehearsal["audit"]["profile"] == "paper"
     assert list(rehearsal["benchmarks"]) == list(paper["benchmarks"])
     for name, spec in paper["benchmarks"].items():
-        assert {k: rehearsal["benchmarks"][name].get(k) for k in ("kind", "cluster")} == {
-            k: spec.get(k) for k in ("kind", "cluster")}
+        assert {k: rehearsal["benchmarks"][name].get(k) for k in ("kind", "cluster", "metric")} == {
+            k: spec.get(k) for k in ("kind", "cluster", "metric")}
         expected_source = "synthetic" if spec["source"] == "synthetic" else "rehearsal"
         assert rehearsal["benchmarks"][name]["source"] == expected_source
     assert set(rehearsal["methods"]) == set(paper["methods"])
