@@ -54,10 +54,30 @@ def show(fig, caption: str, otherwise: str) -> None:
     say(f"**Figure {_figures['n']}.** {caption}")
 
 
+FOLD_ROWS = 30  # a table with more rows opens with a click (at paper scale the raw tables have hundreds)
+FOLD_LINES = 12  # likewise a bulleted list
+LONG_WORD = 24  # characters: text columns with longer words (hashes) may break them anywhere
+
+
+def bullets(title: str, lines: list[str]) -> None:
+    """A markdown list after `title`; folded under the title (one line in the page, a click away) when it has
+    more than FOLD_LINES items."""
+    import mistune
+    from IPython.display import HTML, display
+
+    text = "\n".join(f"- {line}" for line in lines)
+    if len(lines) <= FOLD_LINES:
+        say(f"{title}:\n\n{text}")
+        return
+    display(HTML(f'<details class="report-fold"><summary>{html.escape(title)} ({len(lines)} items)</summary>'
+                 f"{mistune.html(text)}</details>"))
+
+
 def table(frame: pd.DataFrame, caption: str = "", formats: dict | None = None, otherwise: str = "") -> None:
     """Display a table without its index, with per-column number formats and a caption. Numbers stay on one
     line, text wraps; a table still wider than the page scrolls inside its own box (class `report-table`, styled
-    by `render.STYLE`), so the page never does."""
+    by `render.STYLE`), so the page never does. Tables of more than FOLD_ROWS rows are folded under their
+    caption."""
     from IPython.display import HTML, display
 
     if frame is None or frame.empty:
@@ -68,9 +88,17 @@ def table(frame: pd.DataFrame, caption: str = "", formats: dict | None = None, o
     numbers = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
     if numbers:
         styler = styler.set_properties(subset=numbers, **{"white-space": "nowrap", "text-align": "right"})
+    unbroken = [c for c in frame.columns if c not in numbers
+                and frame[c].astype(str).str.split().explode().str.len().max() > LONG_WORD]
+    if unbroken:  # hashes and the like: broken anywhere rather than widening the table past the page
+        styler = styler.set_properties(subset=unbroken, **{"word-break": "break-all"})
     if caption:
         styler = styler.set_caption(caption)
-    display(HTML(f'<div class="report-table">{styler.to_html()}</div>'))
+    box = f'<div class="report-table">{styler.to_html()}</div>'
+    if len(frame) > FOLD_ROWS:
+        box = (f'<details class="report-fold"><summary>{html.escape(caption or "Table")} ({len(frame)} rows)'
+               f"</summary>{box}</details>")
+    display(HTML(box))
 
 
 VERDICT_COLOURS = {REPRODUCED: "#d9f2d9", NOT_REPRODUCED: "#f9d6d5", NOT_TESTABLE: "#eeeeee"}

@@ -21,16 +21,18 @@ TITLE = "VISOR and HiRED: an accuracy-per-FLOP audit"
 STYLE = """
 .jp-RenderedImage img, .jp-OutputArea-output img { max-width: 100%; height: auto; }
 .jp-RenderedHTMLCommon div.report-table { max-width: 100%; overflow-x: auto; margin: 4px 0 14px; }
-.jp-RenderedHTMLCommon div.report-table table { table-layout: auto; margin: 0; font-size: 12px; }
+.jp-RenderedHTMLCommon div.report-table table { table-layout: auto; margin: 0; font-size: 12px; min-width: 40%; }
 .jp-RenderedHTMLCommon div.report-table caption { caption-side: top; text-align: left; font-weight: bold;
   padding: 4px 0; }
-.jp-RenderedHTMLCommon div.report-table th { overflow-wrap: break-word; vertical-align: bottom; padding: 3px 6px; }
-.jp-RenderedHTMLCommon div.report-table td { overflow-wrap: anywhere; vertical-align: top; padding: 3px 6px; }
+.jp-RenderedHTMLCommon div.report-table th { overflow-wrap: break-word; vertical-align: bottom; padding: 3px 6px;
+  text-align: left; }
+.jp-RenderedHTMLCommon div.report-table td { overflow-wrap: break-word; vertical-align: top; padding: 3px 6px;
+  text-align: left; }
 .jp-RenderedHTMLCommon div.report-table table.verdicts { table-layout: fixed; width: 100%; }
-.jp-RenderedHTMLCommon div.report-table table.verdicts td,
-.jp-RenderedHTMLCommon div.report-table table.verdicts th { text-align: left; }
 .jp-RenderedHTMLCommon div.report-table td.claim-id { font-family: monospace; font-size: 11px; }
-.jp-RenderedHTMLCommon div.report-table summary { cursor: pointer; }
+.jp-RenderedHTMLCommon summary { cursor: pointer; }
+.jp-RenderedHTMLCommon details.report-fold { margin: 4px 0 12px; }
+.jp-RenderedHTMLCommon details.report-fold > summary { font-weight: bold; font-size: 13px; }
 .jp-RenderedHTMLCommon div.report-table details[open] { background: #f4f4f4; padding: 2px 4px; }
 .jp-RenderedHTMLCommon div.report-table details p { margin: 4px 0 4px 14px; }
 """
