@@ -102,7 +102,7 @@ def table(frame: pd.DataFrame, caption: str = "", formats: dict | None = None, o
 
 
 VERDICT_COLOURS = {REPRODUCED: "#d9f2d9", NOT_REPRODUCED: "#f9d6d5", NOT_TESTABLE: "#eeeeee"}
-SHORT_CLAIM = 72  # characters of the claim shown in the table's row; the full text is in the row's details
+SHORT_CLAIM = 64  # characters of the claim shown in the table's row; the full text is in the row's details
 
 
 def shorten(text: str, limit: int = SHORT_CLAIM) -> str:
@@ -127,10 +127,12 @@ def verdict_html(frame: pd.DataFrame, caption: str = "") -> str:
         body = "".join(f"<p><b>{name}:</b> {_cell(value)}</p>" for name, value in facts
                        if isinstance(value, str) and value)
         verdict = claim.get("verdict", "")
+        text = str(claim["claim"])
+        full = f"<p>{html.escape(text)}</p>" if shorten(text) != text else ""  # the whole claim, where cut
         rows.append(
             f'<tr><td class="claim-id">{_cell(claim["id"])}</td>'
-            f'<td><details><summary title="{_cell(claim["claim"])}">{html.escape(shorten(str(claim["claim"])))}'
-            f'</summary><p>{_cell(claim["claim"])}</p>{body}</details></td>'
+            f'<td><details><summary title="{html.escape(text)}">{html.escape(shorten(text))}'
+            f"</summary>{full}{body}</details></td>"
             f'<td>{_cell(claim.get("paper_value"))}</td><td>{_cell(claim.get("reproduced"))}</td>'
             f'<td class="verdict" style="background-color: {VERDICT_COLOURS.get(verdict, "white")}">'
             f"{_cell(verdict)}</td></tr>")
