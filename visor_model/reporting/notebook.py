@@ -54,7 +54,7 @@ def show(fig, caption: str, otherwise: str) -> None:
     say(f"**Figure {_figures['n']}.** {caption}")
 
 
-FOLD_ROWS = 30  # a table with more rows opens with a click (at paper scale the raw tables have hundreds)
+FOLD_ROWS = 40  # a table with more rows opens with a click (at paper scale the raw tables have hundreds)
 FOLD_LINES = 12  # likewise a bulleted list
 LONG_WORD = 24  # characters: text columns with longer words (hashes) may break them anywhere
 
