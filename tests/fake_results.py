@@ -4,7 +4,10 @@ benchmarks lose accuracy when visual tokens are dropped, VISOR keeps it with eno
 outcomes share a latent difficulty, so runs on the same documents are positively correlated (as real ones are).
 Used by the report and claims tests and to render a full report for inspection:
 
-    python tests/fake_results.py OUTDIR   # writes OUTDIR/{summary,samples,latency}.csv
+    python tests/fake_results.py OUTDIR [paper]  # writes OUTDIR/{summary,samples,latency}.csv
+
+`PAPER_BENCHMARKS` are the 12 benchmarks of config/paper.yaml with their kinds and clusters, to render the
+report at the papers' scale (`tables(benchmarks=PAPER_BENCHMARKS)`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ from visor_model.audit.tables import latency_table, sample_table, summary_table
 
 BENCHMARKS = {"synth_background": ("coarse", "easy", 2.0e8), "synth_shape": ("medium", "easy", 2.1e8),
               "synth_marker": ("fine", "hard", 2.4e8)}
+PAPER_BENCHMARKS = {
+    "docvqa_val": ("fine", "hard", 2.4e9), "chartqa": ("fine", "hard", 2.3e9), "infovqa_val": ("fine", "hard", 2.6e9),
+    "ocrbench": ("fine", "hard", 2.2e9), "textvqa_val": ("fine", None, 2.2e9), "gqa": ("coarse", "easy", 2.0e9),
+    "scienceqa_img": ("coarse", "easy", 2.0e9), "pope": ("coarse", "easy", 2.0e9), "mme": ("coarse", None, 2.1e9),
+    "mmbench_en_dev_static": ("coarse", None, 2.0e9), "ai2d": ("medium", None, 2.1e9),
+    "realworldqa": ("medium", None, 2.3e9)}
 MODELS = {"reference_ov": "llava_onevision", "reference_next": "llava_next"}
 VERSIONS = {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.23.0", "lmms_eval": "0.7.3",
             "snakemake": "9.27.1", "pandas": "3.1.1", "seaborn": "0.13.2", "papermill": "2.7.0"}
@@ -78,12 +87,12 @@ def setting_id(setting: dict) -> str:
     return "_".join(f"{k}-{setting[k]}" for k in sorted(setting)) or "default"
 
 
-def records(n: int = 60, seed: int = 0, **kwargs):
+def records(n: int = 60, seed: int = 0, benchmarks: dict = BENCHMARKS, **kwargs):
     rng = np.random.default_rng(seed)
-    difficulty = {b: rng.random(n) for b in BENCHMARKS}
+    difficulty = {b: rng.random(n) for b in benchmarks}
     evaluations, latencies = [], []
     for model, method, setting in runs(**kwargs):
-        for benchmark, (kind, cluster, full_flops) in BENCHMARKS.items():
+        for benchmark, (kind, cluster, full_flops) in benchmarks.items():
             samples = []
             for doc in range(n):
                 sa = None
@@ -131,8 +140,8 @@ def records(n: int = 60, seed: int = 0, **kwargs):
     return evaluations, latencies
 
 
-def tables(n: int = 60, seed: int = 0, **kwargs):
-    evaluations, latencies = records(n, seed, **kwargs)
+def tables(n: int = 60, seed: int = 0, benchmarks: dict = BENCHMARKS, **kwargs):
+    evaluations, latencies = records(n, seed, benchmarks, **kwargs)
     return summary_table(evaluations, seed=seed), sample_table(evaluations), latency_table(latencies)
 
 
@@ -147,4 +156,5 @@ def write(folder: Path, **kwargs) -> dict:
 
 
 if __name__ == "__main__":
-    print(write(Path(sys.argv[1])))
+    paper = sys.argv[2:] == ["paper"]
+    print(write(Path(sys.argv[1]), **({"benchmarks": PAPER_BENCHMARKS} if paper else {})))

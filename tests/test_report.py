@@ -3,6 +3,9 @@ file, and the notebooks rendered on full and on sparse tables (every section say
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import fake_results
@@ -264,7 +267,7 @@ HEADINGS = ("Summary: what held and what did not", "The claims audit", "Accuracy
             "Paired comparisons at matched FLOPs", "Results table", "Provenance")
 
 
-def render(folder: Path, summary, samples, latency) -> tuple[str, list]:
+def render(folder: Path, summary, samples, latency, sections=SECTIONS) -> tuple[str, list]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / f"{name}.csv" for name in ("summary", "samples", "latency", "claims")}
     summary.to_csv(paths["summary"], index=False)
@@ -275,7 +278,7 @@ def render(folder: Path, summary, samples, latency) -> tuple[str, list]:
     parameters = {f"{name}_path": str(path) for name, path in paths.items()}
     parameters.update(profile="offline", config_sha256="ab" * 32, seed=0, resamples=100)
     executed, errors = [], []
-    for section in SECTIONS:
+    for section in sections:
         notebook = render_report.execute_section(str(REPO / "notebooks" / f"{section}.ipynb"),
                                                  folder / f"{section}.ipynb", parameters)
         errors += [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"
@@ -369,3 +372,84 @@ def test_gather_numbers_figures_through_the_report(tmp_path):
     merged = render_report.gather(paths)
     captions = [o["data"]["text/markdown"] for c in merged.cells for o in c.get("outputs", [])]
     assert captions == ["**Figure 1.** a plot", "**Figure 2.** a plot"]
+
+
+# --- the report at the papers' scale (12 benchmarks, two models) -----------------------------------------
+
+def test_verdict_table_is_one_row_per_claim_with_the_reason_in_details():
+    from visor_model.reporting.notebook import shorten, verdict_html
+
+    frame = pd.DataFrame([
+        {"id": "a_claim", "claim": "Short claim.", "paper_value": 8.6, "reproduced": "7.9x [7.1, 8.8]",
+         "verdict": "reproduced", "reason": "holds", "detail": np.nan, "test": "at least 7.60x",
+         "source": "VISOR paper", "provenance": "paper"},
+        {"id": "b_claim", "claim": "word " * 30, "paper_value": np.nan, "reproduced": "n/a",
+         "verdict": "not testable in this profile", "reason": "needs <LLaVA-NeXT-7B>", "detail": "", "test": "> 0",
+         "source": "HiRED paper", "provenance": "paper"}])
+    page = verdict_html(frame, "Claims")
+    assert page.count("<tr>") == 3 and page.count("<details>") == 2
+    assert ('<details><summary title="Short claim.">Short claim.</summary>'
+            "<p><b>Reason:</b> holds</p><p><b>Needs:</b> at least 7.60x</p><p><b>Source:</b> VISOR paper</p>"
+            "<p><b>Provenance:</b> paper</p></details>") in page
+    assert f"</summary><p>{'word ' * 30}</p><p><b>Reason:</b> needs &lt;LLaVA-NeXT-7B&gt;</p>" in page  # cut: whole
+    assert shorten("word " * 30) == "word " * 12 + "…" and len(shorten("word " * 30)) <= 64
+    assert '<td class="verdict" style="background-color: #d9f2d9">reproduced</td>' in page
+    assert '<td class="verdict" style="background-color: #eeeeee">not testable in this profile</td>' in page
+    assert "<td>n/a</td>" in page  # the missing paper value
+    assert shorten("Short claim.") == "Short claim."
+
+
+PAPER_SECTIONS = ("report", "tradeoffs", "results")  # the claims table, the grid figure, the widest tables
+
+
+@pytest.fixture(scope="module")
+def paper_report(tmp_path_factory):
+    summary, samples, latency = fake_results.tables(n=20, benchmarks=fake_results.PAPER_BENCHMARKS)
+    folder = tmp_path_factory.mktemp("paper")
+    html, errors = render(folder, summary, samples, latency, PAPER_SECTIONS)
+    return folder / "final.html", html, errors
+
+
+def test_report_at_paper_scale_renders_small_multiples_and_folds_the_claims(paper_report):
+    _, html, errors = paper_report
+    assert not errors, errors
+    assert "2 models, 12 benchmarks" in html
+    claims_shown = len(load_claims(CLAIMS))
+    table = html[html.index('<table class="verdicts">'):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr>") == claims_shown + 1  # the header and one row per claim
+    assert table.count("<details>") == claims_shown and table.count("<b>Reason:</b>") == claims_shown
+    # accuracy against FLOPs: one figure of 24 panels, not one per benchmark
+    tradeoffs = html[html.index('id="Accuracy-against-LLM-prefill-FLOPs"'):html.index('id="Easy-and-hard-clusters')]
+    assert tradeoffs.count("<img") == 1
+    assert "one panel per benchmark and model" in tradeoffs
+    for benchmark in fake_results.PAPER_BENCHMARKS:  # in the folded list of Pareto-frontier runs
+        assert f"<strong>{benchmark}</strong> (reference_ov)" in tradeoffs, benchmark
+    # the raw results (444 evaluations) folded under their caption
+    assert re.search(r"<summary>Every evaluation \(\d+ rows\)</summary>", html)
+
+
+WIDTH_SCRIPT = """<script>
+var page = document.documentElement.clientWidth, outside = [];
+document.querySelectorAll("body *").forEach(function (e) {
+  var inBox = e.parentElement && e.parentElement.closest(".report-table");
+  if (!inBox && e.getBoundingClientRect().right > page + 1) outside.push(e.tagName);
+});
+document.body.setAttribute("data-layout", document.documentElement.scrollWidth + " " + page + " " + outside.length);
+</script></body>"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs headless Chromium (Debian package chromium)")
+def test_report_at_paper_scale_does_not_overflow_a_1280_px_window(paper_report, tmp_path):
+    """Lays the page out in headless Chromium at 1280 px: the page is no wider than the window and no element
+    outside a table's own scroll box reaches past its right edge."""
+    path, _, _ = paper_report
+    probe = tmp_path / "probe.html"
+    probe.write_text(path.read_text().replace("</body>", WIDTH_SCRIPT))
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,4000", "--dump-dom",
+                          probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    scroll_width, page_width, outside = map(int, re.search(r'data-layout="(\d+) (\d+) (\d+)"', dom).groups())
+    assert page_width > 1200
+    assert (scroll_width, outside) == (page_width, 0)

@@ -4,6 +4,8 @@ series has one colour everywhere in the report."""
 
 from __future__ import annotations
 
+import math
+
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
@@ -13,6 +15,10 @@ from visor_model.audit import analysis
 from visor_model.audit.analysis import MARKERS, add_series, colour, flop_unit, series_order
 
 PANEL = (4.6, 3.4)
+# Small multiples: at most this many panels per row, each CELL inches, so that a grid of any number of
+# benchmarks x models stays 12 inches (about 1,100 px at the report's 90 dpi) wide and grows downwards.
+COLUMNS = 4
+CELL = (3.0, 2.5)
 
 
 def _plain_log_ticks(ax):
@@ -29,57 +35,79 @@ def _panels(n: int, width: float = PANEL[0], height: float = PANEL[1]):
     return fig, list(axes[0])
 
 
+def _grid(n: int, columns: int = COLUMNS, width: float = CELL[0], height: float = CELL[1]):
+    """A figure of `n` panels, `columns` per row (fewer when n is smaller), the unused cells hidden."""
+    columns = max(1, min(columns, n))
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n], columns
+
+
+def _outer_labels(axes, columns: int, xlabel: str, ylabel: str) -> None:
+    """Axis labels on the grid's left column and bottom panels only (the panels share their meaning)."""
+    for i, ax in enumerate(axes):
+        if i % columns == 0:
+            ax.set_ylabel(ylabel)
+        if i + columns >= len(axes):
+            ax.set_xlabel(xlabel)
+
+
 def series_points(rows: pd.DataFrame, sort_by: str):
     """(label, that series' rows sorted by `sort_by`) for every series of `rows`, in the report's order."""
     for label in series_order(rows):
         yield label, rows[rows["series_label"] == label].sort_values(sort_by)
 
 
-def _legend(fig, axes):
+def _legend(fig, axes, top: bool = False):
+    """One legend for the whole figure (every label once), below the panels or, for a grid, above them."""
     handles = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     if handles:
-        fig.legend(list(handles.values()), list(handles.keys()), loc="upper center",
-                   bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)), frameon=False, fontsize=8)
+        fig.legend(list(handles.values()), list(handles.keys()), loc="lower center" if top else "upper center",
+                   bbox_to_anchor=(0.5, 1.0 if top else 0.0), ncol=min(4, len(handles)), frameon=False, fontsize=8)
 
 
-def accuracy_vs_flops(summary: pd.DataFrame, benchmark: str):
-    """Accuracy (%) against mean LLM-prefill FLOPs per sample on one benchmark, one panel per model: every
-    series' curve (error bars: 95% CI), the Pareto frontier as a dashed step line, frontier points ringed."""
-    part = summary[summary["benchmark"] == benchmark]
-    part = (part[np.isfinite(part["mean_flops_llm_prefill"].astype(float))] if "mean_flops_llm_prefill" in part
-            else part[:0])
+def accuracy_vs_flops(summary: pd.DataFrame):
+    """Accuracy (%) against mean LLM-prefill FLOPs per sample, one panel per benchmark and model (small
+    multiples, benchmarks in the table's order, a model's panels side by side): every series' curve (error bars:
+    95% CI), the Pareto frontier as a dashed step line, frontier points ringed; one legend above the grid."""
+    part = (summary[np.isfinite(summary["mean_flops_llm_prefill"].astype(float))]
+            if "mean_flops_llm_prefill" in summary else summary[:0])
     if part.empty:
         return None
     part = analysis.pareto_frontier(add_series(part))
     divisor, unit = flop_unit(part["mean_flops_llm_prefill"])
     models = list(dict.fromkeys(part["model"]))
-    fig, axes = _panels(len(models))
-    for ax, model in zip(axes, models):
-        rows = part[part["model"] == model]
+    panels = [(benchmark, model) for benchmark in dict.fromkeys(part["benchmark"]) for model in models
+              if ((part["benchmark"] == benchmark) & (part["model"] == model)).any()]
+    fig, axes, columns = _grid(len(panels))
+    for ax, (benchmark, model) in zip(axes, panels):
+        rows = part[(part["benchmark"] == benchmark) & (part["model"] == model)]
         for label, points in series_points(rows, "mean_flops_llm_prefill"):
             x = points["mean_flops_llm_prefill"] / divisor
             y = 100 * points["accuracy"]
             err = [100 * (points["accuracy"] - points["accuracy_ci_low"]),
                    100 * (points["accuracy_ci_high"] - points["accuracy"])]
-            ax.errorbar(x, y, yerr=err, color=colour(label), marker=MARKERS.get(label, "o"), markersize=6,
-                        linewidth=1.5, capsize=2, label=label, alpha=0.9)
+            ax.errorbar(x, y, yerr=err, color=colour(label), marker=MARKERS.get(label, "o"), markersize=4,
+                        linewidth=1.2, capsize=2, label=label, alpha=0.9)
         frontier = rows[rows["pareto"]].sort_values("mean_flops_llm_prefill")
         ax.step(frontier["mean_flops_llm_prefill"] / divisor, 100 * frontier["accuracy"], where="post",
                 color="black", linestyle="--", linewidth=1, label="Pareto frontier")
-        ax.scatter(frontier["mean_flops_llm_prefill"] / divisor, 100 * frontier["accuracy"], s=160,
+        ax.scatter(frontier["mean_flops_llm_prefill"] / divisor, 100 * frontier["accuracy"], s=90,
                    facecolors="none", edgecolors="black", linewidths=1)
         _plain_log_ticks(ax)
         ax.set_ylim(-2, 102)
-        ax.set_xlabel(f"LLM-prefill FLOPs per sample ({unit}, log scale)")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(model, fontsize=10)
+        ax.set_title(f"{benchmark}\n{model}", fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"{benchmark}: accuracy against LLM-prefill compute", fontsize=11)
-    _legend(fig, axes)
+    _outer_labels(axes, columns, f"LLM-prefill FLOPs ({unit}, log)", "accuracy (%)")
     fig.tight_layout()
+    _legend(fig, axes, top=True)
     return fig
 
 
@@ -151,7 +179,7 @@ def policy_histogram(configurations: pd.DataFrame):
     benchmarks = list(dict.fromkeys(table["benchmark"]))
     thresholds = sorted(table["threshold"].unique())
     layers = sorted(table["sa_layers"].unique())
-    fig, axes = _panels(len(benchmarks), 4.0, 3.2)
+    fig, axes, columns = _grid(len(benchmarks))
     blues = plt.cm.Blues(np.linspace(0.35, 0.95, len(thresholds)))
     width = 0.8 / len(thresholds)
     for ax, benchmark in zip(axes, benchmarks):
@@ -162,14 +190,13 @@ def policy_histogram(configurations: pd.DataFrame):
             ax.bar(np.arange(len(layers)) + (i - (len(thresholds) - 1) / 2) * width, 100 * shares.to_numpy(),
                    width=width, color=blues[i], label=f"tau = {threshold:g}")
         ax.set_xticks(np.arange(len(layers)), [str(k) for k in layers])
-        ax.set_xlabel("SA layers run (configuration size)")
-        ax.set_ylabel("samples (%)")
         ax.set_ylim(0, 100)
-        ax.set_title(benchmark, fontsize=10)
+        ax.set_title(benchmark, fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(True, axis="y", alpha=0.3)
-    _legend(fig, axes[:1])
-    fig.suptitle("VISOR policy: configurations chosen per sample", fontsize=11)
+    _outer_labels(axes, columns, "SA layers run", "samples (%)")
     fig.tight_layout()
+    _legend(fig, axes[:1], top=True)
     return fig
 
 
@@ -183,19 +210,15 @@ def policy_threshold(summary: pd.DataFrame):
         return None
     fig, axes = _panels(2, 4.6, 3.3)
     markers = ["o", "s", "^", "D", "v", "P", "X"]
-    for i, (key, part) in enumerate(rows.groupby(["model", "benchmark"], sort=False)):
+    lines = list(rows.groupby(["model", "benchmark"], sort=False))
+    colours = plt.cm.tab20(np.linspace(0, 1, max(len(lines), 2)))  # all lines are VISOR (policy): one per benchmark
+    for i, (key, part) in enumerate(lines):
         part = part.sort_values("threshold")
-        label = f"{key[1]} ({key[0]})"
-        axes[0].plot(part["threshold"], 100 * part["accuracy"], marker=markers[i % len(markers)],
-                     color=colour("VISOR (policy)"),
-                     alpha=0.4 + 0.6 * (i + 1) / len(rows.groupby(["model", "benchmark"])),
-                     label=label)
+        style = {"marker": markers[i % len(markers)], "color": colours[i], "label": f"{key[1]} ({key[0]})"}
+        axes[0].plot(part["threshold"], 100 * part["accuracy"], **style)
         if "mean_flops_llm_prefill" in part and part["mean_flops_llm_prefill"].notna().any():
             divisor, unit = flop_unit(rows["mean_flops_llm_prefill"])
-            axes[1].plot(part["threshold"], part["mean_flops_llm_prefill"] / divisor, marker=markers[i % len(markers)],
-                         color=colour("VISOR (policy)"),
-                         alpha=0.4 + 0.6 * (i + 1) / len(rows.groupby(["model", "benchmark"])),
-                         label=label)
+            axes[1].plot(part["threshold"], part["mean_flops_llm_prefill"] / divisor, **style)
             axes[1].set_ylabel(f"LLM-prefill FLOPs per sample ({unit})")
     axes[0].set_ylabel("accuracy (%)")
     axes[0].set_ylim(-2, 102)
@@ -219,7 +242,7 @@ def hired_modes(summary: pd.DataFrame):
     keys = [k for k, part in hired.groupby(["model", "benchmark"], sort=False) if part["mode"].nunique() > 1]
     if not keys:
         return None
-    fig, axes = _panels(len(keys), 3.6, 3.2)
+    fig, axes, columns = _grid(len(keys))
     for ax, (model, benchmark) in zip(axes, keys):
         part = hired[(hired["model"] == model) & (hired["benchmark"] == benchmark)]
         for label in series_order(part):
@@ -231,36 +254,43 @@ def hired_modes(summary: pd.DataFrame):
         full = table[(table["series"] == "full") & (table["model"] == model) & (table["benchmark"] == benchmark)]
         if not full.empty:
             ax.axhline(100 * full["accuracy"].iloc[0], color=colour("full model"), linestyle=":", label="full model")
-        ax.set_xlabel("token budget (% of visual tokens)")
-        ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
-        ax.set_title(f"{benchmark} ({model})", fontsize=9)
+        ax.set_title(f"{benchmark}\n{model}", fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
-    _legend(fig, axes)
+    _outer_labels(axes, columns, "token budget (% of visual tokens)", "accuracy (%)")
     fig.tight_layout()
+    _legend(fig, axes, top=True)
     return fig
 
 
 def forest(comparisons: pd.DataFrame, title: str):
-    """Paired differences (points) with 95% CIs, one row per comparison, coloured by the competitor."""
+    """Paired differences (points) with 95% CIs, one panel per benchmark (three per row) with one row per
+    comparison, coloured by the competitor; one legend above the grid."""
     if comparisons.empty:
         return None
-    rows = comparisons.reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8.5, 0.24 * len(rows) + 1.3))
-    y = np.arange(len(rows))[::-1]
-    for yi, (_, row) in zip(y, rows.iterrows()):
-        ax.errorbar(row["difference"], yi,
-                    xerr=[[row["difference"] - row["ci_low"]], [row["ci_high"] - row["difference"]]],
-                    color=colour(row["b"]), marker=MARKERS.get(row["b"], "o"), capsize=2, label=f"against {row['b']}")
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(y, [f"{r['benchmark']}: {r['a_setting']} vs {r['b_setting']}" for _, r in rows.iterrows()],
-                  fontsize=7)
-    ax.set_xlabel("accuracy difference, anchor minus competitor (points, paired 95% CI)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, axis="x", alpha=0.3)
-    handles = {}
-    for handle, label in zip(*ax.get_legend_handles_labels()):
-        handles.setdefault(label, handle)
-    ax.legend(handles.values(), handles.keys(), fontsize=7, loc="best")
+    benchmarks = list(dict.fromkeys(comparisons["benchmark"]))
+    most = max(int((comparisons["benchmark"] == b).sum()) for b in benchmarks)
+    fig, axes, columns = _grid(len(benchmarks), 3, 4.0, 0.22 * most + 1.0)
+    low, high = comparisons["ci_low"].min(), comparisons["ci_high"].max()
+    pad = 0.05 * (high - low) + 1
+    for ax, benchmark in zip(axes, benchmarks):
+        rows = comparisons[comparisons["benchmark"] == benchmark].reset_index(drop=True)
+        y = np.arange(len(rows))[::-1]
+        for yi, (_, row) in zip(y, rows.iterrows()):
+            ax.errorbar(row["difference"], yi,
+                        xerr=[[row["difference"] - row["ci_low"]], [row["ci_high"] - row["difference"]]],
+                        color=colour(row["b"]), marker=MARKERS.get(row["b"], "o"), markersize=4, capsize=2,
+                        label=f"against {row['b']}")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(y, [f"{r['a_setting']} vs {r['b_setting']}" for _, r in rows.iterrows()], fontsize=6)
+        ax.set_ylim(-0.7, most - 0.3)
+        ax.set_xlim(min(low, 0) - pad, max(high, 0) + pad)
+        ax.set_title(benchmark, fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(True, axis="x", alpha=0.3)
+    _outer_labels(axes, columns, "anchor minus competitor (points)", "")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    _legend(fig, axes, top=True)
     return fig

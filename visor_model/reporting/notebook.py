@@ -54,36 +54,101 @@ def show(fig, caption: str, otherwise: str) -> None:
     say(f"**Figure {_figures['n']}.** {caption}")
 
 
+FOLD_ROWS = 40  # a table with more rows opens with a click (at paper scale the raw tables have hundreds)
+FOLD_LINES = 12  # likewise a bulleted list
+LONG_WORD = 24  # characters: text columns with longer words (hashes) may break them anywhere
+
+
+def bullets(title: str, lines: list[str]) -> None:
+    """A markdown list after `title`; folded under the title (one line in the page, a click away) when it has
+    more than FOLD_LINES items."""
+    import mistune
+    from IPython.display import HTML, display
+
+    text = "\n".join(f"- {line}" for line in lines)
+    if len(lines) <= FOLD_LINES:
+        say(f"{title}:\n\n{text}")
+        return
+    display(HTML(f'<details class="report-fold"><summary>{html.escape(title)} ({len(lines)} items)</summary>'
+                 f"{mistune.html(text)}</details>"))
+
+
 def table(frame: pd.DataFrame, caption: str = "", formats: dict | None = None, otherwise: str = "") -> None:
-    """Display a table without its index, with per-column number formats and a caption."""
-    from IPython.display import display
+    """Display a table without its index, with per-column number formats and a caption. Numbers stay on one
+    line, text wraps; a table still wider than the page scrolls inside its own box (class `report-table`, styled
+    by `render.STYLE`), so the page never does. Tables of more than FOLD_ROWS rows are folded under their
+    caption."""
+    from IPython.display import HTML, display
 
     if frame is None or frame.empty:
         if otherwise:
             missing(otherwise)
         return
     styler = frame.style.hide(axis="index").format(formats or {}, na_rep="n/a", precision=2)
+    numbers = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+    if numbers:
+        styler = styler.set_properties(subset=numbers, **{"white-space": "nowrap", "text-align": "right"})
+    unbroken = [c for c in frame.columns if c not in numbers
+                and frame[c].astype(str).str.split().explode().str.len().max() > LONG_WORD]
+    if unbroken:  # hashes and the like: broken anywhere rather than widening the table past the page
+        styler = styler.set_properties(subset=unbroken, **{"word-break": "break-all"})
     if caption:
         styler = styler.set_caption(caption)
-    styler = styler.set_table_styles([{"selector": "caption", "props": "caption-side: top; text-align: left; "
-                                                                      "font-weight: bold; padding: 4px 0;"}])
-    display(styler)
+    box = f'<div class="report-table">{styler.to_html()}</div>'
+    if len(frame) > FOLD_ROWS:
+        box = (f'<details class="report-fold"><summary>{html.escape(caption or "Table")} ({len(frame)} rows)'
+               f"</summary>{box}</details>")
+    display(HTML(box))
 
 
 VERDICT_COLOURS = {REPRODUCED: "#d9f2d9", NOT_REPRODUCED: "#f9d6d5", NOT_TESTABLE: "#eeeeee"}
+SHORT_CLAIM = 64  # characters of the claim shown in the table's row; the full text is in the row's details
+
+
+def shorten(text: str, limit: int = SHORT_CLAIM) -> str:
+    """The text cut at a word boundary to at most `limit` characters, with an ellipsis when cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:(") + " …"
+
+
+def _cell(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and value != value) else html.escape(str(value))
+
+
+def verdict_html(frame: pd.DataFrame, caption: str = "") -> str:
+    """The claims table, one row per claim: id, claim (shortened), the paper's value, the reproduced value with
+    its CI, and the verdict on its colour; the claim's full text, reason, details, test, source and provenance
+    open from the row (a <details> element). `frame`: the claims audit with a `reproduced` column (formatted)."""
+    rows = []
+    for claim in frame.to_dict("records"):
+        facts = [("Reason", claim.get("reason")), ("Details", claim.get("detail")), ("Needs", claim.get("test")),
+                 ("Source", claim.get("source")), ("Provenance", claim.get("provenance"))]
+        body = "".join(f"<p><b>{name}:</b> {_cell(value)}</p>" for name, value in facts
+                       if isinstance(value, str) and value)
+        verdict = claim.get("verdict", "")
+        text = str(claim["claim"])
+        full = f"<p>{html.escape(text)}</p>" if shorten(text) != text else ""  # the whole claim, where cut
+        rows.append(
+            f'<tr><td class="claim-id">{_cell(claim["id"])}</td>'
+            f'<td><details><summary title="{html.escape(text)}">{html.escape(shorten(text))}'
+            f"</summary>{full}{body}</details></td>"
+            f'<td>{_cell(claim.get("paper_value"))}</td><td>{_cell(claim.get("reproduced"))}</td>'
+            f'<td class="verdict" style="background-color: {VERDICT_COLOURS.get(verdict, "white")}">'
+            f"{_cell(verdict)}</td></tr>")
+    head = "".join(f"<th>{name}</th>" for name in ("id", "claim (click for the reason)", "paper's value",
+                                                   "reproduced [95% CI]", "verdict"))
+    caption = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return (f'<div class="report-table"><table class="verdicts">{caption}<colgroup><col style="width: 16%">'
+            f'<col style="width: 42%"><col style="width: 11%"><col style="width: 15%"><col style="width: 16%">'
+            f"</colgroup><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 
 def verdict_table(frame: pd.DataFrame, caption: str = "") -> None:
-    """The claims table with a background colour per verdict."""
-    from IPython.display import display
+    """Display `verdict_html(frame)`."""
+    from IPython.display import HTML, display
 
-    styler = frame.style.hide(axis="index").format(na_rep="n/a", precision=2)
-    if "verdict" in frame:
-        styler = styler.map(lambda v: f"background-color: {VERDICT_COLOURS.get(v, 'white')}", subset=["verdict"])
-    styler = styler.set_properties(**{"text-align": "left", "vertical-align": "top"})
-    if caption:
-        styler = styler.set_caption(caption)
-    display(styler)
+    display(HTML(verdict_html(frame, caption)))
 
 
 def legend() -> None:

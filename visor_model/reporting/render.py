@@ -16,10 +16,32 @@ from visor_model.files import write_atomically
 
 TITLE = "VISOR and HiRED: an accuracy-per-FLOP audit"
 
+# The report's page layout, added to nbconvert's: nothing wider than the page (figures scale down, tables wrap
+# text and scroll inside their own box as a last resort), compact tables, the claims table with fixed columns.
+STYLE = """
+.jp-RenderedImage img, .jp-OutputArea-output img { max-width: 100%; height: auto; }
+.jp-RenderedHTMLCommon div.report-table { max-width: 100%; overflow-x: auto; margin: 4px 0 14px; }
+.jp-RenderedHTMLCommon div.report-table table { table-layout: auto; margin: 0; font-size: 12px; min-width: 40%; }
+.jp-RenderedHTMLCommon div.report-table caption { caption-side: top; text-align: left; font-weight: bold;
+  padding: 4px 0; }
+.jp-RenderedHTMLCommon div.report-table th { overflow-wrap: break-word; vertical-align: bottom; padding: 3px 6px;
+  text-align: left; }
+.jp-RenderedHTMLCommon div.report-table td { overflow-wrap: break-word; vertical-align: top; padding: 3px 6px;
+  text-align: left; }
+.jp-RenderedHTMLCommon div.report-table table.verdicts { table-layout: fixed; width: 100%; }
+.jp-RenderedHTMLCommon div.report-table td.claim-id { font-family: monospace; font-size: 11px; }
+.jp-RenderedHTMLCommon summary { cursor: pointer; }
+.jp-RenderedHTMLCommon details.report-fold { margin: 4px 0 12px; }
+.jp-RenderedHTMLCommon details.report-fold > summary { font-weight: bold; font-size: 13px; }
+.jp-RenderedHTMLCommon div.report-table details[open] { background: #f4f4f4; padding: 2px 4px; }
+.jp-RenderedHTMLCommon div.report-table details p { margin: 4px 0 4px 14px; }
+"""
+
 
 def export(notebook, path: Path, title: str = TITLE) -> None:
     notebook.metadata["title"] = title
     body, _ = HTMLExporter(exclude_input=True).from_notebook_node(notebook)
+    body = body.replace("</head>", f"<style>{STYLE}</style>\n</head>", 1)
     write_atomically(path, lambda tmp: tmp.write_text(body))
 
 
