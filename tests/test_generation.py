@@ -298,3 +298,21 @@ def test_plugin_default_max_new_tokens_is_lmms_evals(hub_layout, monkeypatch):
         plugin.generate_until(requests)
     assert DEFAULT_MAX_NEW_TOKENS == 1024
     assert sorted(map(tuple, seen[0][1])) == [("\n\n",), ("ASSISTANT:",)] and seen[0][0] == [1024, 1024]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_stock_cli_answers_every_sample_of_a_llava_hf_checkpoint(family, task_dir, tmp_path):
+    """The stock lmms-eval CLI (`python -m lmms_eval --model llava_full`) on a checkpoint in the llava-hf layout
+    (chat_template.json, processor configs, sharded weights): every sample answered, none skipped or failed."""
+    from test_plugin import stock_cli
+
+    from lmms_plugins.run import check_outputs
+
+    folder = write_llava_hf_checkpoint(family, tmp_path / "ckpt")
+    out, log = tmp_path / "out", tmp_path / "lmms.log"
+    assert stock_cli("llava_full", {"pretrained": folder, "device": "cpu"}, task_dir, out, log) == 0, log.read_text()
+    run = check_outputs(out, "synth_marker", log, 8, max_empty_fraction=0)
+    counts = [(sample.get("token_counts") or [None])[0] or {} for sample in run.samples]
+    assert len(counts) == 8
+    assert all(c.get("output_tokens") is not None and "skipped_reason" not in c for c in counts), counts

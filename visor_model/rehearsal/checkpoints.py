@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The llava-hf chat templates (chat_template.json): user content is a list of {"type": "image"} and
-# {"type": "text", "text": ...} items; images are rendered before the text.
+# {"type": "text", "text": ...} items; images are rendered before the text. OneVision's ends a turn with
+# `<|im_end|>` and no newline (as in transformers' LlavaOnevisionProcessor tests); NeXT's is Vicuna's.
 OV_CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}"
     "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
@@ -37,7 +38,7 @@ OV_CHAT_TEMPLATE = (
     "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}"
     "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
     "{% generation %}{{ '\\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}"
-    "{{'<|im_end|>\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    "{{'<|im_end|>'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 VICUNA_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
@@ -77,6 +78,13 @@ class Geometry:
     text_hidden: int = 64
     text_layers: int = 2
     vocab_size: int = 600
+    # None: as the real LLM (Qwen2-0.5B ties its input and output embeddings, Vicuna does not). Random tied
+    # embeddings make greedy decoding repeat the last prompt token; tests that need varied answers untie them.
+    tie_word_embeddings: bool | None = None
+
+    @property
+    def ties_embeddings(self) -> bool:
+        return self.text_model_type == "qwen2" if self.tie_word_embeddings is None else self.tie_word_embeddings
 
     @property
     def tokens_per_crop(self) -> int:
@@ -201,7 +209,7 @@ def model_config(geometry: Geometry, ids: dict) -> dict:
             "intermediate_size": 2 * geometry.text_hidden, "num_hidden_layers": geometry.text_layers,
             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": ids["vocab_size"],
             "max_position_embeddings": 32768, "bos_token_id": ids.get("bos"), "eos_token_id": ids["eos"],
-            "pad_token_id": ids["pad"], "tie_word_embeddings": geometry.text_model_type == "qwen2"}
+            "pad_token_id": ids["pad"], "tie_word_embeddings": geometry.ties_embeddings}
     config = {"model_type": geometry.family, "vision_config": vision, "text_config": text,
               "image_token_index": ids["image"], "image_grid_pinpoints": geometry.image_grid_pinpoints,
               "vision_feature_layer": geometry.vision_feature_layer,
@@ -222,19 +230,20 @@ def preprocessor_config(geometry: Geometry) -> dict:
         return common | {"crop_size": {"height": side, "width": side}, "do_pad": True,
                          "image_processor_type": "LlavaOnevisionImageProcessor",
                          "processor_class": "LlavaOnevisionProcessor", "size": {"height": side, "width": side}}
-    return common | {"crop_size": {"height": side, "width": side}, "do_center_crop": True, "do_pad": True,
+    return common | {"aspect_ratio_setting": "anyres", "crop_size": {"height": side, "width": side},
+                     "do_center_crop": True, "do_pad": True,
                      "image_processor_type": "LlavaNextImageProcessor", "processor_class": "LlavaNextProcessor",
                      "size": {"shortest_edge": side}}
 
 
 def processor_config(geometry: Geometry) -> dict:
-    config = {"image_token": "<image>", "num_additional_image_tokens": 0 if geometry.family == "llava_onevision"
-              else 1, "patch_size": geometry.patch_size,
-              "processor_class": preprocessor_config(geometry)["processor_class"],
+    """processor_config.json as the llava-hf repositories have it: NeXT's names the patch size and the CLS token
+    (one additional image token), OneVision's the tokens per crop and the video token."""
+    config = {"image_token": "<image>", "processor_class": preprocessor_config(geometry)["processor_class"],
               "vision_feature_select_strategy": geometry.vision_feature_select_strategy}
     if geometry.family == "llava_onevision":
-        config |= {"num_image_tokens": geometry.tokens_per_crop, "video_token": "<video>"}
-    return config
+        return config | {"num_image_tokens": geometry.tokens_per_crop, "video_token": "<video>"}
+    return config | {"num_additional_image_tokens": 1, "patch_size": geometry.patch_size}
 
 
 def write_checkpoint_folder(geometry: Geometry, folder: Path, seed: int, max_shard_size: str = "300KB") -> None:
