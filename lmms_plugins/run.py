@@ -95,13 +95,15 @@ def evaluate(model: str, model_args: dict, task: str, output_dir: Path, include_
         where = f"in {include_path}" if include_path is not None else "among lmms-eval's tasks"
         raise EvaluationFailed(f"unknown lmms-eval task {task!r}: no task of that name {where}")
     tracker, datetime_str = EvaluationTracker(output_path=str(output_dir)), get_datetime_str()
-    # The CLI's default --process_with_media false: scoring reads the documents without their images (without
-    # cli_args the evaluator decodes every image again, and one corrupt image, which the plugin skips, kills it).
+    # The CLI's arguments that the evaluator and the tasks read: its default --process_with_media false (scoring
+    # reads the documents without their images; without cli_args the evaluator decodes every image again, and one
+    # corrupt image, which the plugin skips, kills it) and --output_path (where tasks such as textvqa_val write
+    # their submission files).
     results = simple_evaluate(
         model=model, model_args=model_args_string(model_args), tasks=[task], batch_size=batch_size, limit=limit,
         log_samples=True, evaluation_tracker=tracker, task_manager=task_manager, random_seed=seed,
         numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, datetime_str=datetime_str,
-        cli_args=Namespace(process_with_media=False),
+        cli_args=Namespace(process_with_media=False, output_path=str(output_dir)),
     )
     if results is None:  # only ranks other than 0 get None; this process is rank 0
         raise EvaluationFailed(f"lmms-eval returned no results for {model} on {task}")

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from helpers import REPO, snakemake
@@ -176,13 +177,17 @@ def small_rehearsal(benchmarks: list[str]) -> dict:
 
 @pytest.mark.slow
 def test_small_rehearsal_reaches_the_report(tmp_path):
-    config = small_rehearsal(["chartqa", "pope"])
+    # textvqa_val: its aggregation writes a submission file under the CLI's --output_path
+    config = small_rehearsal(["chartqa", "pope", "textvqa_val"])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     run = snakemake(tmp_path, "--cores", "2", "--configfile", str(tmp_path / "config.yaml"),
                     "--replace-workflow-config", "reports/final.html", timeout=1500)
     assert run.returncode == 0, run.stderr[-3000:]
     html = (tmp_path / "reports" / "final.html").read_text()
     assert "every score in this report is random" in html
+    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+    assert dict(zip(summary["benchmark"], summary["metric"])) == {
+        "chartqa": "relaxed_overall", "pope": "pope_accuracy", "textvqa_val": "exact_match"}
 
 
 def test_rehearsal_config_mirrors_the_paper_profile():
