@@ -125,7 +125,10 @@ def last_error(log_path: Path) -> str:
 def check_outputs(
     output_dir: Path, task: str, log_path: Path, expected_samples: int | None, max_empty_fraction: float
 ) -> EvaluationOutput:
-    results_files = sorted(output_dir.rglob("*_results.json"))
+    # the tracker's <model>/<timestamp>_results.json; tasks write their own files under submissions/ (MMBench: a
+    # *_results.json too)
+    results_files = sorted(path for path in output_dir.rglob("*_results.json")
+                           if "submissions" not in path.relative_to(output_dir).parts)
     if not results_files:
         cause = last_error(log_path)
         raise EvaluationFailed(

@@ -249,6 +249,23 @@ def test_unanswered_documents_are_grouped_by_reason():
         "doc 30, 31 (no reason logged)")
 
 
+def test_check_outputs_reads_the_trackers_results_not_a_tasks_submission(tmp_path):
+    """MMBench's aggregation writes submissions/<task>_results.json beside the tracker's files."""
+    import json
+
+    from lmms_plugins.run import check_outputs
+
+    tracker = tmp_path / "model" / "20261201_000000_results.json"
+    tracker.parent.mkdir()
+    tracker.write_text(json.dumps({"results": {"t": {"exact_match,none": 1.0}}}))
+    sample = {"doc_id": 0, "filtered_resps": "a", "token_counts": [{"output_tokens": 1}]}
+    (tracker.parent / "20261201_000000_samples_t.jsonl").write_text(json.dumps(sample) + "\n")
+    (tmp_path / "submissions").mkdir()
+    (tmp_path / "submissions" / "t_results.json").write_text(json.dumps({"not": "lmms-eval's results"}))
+    output = check_outputs(tmp_path, "t", tmp_path / "log", expected_samples=1, max_empty_fraction=0.0)
+    assert output.results_path == tracker and output.results["results"]["t"] == {"exact_match,none": 1.0}
+
+
 @pytest.fixture(scope="module")
 def plugin(next_checkpoint):
     from lmms_plugins.models import LlavaFull

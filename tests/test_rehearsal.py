@@ -177,8 +177,9 @@ def small_rehearsal(benchmarks: list[str]) -> dict:
 
 @pytest.mark.slow
 def test_small_rehearsal_reaches_the_report(tmp_path):
-    # textvqa_val: its aggregation writes a submission file under the CLI's --output_path
-    config = small_rehearsal(["chartqa", "pope", "textvqa_val"])
+    """Every benchmark of the paper profile through lmms-eval's own task definition, the aggregation and the report
+    (the task-specific paths: textvqa_val and mmbench write submission files, mme scores question pairs, ...)."""
+    config = small_rehearsal(list(TASKS))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     run = snakemake(tmp_path, "--cores", "2", "--configfile", str(tmp_path / "config.yaml"),
                     "--replace-workflow-config", "reports/final.html", timeout=1500)
@@ -187,7 +188,7 @@ def test_small_rehearsal_reaches_the_report(tmp_path):
     assert "every score in this report is random" in html
     summary = pd.read_csv(tmp_path / "results" / "summary.csv")
     assert dict(zip(summary["benchmark"], summary["metric"])) == {
-        "chartqa": "relaxed_overall", "pope": "pope_accuracy", "textvqa_val": "exact_match"}
+        name: spec["metric"] for name, spec in config["benchmarks"].items()}
 
 
 def test_rehearsal_config_mirrors_the_paper_profile():
