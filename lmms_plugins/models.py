@@ -15,6 +15,7 @@ above `max_empty_fraction`, naming the documents.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,11 @@ from visor_model.methods.base import FullTokens, RandomDrop, TokenReducer
 # at eos or a stop string, so the limit costs nothing unless a model rambles.
 DEFAULT_MAX_NEW_TOKENS = 1024
 
+
+# C0 control characters but tab, newline and carriage return: no answer means them, XML cannot hold them, and some
+# tasks' aggregations write the answers to a spreadsheet (MMBench: openpyxl refuses them, and the job fails). They
+# are removed from what the plugins return; a byte-level tokenizer can produce them.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 @dataclass
 class VisualTokenCounts(TokenCounts):
@@ -239,7 +245,7 @@ class EfficientLlava(lmms):
                     results[i] = self.skipped(requests[i], record)
                     continue
                 counts = self.token_counts(record, limit)
-                results[i] = GenerationResult(text=record.answer, token_counts=counts)
+                results[i] = GenerationResult(text=CONTROL_CHARACTERS.sub("", record.answer), token_counts=counts)
                 totals["visual_tokens"] += record.visual_tokens
                 totals["visual_tokens_kept"] += record.visual_tokens_kept
                 totals["prompt_tokens"] += record.prompt_tokens

@@ -284,6 +284,17 @@ def requests_for(plugin, docs: list[dict]):
             for i, doc in enumerate(docs)]
 
 
+def test_answers_carry_no_control_characters(plugin, monkeypatch):
+    """A byte-level tokenizer can decode C0 control characters; MMBench's aggregation writes answers to a
+    spreadsheet, which refuses them."""
+    from conftest import noise_images
+
+    monkeypatch.setattr(plugin.runner, "decode_text", lambda ids: "a\x01b\x1fc\td")
+    [image] = noise_images([(60, 100)])
+    [result] = plugin.generate_until(requests_for(plugin, [{"question": "q", "visuals": lambda: [image]}]))
+    assert result.text == "abc\td"
+
+
 def test_generate_until_sets_aside_what_it_cannot_answer(plugin, monkeypatch):
     """Reasons per kind of odd document; the others are answered as in a run without the odd ones (batches of 3:
     the rejected image's batch is rerun sample by sample)."""
