@@ -4,6 +4,7 @@ or its policy.
     --model visor --model_args pretrained=DIR,sa_layers=K          fixed viable configuration with K SA layers
     --model visor --model_args pretrained=DIR,threshold=T          the router picks per sample (T in [0, 1])
     ... ,token_budget=B                                            HiRED (paper mode) before the VISOR layers
+    ... ,training=NAME                                             checks the checkpoint's training budget
 
 Shared args as the other plugins: pretrained, revision, device, dtype, batch_size (lmms-eval --batch_size).
 Per-sample token counts carry the configuration that ran (sa_layers, its layer indices and roles), the
@@ -44,26 +45,32 @@ class VisorTokenCounts(VisualTokenCounts):
 
 
 class VisorLlava(EfficientLlava):
-    """`visor`: args sa_layers=K or threshold=T (exactly one), optional token_budget=B (HiRED)."""
+    """`visor`: args sa_layers=K or threshold=T (exactly one), optional token_budget=B (HiRED), optional training=NAME
+    (the training budget the run means, visor.budgets of the workflow: refused when the checkpoint was trained at
+    another; default full)."""
 
     counts_class = VisorTokenCounts
 
     def check_args(self, sa_layers: int | str | None = None, threshold: float | str | None = None,
-                   token_budget: float | str | None = None) -> None:
+                   token_budget: float | str | None = None, training: str = "full") -> None:
         if (sa_layers is None) == (threshold is None):
             raise ValueError("visor needs exactly one of sa_layers=K (fixed configuration) or threshold=T (policy)")
 
     def load_model(self, pretrained: str, revision: str | None, dtype: str, threshold: float | str | None = None,
-                   **method_args) -> None:
+                   training: str = "full", **method_args) -> None:
         """`self.checkpoint` and `self.visor` (the VISOR model over it); a bad threshold fails before loading."""
         from visor_model.methods.visor.modeling import check_threshold, load_visor
 
         if threshold is not None:
             check_threshold(threshold)
         self.checkpoint, self.visor = load_visor(pretrained, revision, self.device_name, dtype)
+        trained = self.visor.metadata["training"].get("budget", {}).get("name", "full")
+        if trained != str(training):
+            raise ValueError(f"training={training} but the VISOR checkpoint {pretrained} was trained at budget "
+                             f"{trained!r}")
 
     def build_runner(self, sa_layers: int | str | None = None, threshold: float | str | None = None,
-                     token_budget: float | str | None = None) -> VisorRunner:
+                     token_budget: float | str | None = None, training: str = "full") -> VisorRunner:
         """The runner of the fixed configuration with `sa_layers` SA layers or of the policy at `threshold`, with
         `token_budget`'s reducer in front."""
         active = None

@@ -213,15 +213,23 @@ def test_new_modules_are_seeded_and_leave_the_global_rng_alone(host):
     assert torch.equal(host_init.cross["3"].k_proj.weight, host_attention.k_proj.weight)
 
 
-def test_training_resumes_to_same_state(host, tmp_path):
+@pytest.mark.parametrize("order", ["paper", "joint"])
+def test_training_resumes_to_same_state(host, tmp_path, order):
+    """Interrupted inside stage 1 and again inside stage 2 (after the paper order's viable search), then resumed
+    in new processes: the same weights, history and viable configurations as an uninterrupted run."""
     from visor_model.methods.visor.training import UniversalConfig, train_universal
     from visor_model.reference.recipe import EncodedExamples
 
     loaded, examples = host
     data = EncodedExamples(examples, loaded.tokenizer, loaded.image_processor, loaded.model.config.image_token_id)
     config = UniversalConfig(stage1_steps=2, stage2_steps=2, batch_size=3, save_every=100, log_every=100,
-                             warmup_steps=1)
+                             warmup_steps=1, order=order, eval_every=0)
     image_token_id = loaded.model.config.image_token_id
+    searches = []
+
+    def search_viable():
+        searches.append(1)
+        return {"viable": [(), (1, 4)], "evaluated": []}
 
     def fresh():
         tokenizer = build_tokenizer(tasks.vocabulary())
@@ -229,16 +237,44 @@ def test_training_resumes_to_same_state(host, tmp_path):
         return VisorModel(model, VisorConfig(n_layers=6))
 
     straight = fresh()
-    train_universal(straight, data, image_token_id, config, tmp_path / "a")
+    history = train_universal(straight, data, image_token_id, config, tmp_path / "a",
+                              search_viable=search_viable)["history"]
+    assert [row[:2] for row in history["loss"]] == [[1, 1], [2, 1], [3, 2], [4, 2]]
+    assert straight.viable == ([(), (1, 4)] if order == "paper" else [])
     interrupted = fresh()
-    train_universal(interrupted, data, image_token_id, config, tmp_path / "b", stop_after=1)  # inside stage 1
+    train_universal(interrupted, data, image_token_id, config, tmp_path / "b", stop_after=1,
+                    search_viable=search_viable)  # inside stage 1
     assert json.loads((tmp_path / "b" / "state.json").read_text())["step"] == 1
+    train_universal(fresh(), data, image_token_id, config, tmp_path / "b", stop_after=2,
+                    search_viable=search_viable)  # inside stage 2
     resumed = fresh()  # a new process: everything comes from the saved state
-    train_universal(resumed, data, image_token_id, config, tmp_path / "b")
+    resumed_history = train_universal(resumed, data, image_token_id, config, tmp_path / "b",
+                                      search_viable=search_viable)["history"]
+    assert len(searches) == (2 if order == "paper" else 0)  # once per training, never again on resuming
+    assert resumed.viable == straight.viable and resumed_history == history
     a, b = straight.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["visor.cross.0.gate"], fresh().state_dict()["visor.cross.0.gate"])
+
+
+def test_paper_order_samples_the_largest_then_the_viable_configurations():
+    from visor_model.methods.visor.training import UniversalConfig, sample_configuration, stage_pool
+
+    class Host:  # stage_pool reads only the VISOR config and the viable configurations
+        config = VisorConfig(n_layers=12)
+        viable = [(), (4,), (1, 4, 7, 10)]
+
+    family = Host.config.family()
+    assert len(family) == 5 and family[-1] == (1, 4, 7, 10)
+    paper, joint = UniversalConfig(order="paper"), UniversalConfig(order="joint")
+    assert stage_pool(Host, paper, 1) == [family[-1]]
+    assert stage_pool(Host, paper, 2) == Host.viable
+    assert stage_pool(Host, joint, 1) == stage_pool(Host, joint, 2) == family
+    drawn = {sample_configuration(Host.viable, 0, step) for step in range(60)}
+    assert drawn == set(Host.viable)  # uniform over the pool: every viable configuration is drawn
+    with pytest.raises(ValueError, match="order must be"):
+        UniversalConfig(order="largest")
 
 
 def test_bad_arguments_raise_clear_errors(host):
@@ -268,7 +304,7 @@ def test_checkpoint_roundtrip_and_plugin_errors(host, tmp_path):
     assert again.viable == visor.viable
     assert visor.metadata is None
     assert again.metadata == {"visor_config": visor.config.to_dict(), "viable": [[], [1, 4]],
-                              "training": {"note": "test"}}
+                              "router_output": "sigmoid", "training": {"note": "test"}}
     a, b = visor.visor.state_dict(), again.visor.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     batch = spliced(loaded, examples[:2])
@@ -286,3 +322,37 @@ def test_checkpoint_roundtrip_and_plugin_errors(host, tmp_path):
         VisorLlava(pretrained=str(tmp_path / "ckpt"), sa_layers="1", device="cpu")
     plugin = VisorLlava(pretrained=str(tmp_path / "ckpt"), sa_layers="2", device="cpu")
     assert plugin.runner.active == (1, 4)
+
+
+def test_router_labels_follow_the_reference_and_the_tolerance():
+    from visor_model.methods.visor.training import cheapest_sufficing, sufficient
+
+    scores = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.5, 0.8, 1.0], [1.0, 0.0, 1.0]])  # cheapest first
+    largest = scores[:, -1]
+    full = torch.tensor([1.0, 1.0, 1.0, 0.0])  # the host at full compute
+    assert sufficient(scores, largest).tolist() == [[0, 1, 1], [1, 1, 1], [0, 0, 1], [1, 0, 1]]
+    # against the full model, a sample the host answers and no configuration does has no sufficing one
+    assert sufficient(scores, full).tolist() == [[0, 1, 1], [0, 0, 0], [0, 0, 1], [1, 1, 1]]
+    assert sufficient(scores, largest, tolerance=0.2).tolist()[2] == [0, 1, 1]
+    # the cross-entropy target: the cheapest sufficing configuration, the largest where none suffices
+    assert cheapest_sufficing(sufficient(scores, full)).tolist() == [1, 2, 2, 0]
+
+
+def test_a_cross_entropy_router_reads_as_cumulative_sufficiency(host):
+    """route() of a CE router is the cumulative softmax: P(c suffices) = P(cheapest sufficing <= c), non-decreasing
+    in c and 1 at the largest, so the threshold rule picks the cheapest configuration as for a BCE router."""
+    loaded, _ = host
+    visor = VisorModel(loaded.model, VisorConfig(n_layers=6))
+    visor.set_viable([(), (1,), (1, 4)])
+    logits = torch.tensor([[2.0, 0.0, -1.0], [-3.0, 1.0, 0.5]])
+    visor.router_logits = lambda state: logits
+    visor.router_output = "cumulative_softmax"
+    probabilities = visor.route(None)
+    assert torch.allclose(probabilities, torch.softmax(logits, -1).cumsum(-1))
+    assert torch.all(probabilities[:, 1:] >= probabilities[:, :-1]) and torch.allclose(probabilities[:, -1],
+                                                                                         torch.ones(2))
+    assert choose_configuration(probabilities, 0.6) == [0, 1]
+    visor.router_output = "sigmoid"
+    assert torch.allclose(visor.route(None), torch.sigmoid(logits))
+    with pytest.raises(ValueError, match="unknown router_output"):
+        VisorModel(loaded.model, VisorConfig(n_layers=6), metadata={"router_output": "softmax"})

@@ -1,6 +1,7 @@
-"""VISOR in the workflow: the DAG of the default config (train_visor -> label_policy -> train_policy -> the
-visor evaluations), the viable-configuration sweep that joins it once train_visor has run, and the failure of
-an sa_layers value the checkpoint has no configuration for. (The VISOR config checks: tests/test_workflow_config.py.)"""
+"""VISOR in the workflow: the DAG of the default config (shipped VISOR checkpoints, or train_visor -> label_policy
+-> train_policy, then provide_visor -> the visor evaluations), the viable-configuration sweep that joins it once
+provide_visor has run, and the failure of an sa_layers value the checkpoint has no configuration for. (The VISOR
+config checks: tests/test_workflow_config.py.)"""
 
 from __future__ import annotations
 
@@ -44,32 +45,43 @@ def visor_evaluations(output: str) -> set[tuple[str, str, str]]:
 
 
 @pytest.mark.slow
-def test_default_dag_trains_labels_and_routes_before_the_visor_sweep(tmp_path):
+def test_default_dag_provides_the_shipped_visor_and_trains_it_without(tmp_path):
+    """The default config evaluates the shipped VISOR checkpoints (full and half budget) without training; with
+    nothing shipped, each budget is trained (train_visor -> label_policy -> train_policy -> provide_visor)."""
     config = default_config()
-    workdir = write_config(tmp_path, config)
-    result = snakemake(workdir, "-n", "reports/final.html")
+    budgets = {"full", "half"}
+    result = snakemake(write_config(tmp_path / "shipped", config), "-n", "reports/final.html")
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     counts = job_counts(output)
-    assert ({counts[rule] for rule in ("train_visor", "label_policy", "train_policy")}
-            == {len(config["visor"]["models"])})
+    assert counts["provide_visor"] == len(budgets) and not {"train_visor", "label_policy", "train_policy"} & set(counts)
     settings = {f"threshold-{t}" for t in THRESHOLDS} | {f"threshold-0.9_token_budget-{b}" for b in ("0.5", "0.25")}
+    settings |= {f"threshold-{t}_training-half" for t in ("0.5", "0.9", "0.99")}
     assert visor_evaluations(output) == {(model, setting, benchmark) for model in config["visor"]["models"]
                                          for setting in settings for benchmark in config["benchmarks"]}
-    assert "DAG of jobs will be updated after completion" in output  # the sa_layers sweep follows train_visor
+    assert "DAG of jobs will be updated after completion" in output  # the sa_layers sweep follows provide_visor
 
+    config["visor"]["shipped"] = {}
+    workdir = write_config(tmp_path / "trained", config)
+    result = snakemake(workdir, "-n", "reports/final.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    assert {rule: counts[rule] for rule in ("train_visor", "label_policy", "train_policy", "provide_visor")} == {
+        rule: len(budgets) for rule in ("train_visor", "label_policy", "train_policy", "provide_visor")}
     graph = snakemake(workdir, "reports/final.html", "--rulegraph", "dot")
     assert graph.returncode == 0, graph.stderr[-3000:]
     names = dict(re.findall(r'(\d+)\[label = "(\w+)"', graph.stdout))
     edges = {(names[a], names[b]) for a, b in re.findall(r"(\d+) -> (\d+)", graph.stdout)}
     assert {("train_visor", "label_policy"), ("label_policy", "train_policy"), ("train_visor", "train_policy"),
-            ("train_policy", "evaluate"), ("train_visor", "aggregate")} <= edges
+            ("train_policy", "provide_visor"), ("provide_visor", "evaluate"), ("provide_visor", "aggregate"),
+            ("provide_visor", "visor_training_table")} <= edges
 
 
 @pytest.mark.slow
-def test_viable_configurations_join_the_sweep_once_train_visor_has_run(tmp_path):
-    """Fake a finished train_visor (viable configurations with 0 and 2 SA layers): the dry run then lists
-    sa_layers-0 and sa_layers-2 evaluations (not sa_layers-1) and does not retrain."""
+def test_viable_configurations_join_the_sweep_once_visor_is_provided(tmp_path):
+    """Fake a provided full-budget VISOR (viable configurations with 0 and 2 SA layers): the dry run then lists
+    sa_layers-0 and sa_layers-2 evaluations (not sa_layers-1) and does not provide it again; the half-budget
+    one is still to come."""
     config = default_config()
     workdir = write_config(tmp_path, config)
     inputs = [workdir / f"resources/benchmarks/{b}/manifest.json" for b in config["benchmarks"]]
@@ -77,21 +89,25 @@ def test_viable_configurations_join_the_sweep_once_train_visor_has_run(tmp_path)
     for path in inputs:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}")
+    folder = workdir / "visor_folder"
+    folder.mkdir()
+    (folder / "visor_config.json").write_text(json.dumps({"visor_config": {}, "viable": [[], [1, 4]], "training": {}}))
+    record = workdir / "resources/visor/reference_ov/full/checkpoint.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"path": str(folder)}))
     past = time.time() - 60
     for path in inputs:
         os.utime(path, (past, past))
-    universal = workdir / "resources/visor/reference_ov/universal/visor_config.json"
-    universal.parent.mkdir(parents=True)
-    universal.write_text(json.dumps({"visor_config": {}, "viable": [[], [1, 4]], "training": {}}))
 
     result = snakemake(workdir, "-n", "reports/final.html")
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     counts = job_counts(output)
-    assert "train_visor" not in counts and counts["label_policy"] == counts["train_policy"] == 1
+    assert counts["provide_visor"] == 1  # the half budget's
     found = {setting for _, setting, _ in visor_evaluations(output)}
     assert {"sa_layers-0", "sa_layers-2"} <= found and "sa_layers-1" not in found
-    assert len(visor_evaluations(output)) == (2 + len(THRESHOLDS) + 2) * len(config["benchmarks"])
+    full = {s for s in found if "training-half" not in s}
+    assert len(full) == 2 + len(THRESHOLDS) + 2
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +132,6 @@ def tiny_visor_checkpoint(tmp_path_factory):
 
 @pytest.mark.slow
 def test_unknown_sa_layers_fails_naming_the_value_and_the_viable_ones(tmp_path, tiny_visor_checkpoint):
-    from visor_model.methods.visor.training import visor_checkpoint_record
     from visor_model.reference import tasks
 
     config = {
@@ -130,9 +145,10 @@ def test_unknown_sa_layers_fails_naming_the_value_and_the_viable_ones(tmp_path, 
     workdir = write_config(tmp_path, config)
     tasks.write_task("synth_marker", workdir / "resources/benchmarks/synth_marker",
                           {"train": 4, "val": 2, "test": 4}, seed=0)
-    record = workdir / "resources/visor/tiny/checkpoint.json"
+    record = workdir / "resources/visor/tiny/full/checkpoint.json"
     record.parent.mkdir(parents=True)
-    record.write_text(json.dumps(visor_checkpoint_record(tiny_visor_checkpoint, {"path": "base"})))
+    record.write_text(json.dumps({"path": str(tiny_visor_checkpoint), "source": "train", "family": "llava_onevision",
+                                  "weights_sha256": "not checked here"}))
 
     target = "results/eval/tiny/visor/sa_layers-5/synth_marker.json"
     result = snakemake(workdir, "--cores", "1", target, timeout=600)  # only evaluate runs: its inputs exist

@@ -91,12 +91,26 @@ BAD_VISOR_CONFIGS = [
      "VISOR) is for method visor only"),
     (lambda c: c["visor"].update(models=["reference_ov", "tiny"]),
      "config error at visor.models: unknown model 'tiny'; configured models: reference_ov, reference_next"),
+    (lambda c: c["methods"]["visor"].append({"grid": {"threshold": [0.5], "training": ["quarter"]}}),
+     "config error at methods.visor[3]: training 'quarter' is not a VISOR budget; visor.budgets has full"),
+    (lambda c: c["visor"].update(shipped={"reference_next": {"full": "checkpoints/x"}}),
+     "config error at visor.shipped.reference_next: VISOR is not trained for 'reference_next' (visor.models)"),
+    (lambda c: c["visor"].update(shipped={"reference_ov": {"half": "checkpoints/x"}}),
+     "config error at visor.shipped.reference_ov.half: not a VISOR budget; visor.budgets has full"),
+    (lambda c: c["visor"].update(budgets={"half": 0.5}),
+     "config error at visor.budgets: 'full' is a required property"),
+    (lambda c: c["models"].update(control={"family": "llava_onevision", "control_of": "reference_next",
+                                           "checkpoint": {"source": "train"}}),
+     "config error at models.control.control_of: 'reference_next' must be a configured model of the same family "
+     "(llava_onevision)"),
 ]
 
 
 @pytest.mark.parametrize("edit,message", BAD_VISOR_CONFIGS, ids=["model-without-visor", "val-too-small",
                                                                  "sa_layers-not-viable-or-list", "viable-outside-visor",
-                                                                 "unknown-visor-model"])
+                                                                 "unknown-visor-model", "unknown-budget",
+                                                                 "shipped-without-visor", "shipped-unknown-budget",
+                                                                 "budgets-without-full", "control-of-other-family"])
 def test_bad_visor_config_names_the_key(edit, message):
     config = micro_config()
     edit(config)
@@ -148,7 +162,8 @@ def test_paper_profile_merged_into_the_offline_config_stops_with_the_fix():
     paper = load(REPO / "config" / "paper.yaml")
     config = merged(load(REPO / "config" / "config.yaml"), paper)
     message = check_error(config, overlay=paper, replace_workflow_config=False)
-    assert message == ("config error at models: reference_next, reference_ov came from the workflow's "
+    assert message == ("config error at models: reference_next, reference_ov, reference_ov_continued came from the "
+                       "workflow's "
                        "config/config.yaml, merged with the --configfile of the paper profile; run with "
                        "--replace-workflow-config to use only that file")
     workflow_config.check(load(REPO / "config" / "paper.yaml"), SCHEMA, overlay=paper, replace_workflow_config=True)
@@ -221,8 +236,10 @@ def test_rule_helpers():
 def test_schema_defaults_are_the_dataclass_defaults():
     schema = workflow_config.load_schema(SCHEMA)
     visor = schema["properties"]["visor"]["properties"]
-    assert set(visor) - {"models"} == set(visor_config.option_defaults())
-    assert {key: spec["default"] for key, spec in visor.items() if key != "models"} == visor_config.option_defaults()
+    workflow_only = {"models", "budgets", "shipped"}  # which VISORs the workflow trains: not dataclass options
+    assert set(visor) - workflow_only == set(visor_config.option_defaults())
+    assert {key: spec["default"] for key, spec in visor.items() if key not in workflow_only} == \
+        visor_config.option_defaults()
     for key, spec in visor.items():
         choices = next((f.metadata["choices"] for f in visor_config.option_fields() if f.name == key), None)
         if choices:
@@ -233,14 +250,21 @@ def test_each_stage_reads_its_options_from_the_dataclasses():
     config = workflow_config.check(micro_config(), SCHEMA)
     universal = workflow_config.visor_section(config, workflow_config.UNIVERSAL)
     assert tuple(universal) == ("stage1_steps", "stage2_steps", "batch_size", "stage1_lr", "stage2_lr",
-                                "warmup_steps", "stage1_sampling", "stage2_freeze_host", "train_data", "ca_layers",
-                                "sa_candidates", "conv_kernel", "gate_init", "ca_init", "ca_rope", "router_hidden",
-                                "viable_per_task", "inference_batch_size", "device", "dtype")
+                                "warmup_steps", "order", "curriculum", "stage2_freeze_host", "eval_every",
+                                "curve_per_task", "train_data", "ca_layers", "sa_candidates", "conv_kernel",
+                                "gate_init", "ca_init", "ca_rope", "router_hidden", "viable_per_task",
+                                "inference_batch_size", "device", "dtype")
     assert tuple(workflow_config.visor_section(config, workflow_config.LABEL)) == (
-        "viable_per_task", "label_per_task", "inference_batch_size", "device", "dtype")
+        "viable_per_task", "label_per_task", "inference_batch_size", "label_reference", "label_tolerance", "device",
+        "dtype")
     assert tuple(workflow_config.visor_section(config, workflow_config.POLICY)) == (
-        "router_steps", "router_lr", "router_batch_size", "device", "dtype")
+        "router_loss", "router_steps", "router_lr", "router_batch_size", "device", "dtype")
     assert universal["stage1_steps"] == 2 and universal["inference_batch_size"] == 8
+    config["visor"]["budgets"]["half"] = 0.5
+    half = workflow_config.visor_section(config, workflow_config.UNIVERSAL, "half")
+    assert (half["stage1_steps"], half["stage2_steps"]) == (1, round(config["visor"]["stage2_steps"] * 0.5))
+    assert {k: v for k, v in half.items() if not k.endswith("_steps")} == {
+        k: v for k, v in universal.items() if not k.endswith("_steps")}
     every = {key for stage in visor_config.STAGES for key in visor_config.stage_options(stage)}
     assert every == set(visor_config.option_defaults()) - {"threads"}
     universal_config, architecture, policy, device = visor_config.visor_options(universal, seed=3, threads=2)
@@ -266,22 +290,24 @@ def test_training_cli_flags_come_from_the_dataclass_fields():
     assert device == visor_config.DeviceConfig()
     assert visor_config.VisorConfig(n_layers=6, **architecture) == visor_config.VisorConfig(n_layers=6)
     args = parse("--stage1-steps", "3", "--stage2-steps", "4", "--batch-size", "2", "--seed", "5", "--threads", "2",
-                 "--stage1-sampling", "largest", "--viable-per-task", "6", "--label-per-task", "7",
+                 "--order", "joint", "--no-curriculum", "--viable-per-task", "6", "--label-per-task", "7",
                  "--router-steps", "8", "--router-lr", "0.01", "--ca-layers", "0", "--sa-candidates", "1", "4",
                  "--no-ca-rope", "--ca-init", "random", "--stage2-freeze-host", "--device", "cuda",
-                 "--dtype", "bfloat16", "--dataset", "/data/ov", "--dataset-limit", "9")
+                 "--dtype", "bfloat16", "--dataset", "/data/ov", "--dataset-limit", "9", "--label-reference",
+                 "largest", "--label-tolerance", "0.5", "--router-loss", "bce")
     universal, architecture, policy, device = visor_config.visor_options(visor_config.arguments_options(args),
                                                                          args.seed, args.threads)
     assert universal.stage2_freeze_host and device == visor_config.DeviceConfig("cuda", "bfloat16")
     assert universal.train_data == visor_config.TrainData("/data/ov", None, "train", 9, None)
     assert (universal.stage1_steps, universal.stage2_steps, universal.batch_size, universal.seed, universal.threads,
-            universal.stage1_sampling) == (3, 4, 2, 5, 2, "largest")
+            universal.order, universal.curriculum) == (3, 4, 2, 5, 2, "joint", False)
+    assert (policy.label_reference, policy.label_tolerance, policy.router_loss) == ("largest", 0.5, "bce")
     assert (policy.viable_per_task, policy.label_per_task, policy.router_steps, policy.router_lr) == (6, 7, 8, 0.01)
     config = visor_config.VisorConfig(n_layers=6, **architecture)
     assert (config.ca_layers, config.sa_candidates, config.ca_rope, config.ca_init, config.seed) == (
         (0,), (1, 4), False, "random", 5)
     with pytest.raises(SystemExit):
-        parse("--stage1-sampling", "all")
+        parse("--order", "largest")
 
 
 def test_config_modules_import_without_torch():
@@ -294,3 +320,24 @@ def test_config_modules_import_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "router_steps" in result.stdout
+
+
+def test_visor_trainings_and_controls_follow_the_runs():
+    config = micro_config()
+    config["visor"]["budgets"] = {"full": 1.0, "half": 0.5}
+    config["methods"]["visor"].append({"grid": {"threshold": [0.9], "training": ["half"]}})
+    config = workflow_config.check(config, SCHEMA)
+    runs, settings, viable = workflow_config.configured_runs(config)
+    assert workflow_config.visor_trainings(runs, settings, viable) == [("reference_ov", "full"),
+                                                                       ("reference_ov", "half")]
+    assert workflow_config.visor_budget(settings[("visor", "threshold-0.9_training-half")]) == "half"
+    assert workflow_config.shipped_visor(config, "reference_ov", "full") is None
+    config["visor"]["shipped"] = {"reference_ov": {"full": "checkpoints/visor"}}
+    assert workflow_config.shipped_visor(config, "reference_ov", "full") == "checkpoints/visor"
+    assert workflow_config.shipped_visor(config, "reference_ov", "half") is None
+    config["retrain"] = True
+    assert workflow_config.shipped_visor(config, "reference_ov", "full") is None  # retrain trains it from the seed
+    steps = workflow_config.control_steps(config)
+    assert steps == {"steps": config["visor"]["stage1_steps"] + config["visor"]["stage2_steps"],
+                     "batch_size": config["visor"]["batch_size"], "learning_rate": config["visor"]["stage2_lr"],
+                     "warmup_steps": config["visor"]["warmup_steps"]}

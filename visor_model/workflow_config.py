@@ -75,6 +75,11 @@ def check_config(config: dict, schema_path) -> None:
     if problems:
         raise ValueError("\n".join(problems))
     fill_defaults(config, schema)
+    for model, spec in config["models"].items():
+        base = spec.get("control_of")
+        if base is not None and (base not in config["models"] or config["models"][base]["family"] != spec["family"]):
+            raise ValueError(f"config error at models.{model}.control_of: {base!r} must be a configured model of the "
+                             f"same family ({spec['family']}); configured models: {', '.join(config['models'])}")
     for method, sweeps in config["methods"].items():
         for i, sweep in enumerate(sweeps):
             for model in sweep.get("models", []):
@@ -108,6 +113,21 @@ def check_visor_config(config: dict) -> None:
             if model not in visor_models:
                 raise ValueError(f"config error at methods.visor[{i}].models: VISOR is not trained for {model!r}; "
                                  f"add it to visor.models (now: {', '.join(visor_models) or 'none'})")
+    budgets = config["visor"]["budgets"]
+    for i, sweep in enumerate(config["methods"]["visor"]):
+        for budget in sweep.get("grid", {}).get("training", []) + [s["training"] for s in sweep.get("settings", [])
+                                                                    if "training" in s]:
+            if budget not in budgets:
+                raise ValueError(f"config error at methods.visor[{i}]: training {budget!r} is not a VISOR budget; "
+                                 f"visor.budgets has {', '.join(budgets)}")
+    for model, folders in config["visor"]["shipped"].items():
+        if model not in visor_models:
+            raise ValueError(f"config error at visor.shipped.{model}: VISOR is not trained for {model!r} "
+                             "(visor.models)")
+        for budget in folders:
+            if budget not in budgets:
+                raise ValueError(f"config error at visor.shipped.{model}.{budget}: not a VISOR budget; "
+                                 f"visor.budgets has {', '.join(budgets)}")
     needed = config["visor"]["viable_per_task"] + config["visor"]["label_per_task"]
     for benchmark in training_benchmarks(config):
         if config["benchmarks"][benchmark]["val"] < needed:
@@ -136,8 +156,8 @@ def check(config: dict, schema_path, overlay: dict | None = None, replace_workfl
     """Every check, in the order the Snakefile runs them (check_config fills in the defaults, in place, that
     the others read); returns `config`."""
     check_config(config, schema_path)
+    check_paper_profile(config, overlay, replace_workflow_config)  # a merged config's other errors follow from it
     check_visor_config(config)
-    check_paper_profile(config, overlay, replace_workflow_config)
     return config
 
 
@@ -193,6 +213,14 @@ def configured_runs(config: dict) -> tuple[list, dict, list]:
     return runs, settings, viable_runs
 
 
+def visor_trainings(runs: list, settings: dict, viable_runs: list) -> list[tuple[str, str]]:
+    """(model, training budget) of every VISOR that the configured runs (from configured_runs) evaluate, in
+    order, without repeats."""
+    pairs = [(model, visor_budget(settings[(method, setting)])) for model, method, setting in runs if method == "visor"]
+    pairs += [(model, visor_budget(template)) for model, method, template in viable_runs if method == "visor"]
+    return list(dict.fromkeys(pairs))
+
+
 def setting_of(settings: dict, viable_runs: list, method: str, setting: str) -> dict:
     """The setting (dict) of a setting id: a configured one, or sa_layers=K of a `sa_layers: viable` grid
     (`settings`, `viable_runs`: from configured_runs)."""
@@ -226,10 +254,35 @@ def checkpoint_source(config: dict, model: str) -> str:
     return "train" if source == "shipped" and config["retrain"] else source
 
 
-def visor_section(config: dict, stage: str) -> dict:
+def visor_section(config: dict, stage: str, budget: str = "full") -> dict:
     """The `visor:` options `stage` (UNIVERSAL, LABEL or POLICY: train_visor, label_policy, train_policy) depends
-    on (visor_model.methods.visor.config.stage_options): a change reruns that stage and what follows."""
-    return {key: config["visor"][key] for key in stage_options(stage)}
+    on (visor_model.methods.visor.config.stage_options): a change reruns that stage and what follows. Universal
+    training under `budget` (a name in visor.budgets) trains that fraction of each stage's steps."""
+    options = {key: config["visor"][key] for key in stage_options(stage)}
+    if stage == UNIVERSAL:
+        fraction = config["visor"]["budgets"][budget]
+        for key in ("stage1_steps", "stage2_steps"):
+            options[key] = round(options[key] * fraction)
+    return options
+
+
+def visor_budget(setting: dict) -> str:
+    """The VISOR training budget a visor setting evaluates (its `training` key; default "full")."""
+    return setting.get("training", "full")
+
+
+def shipped_visor(config: dict, model: str, budget: str) -> str | None:
+    """The shipped VISOR checkpoint folder of `model` at `budget`, or None where it is trained here (not shipped,
+    or retrain: true)."""
+    return None if config["retrain"] else config["visor"]["shipped"].get(model, {}).get(budget)
+
+
+def control_steps(config: dict) -> dict:
+    """The training of a continued-training control (models.<m>.control_of): VISOR's data, steps and batch at
+    full budget, the learning rate of VISOR's stage 2 (where the host's weights train)."""
+    visor = config["visor"]
+    return {"steps": visor["stage1_steps"] + visor["stage2_steps"], "batch_size": visor["batch_size"],
+            "learning_rate": visor["stage2_lr"], "warmup_steps": visor["warmup_steps"]}
 
 
 def claims_file(config: dict, basedir) -> str:

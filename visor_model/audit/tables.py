@@ -33,12 +33,17 @@ import pandas as pd
 from visor_model.audit.analysis import bootstrap_mean
 
 SETTING_FIELDS = ("budget", "alpha", "mode", "score", "threshold", "sa_layers", "token_budget", "seed")
+
+
+def visor_training(record: dict) -> str | None:
+    """The training budget of a VISOR evaluation (its setting's `training`, default "full"); None for other methods."""
+    return record["setting"].get("training", "full") if record["method"] == "visor" else None
 def sample_table(records: list[dict]) -> pd.DataFrame:
     rows = []
     for record in records:
         for sample in record["samples"]:
             rows.append({"model": record["model"], "method": record["method"], "setting_id": record["setting_id"],
-                         "benchmark": record["benchmark"], **sample})
+                         "visor_training": visor_training(record), "benchmark": record["benchmark"], **sample})
     return pd.DataFrame(rows)
 
 
@@ -57,6 +62,7 @@ def summary_table(records: list[dict], seed: int = 0) -> pd.DataFrame:
             "method": record["method"],
             "setting_id": record["setting_id"],
             **{field: record["setting"].get(field) for field in SETTING_FIELDS},
+            "visor_training": visor_training(record),
             "benchmark": record["benchmark"],
             "kind": record["kind"],
             "cluster": record["cluster"],
@@ -163,3 +169,39 @@ def latency_table(records: list[dict]) -> pd.DataFrame:
     # projector, selection, LLM prefill and the first LM-head call: the work prefill_s times)
     table["prefill_realised_share"] = table["prefill_speedup"] * table["prefill_flop_ratio"]
     return table
+
+
+TRAINING_COLUMNS = ("model", "training", "order", "batch_size", "stage", "step", "metric", "configuration",
+                    "benchmark", "value", "n")
+
+
+def visor_training_table(trainings: list[tuple[str, str, dict]]) -> pd.DataFrame:
+    """VISOR's training curves, long format, from (model, budget, training record of the checkpoint's
+    visor_config.json) triples: the loss of every step (metric "loss"); every family member's validation accuracy
+    per benchmark every eval_every steps ("val_accuracy", configuration "sa<K>"), with the host's on the same rows
+    at step 0 (configuration "host"); and the final accuracy on the viable-search rows ("final_val_accuracy",
+    with the host's too)."""
+    rows = []
+    for model, budget, record in trainings:
+        history, host = record["history"], record["host_validation"]
+        base = {"model": model, "training": budget, "order": record["universal"]["order"],
+                "batch_size": record["universal"]["batch_size"]}
+        rows += [{**base, "stage": stage, "step": step, "metric": "loss", "configuration": "", "benchmark": "",
+                  "value": loss, "n": None} for step, stage, loss in history["loss"]]
+        counts = {}
+        for point in history["validation"]:
+            counts[point["benchmark"]] = point["n"]
+            rows.append({**base, "stage": point["stage"], "step": point["step"], "metric": "val_accuracy",
+                         "configuration": point["configuration"], "benchmark": point["benchmark"],
+                         "value": point["accuracy"], "n": point["n"]})
+        rows += [{**base, "stage": 0, "step": 0, "metric": "val_accuracy", "configuration": "host", "benchmark": task,
+                  "value": accuracy, "n": counts.get(task)} for task, accuracy in host["curve"].items()]
+        last = history["loss"][-1][0] if history["loss"] else 0
+        per_task = record["viable_split"]["rows_per_task"][1] - record["viable_split"]["rows_per_task"][0]
+        for point in record["configurations"]:
+            rows += [{**base, "stage": 2, "step": last, "metric": "final_val_accuracy",
+                      "configuration": f"sa{point['sa_layers']}", "benchmark": task, "value": accuracy, "n": per_task}
+                     for task, accuracy in point["task_accuracy"].items()]
+        rows += [{**base, "stage": 0, "step": 0, "metric": "final_val_accuracy", "configuration": "host",
+                  "benchmark": task, "value": accuracy, "n": per_task} for task, accuracy in host["viable"].items()]
+    return pd.DataFrame(rows, columns=list(TRAINING_COLUMNS))

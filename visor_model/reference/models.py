@@ -31,6 +31,11 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 
 FAMILIES = ("llava_onevision", "llava_next")
 
+# LLM depth per family. The OneVision reference is VISOR's host: 12 layers give VISOR's default layout (CA layers
+# 0, 3, 6, 9; SA candidates 1, 4, 7, 10) five configurations (0-4 SA layers). The NeXT reference is HiRED's
+# CLS-encoder base, where depth changes nothing the audit tests, so it stays at 3 (cheap to evaluate).
+TEXT_LAYERS = {"llava_onevision": 12, "llava_next": 3}
+
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "<eos>"
@@ -61,7 +66,7 @@ class ReferenceConfig:
     vision_layers: int = 3
     vision_heads: int = 2
     text_hidden: int = 64
-    text_layers: int = 3
+    text_layers: int | None = None  # None: TEXT_LAYERS[family]
     text_heads: int = 4
     text_kv_heads: int = 2
     text_intermediate: int = 172
@@ -70,6 +75,8 @@ class ReferenceConfig:
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.text_layers is None:
+            object.__setattr__(self, "text_layers", TEXT_LAYERS[self.family])
 
 
 def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:

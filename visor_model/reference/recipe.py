@@ -3,6 +3,9 @@
     python -m visor_model.reference.recipe --family llava_onevision --tasks resources/benchmarks/synth_* \
         --out resources/checkpoints/reference-ov --state resources/train_state/reference-ov
 
+`--continue-from DIR` instead of `--family` trains an existing checkpoint further with the same recipe: the
+continued-training control of VISOR's host (`continue_reference`).
+
 The whole model (vision tower, projector, LLM) is trained at full compute with the same input pipeline that
 evaluation uses (`visor_model.llava.runner`), on the answer tokens only. Progress and held-out accuracy are printed.
 """
@@ -125,9 +128,42 @@ def train_reference(
     config: TrainConfig,
     val_per_task: int = 100,
 ) -> dict:
+    """A reference model of `family` trained from scratch (seeded by config.seed)."""
     torch.set_num_threads(config.threads)
     tokenizer = build_tokenizer(tasks.vocabulary())
     model, image_processor = build_reference_model(reference, tokenizer, seed=config.seed)
+    identity = training_identity(family=family, reference_config=reference, train_config=config,
+                                 tasks=[d.name for d in task_dirs])
+    return fit(model, tokenizer, image_processor, family, task_dirs, out_dir, state_dir, config, identity,
+               {"reference_config": asdict(reference)}, val_per_task)
+
+
+def continue_reference(
+    base_dir: Path,
+    task_dirs: list[Path],
+    out_dir: Path,
+    state_dir: Path,
+    config: TrainConfig,
+    base_sha256: str | None = None,
+    val_per_task: int = 100,
+) -> dict:
+    """The continued-training control of a VISOR base: the base checkpoint (every weight) trained further with
+    the same recipe (loss, data, curriculum) for `config.steps` more steps, so that what VISOR gains over its
+    host can be told from what any further training gains."""
+    from visor_model.llava.checkpoints import load_checkpoint, weights_sha256
+
+    torch.set_num_threads(config.threads)
+    base_sha256 = base_sha256 or weights_sha256(Path(base_dir))
+    loaded = load_checkpoint(str(base_dir), None, "cpu", "float32", base_sha256)
+    identity = training_identity(base_sha256=base_sha256, train_config=config, tasks=[d.name for d in task_dirs])
+    return fit(loaded.model, loaded.tokenizer, loaded.image_processor, loaded.family, task_dirs, out_dir, state_dir,
+               config, identity, {"control_of": str(base_dir), "base_sha256": base_sha256}, val_per_task)
+
+
+def fit(model, tokenizer, image_processor, family: str, task_dirs: list[Path], out_dir: Path, state_dir: Path,
+        config: TrainConfig, identity: dict, record: dict, val_per_task: int = 100) -> dict:
+    """The recipe's training loop (resumable from `state_dir`, curriculum, answer-token loss), then the held-out
+    discrimination check; writes the checkpoint folder `out_dir` (safetensors + training.json) atomically."""
     image_token_id = model.config.image_token_id
     train, val = [], {}
     for task_dir in task_dirs:
@@ -139,11 +175,10 @@ def train_reference(
           flush=True)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    identity = training_identity(family=family, reference_config=reference, train_config=config,
-                                 tasks=[d.name for d in task_dirs])
     start_step = resume_train_state(state_dir, model, optimizer, identity, "reference training")
     progress = ProgressLog(config.steps, config.log_every)
     started = time.time()
+    losses = []
     model.train()
     for step in range(start_step, config.steps):
         lr = learning_rate(config, step)
@@ -156,6 +191,7 @@ def train_reference(
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         progress.update(step, loss.item(), lr)
+        losses.append([step + 1, round(loss.item(), 5)])
         if (step + 1) % config.save_every == 0 and step + 1 < config.steps:
             save_train_state(state_dir, model, optimizer, step + 1, identity)
 
@@ -167,11 +203,12 @@ def train_reference(
               f"({row['loss_points']:+.1f} points lost)", flush=True)
     record = {
         "family": family,
-        "reference_config": asdict(reference),
+        **record,
         "train_config": asdict(config),
         "tasks": [d.name for d in task_dirs],
         "val_discrimination": figures,
         "train_seconds_this_run": round(time.time() - started, 1),
+        "loss": losses if not start_step else None,  # per step; not kept across a resumed run
     }
 
     def write(tmp: Path) -> None:
@@ -186,17 +223,26 @@ def train_reference(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", required=True, choices=["llava_onevision", "llava_next"])
+    parser.add_argument("--family", choices=["llava_onevision", "llava_next"], help="train a new reference model")
+    parser.add_argument("--continue-from", type=Path, help="or: continue training this checkpoint (the control)")
     parser.add_argument("--tasks", nargs="+", required=True, type=Path, help="task folders from write_task")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--state", required=True, type=Path)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    parser.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     args = parser.parse_args()
-    config = replace(TrainConfig(), steps=args.steps, batch_size=args.batch_size, seed=args.seed, threads=args.threads)
-    train_reference(args.family, args.tasks, args.out, args.state, ReferenceConfig(family=args.family), config)
+    if (args.family is None) == (args.continue_from is None):
+        parser.error("give exactly one of --family (a new model) and --continue-from (the control)")
+    config = replace(TrainConfig(), steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                     warmup_steps=args.warmup_steps, seed=args.seed, threads=args.threads)
+    if args.continue_from is not None:
+        continue_reference(args.continue_from, args.tasks, args.out, args.state, config)
+    else:
+        train_reference(args.family, args.tasks, args.out, args.state, ReferenceConfig(family=args.family), config)
 
 
 if __name__ == "__main__":

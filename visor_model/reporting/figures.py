@@ -294,3 +294,39 @@ def forest(comparisons: pd.DataFrame, title: str):
     fig.tight_layout()
     _legend(fig, axes, top=True)
     return fig
+
+
+def training_curves(training: pd.DataFrame):
+    """VISOR's training, one row of two panels per model x training budget: the loss per step (a moving mean over
+    50 steps; the stage boundary dotted) and every configuration's validation accuracy (%, mean over benchmarks)
+    against the step, with the host's accuracy on the same rows as a dashed line."""
+    from visor_model.audit.training import validation_curves
+
+    if training.empty or not (training["metric"] == "loss").any():
+        return None
+    runs = training[["model", "training"]].drop_duplicates().itertuples(index=False)
+    runs = list(runs)
+    fig, axes = plt.subplots(len(runs), 2, figsize=(2 * PANEL[0], PANEL[1] * len(runs)), squeeze=False)
+    curves = validation_curves(training)
+    for (model, budget), (loss_ax, accuracy_ax) in zip(runs, axes):
+        rows = training[(training["model"] == model) & (training["training"] == budget)]
+        loss = rows[rows["metric"] == "loss"].sort_values("step")
+        loss_ax.plot(loss["step"], loss["value"].rolling(50, min_periods=1).mean(), color="#444444", lw=1)
+        for stage_end in loss.groupby("stage")["step"].max().iloc[:-1]:
+            loss_ax.axvline(stage_end, color="#999999", ls=":", lw=1)
+        loss_ax.set(title=f"{model}, {budget} budget: training loss", xlabel="step", ylabel="loss (mean of 50 steps)",
+                    yscale="log")
+        part = curves[(curves["model"] == model) & (curves["training"] == budget)]
+        configurations = sorted(c for c in part["configuration"].unique() if c != "host")
+        shades = plt.cm.viridis(np.linspace(0.1, 0.85, max(1, len(configurations))))
+        for configuration, shade in zip(configurations, shades):
+            curve = part[part["configuration"] == configuration].sort_values("step")
+            accuracy_ax.plot(curve["step"], curve["accuracy"], marker="o", ms=3, color=shade,
+                             label=f"{configuration[2:]} SA layers")
+        host = part[part["configuration"] == "host"]
+        if not host.empty:
+            accuracy_ax.axhline(float(host["accuracy"].iloc[0]), color="#d62728", ls="--", lw=1, label="host (full)")
+        accuracy_ax.set(title=f"{model}, {budget} budget: validation accuracy", xlabel="step", ylabel="accuracy (%)")
+        accuracy_ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig

@@ -8,14 +8,24 @@ def checkpoint_source(model):
     return workflow_config.checkpoint_source(config, model)
 
 
+def control_of(model):
+    """The base model a continued-training control (models.<model>.control_of) continues, or None."""
+    return config["models"][model].get("control_of")
+
+
 rule train_reference:
     input:
-        expand("resources/benchmarks/{benchmark}/manifest.json", benchmark=workflow_config.training_benchmarks(config)),
+        benchmarks=expand("resources/benchmarks/{benchmark}/manifest.json",
+                          benchmark=workflow_config.training_benchmarks(config)),
+        base=lambda wildcards: [f"resources/checkpoints/{control_of(wildcards.model)}.json"] if control_of(
+            wildcards.model) else [],
     output:
         "resources/trained/{model}/training.json",
     params:
         family=lambda wildcards: config["models"][wildcards.model]["family"],
-        training=config["training"],
+        # a control trains as VISOR does (workflow_config.control_steps), a reference as `training:` says
+        training=lambda wildcards: {**config["training"], **(workflow_config.control_steps(config) if control_of(
+            wildcards.model) else {})},
         seed=config["seed"],
         state="resources/train_state/{model}",
     log:

@@ -19,6 +19,8 @@ BENCHMARKS = list(config["benchmarks"])
 GPU_PER_JOB = workflow_config.gpu_per_job()
 MODELS = list(config["models"])
 RUNS, SETTINGS, VIABLE_RUNS = workflow_config.configured_runs(config)
+# (model, budget) of every VISOR the runs evaluate (visor.smk trains or provides each)
+VISOR_TRAININGS = workflow_config.visor_trainings(RUNS, SETTINGS, VIABLE_RUNS)
 setting_id = workflow_config.setting_id
 alternatives = workflow_config.alternatives
 
@@ -43,13 +45,14 @@ def evaluation_outputs():
 
 
 def viable_evaluation_outputs(wildcards):
-    """Evaluations of the viable configurations of each trained VISOR; for one not trained yet, its
-    universal checkpoint file instead (this function runs again once it exists: see viable_sa_layers)."""
+    """Evaluations of the viable configurations of each provided VISOR; for one not provided yet, its checkpoint
+    record instead (this function runs again once it exists: see viable_sa_layers)."""
     configured, runs, pending = set(RUNS), [], []
     for model, method, template in VIABLE_RUNS:
-        counts = viable_sa_layers(model)
+        budget = workflow_config.visor_budget(template)
+        counts = viable_sa_layers(model, budget)
         if counts is None:
-            pending += [] if universal_visor(model) in pending else [universal_visor(model)]
+            pending += [] if visor_record(model, budget) in pending else [visor_record(model, budget)]
             continue
         for k in counts:
             run = (model, method, setting_id({**template, "sa_layers": k}))

@@ -11,9 +11,10 @@ def benchmark_inputs(wildcards):
 
 
 def evaluation_checkpoint(wildcards):
-    """The checkpoint record to load: the trained VISOR checkpoint for method visor, the base model's otherwise."""
+    """The checkpoint record to load: for method visor the VISOR of the setting's training budget, the base
+    model's otherwise."""
     if wildcards.method == "visor":
-        return f"resources/visor/{wildcards.model}/checkpoint.json"
+        return visor_record(wildcards.model, workflow_config.visor_budget(setting_of("visor", wildcards.setting)))
     return f"resources/checkpoints/{wildcards.model}.json"
 
 

@@ -21,7 +21,7 @@ rule aggregate:
 
 
 # The report's sections, in order (each a notebook in notebooks/).
-REPORT_SECTIONS = ["report", "tradeoffs", "policy", "hired", "paired", "results"]
+REPORT_SECTIONS = ["report", "tradeoffs", "visor", "policy", "hired", "paired", "results"]
 
 
 rule report_section:
@@ -30,6 +30,7 @@ rule report_section:
         samples="results/samples.csv",
         latency="results/latency.csv",
         claims="results/claims.csv",
+        training="results/visor_training.csv",
         notebook=f"{workflow.basedir}/notebooks/{{section}}.ipynb",
     output:
         notebook="results/notebooks/{section}.ipynb",
@@ -37,7 +38,9 @@ rule report_section:
     params:
         parameters={"profile": config["audit"]["profile"], "rehearsal": config["rehearsal"],
                     "config_sha256": workflow_config.config_sha256(config),
-                    "seed": config["seed"], "resamples": config["audit"]["resamples"]},
+                    "seed": config["seed"], "resamples": config["audit"]["resamples"],
+                    "controls": {m: spec["control_of"] for m, spec in config["models"].items() if "control_of" in spec},
+                    "gate_points": config["audit"]["visor_gate_points"]},
     wildcard_constraints:
         section="|".join(REPORT_SECTIONS),
     log:

@@ -12,7 +12,7 @@ if __name__ == "__main__":
     if snakemake.rule == "report_section":  # noqa: F821
         inputs = snakemake.input  # noqa: F821
         parameters = {name: str(Path(getattr(inputs, name)).resolve())
-                      for name in ("summary", "samples", "latency", "claims")}
+                      for name in ("summary", "samples", "latency", "claims", "training")}
         parameters = {f"{name}_path": path for name, path in parameters.items()}
         parameters.update(snakemake.params.parameters)  # noqa: F821
         executed = execute_section(inputs.notebook, Path(snakemake.output.notebook), parameters)  # noqa: F821

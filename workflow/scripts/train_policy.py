@@ -1,17 +1,15 @@
-"""Router training on the policy labels: the final VISOR checkpoint folder and its checkpoint record
-(visor_model.methods.visor.training.train_policy, visor_checkpoint_record)."""
+"""Router training on the policy labels: the final VISOR checkpoint folder (visor_model.methods.visor.training.
+train_policy)."""
 
-import json
 import sys
 from pathlib import Path
 
-from visor_model.files import write_json_atomically
 from visor_model.methods.visor.config import visor_options
-from visor_model.methods.visor.training import train_policy, visor_checkpoint_record
+from visor_model.methods.visor.training import train_policy
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 _, _, policy, device = visor_options(snakemake.params.options)
-final_dir = Path(snakemake.output.final).parent
+final_dir = Path(snakemake.output[0]).parent
 train_policy(
     Path(snakemake.input.universal).parent,
     Path(snakemake.input.labels),
@@ -22,6 +20,3 @@ train_policy(
     threads=snakemake.threads,
     device=device,
 )
-record = visor_checkpoint_record(final_dir, json.loads(Path(snakemake.input.base).read_text()))
-write_json_atomically(Path(snakemake.output.record), record)
-print(json.dumps(record, indent=2))

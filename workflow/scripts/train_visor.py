@@ -10,6 +10,7 @@ from visor_model.methods.visor.training import train_universal_checkpoint
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 base = json.loads(Path(snakemake.input.checkpoint).read_text())
+budget = snakemake.wildcards.budget
 universal, architecture, policy, device = visor_options(snakemake.params.options, snakemake.params.seed,
                                                         snakemake.threads)
 train_universal_checkpoint(
@@ -22,4 +23,5 @@ train_universal_checkpoint(
     policy,
     device=device,
     base_sha256=base["weights_sha256"],  # recorded once by provide_checkpoint
+    budget={"name": budget, "fraction": snakemake.config["visor"]["budgets"][budget]},
 )

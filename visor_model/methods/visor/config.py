@@ -176,31 +176,43 @@ class TrainData:
 
 @dataclass(frozen=True)
 class UniversalConfig:
-    """Defaults fit ~5-7 minutes on 2 shared CPU cores for the 6-layer reference: measured 0.31-0.39 s/step
-    (batch 16, 1 thread) + ~1-2 min of image preprocessing + the viable-configuration runs. The schedule of
-    each stage: visor_model.methods.visor.training.universal_stage."""
+    """Universal training. `order="paper"` follows the paper: stage 1 trains the largest configuration (host
+    frozen), then the viable configurations are searched on the val split, then stage 2 fine-tunes everything
+    sampling only viable configurations. `order="joint"` samples the whole family in both stages and searches
+    the viable configurations at the end. The budget defaults to the host's order: 3,000 + 3,000 steps of batch
+    16 (96,000 examples, as the reference's 3,000 steps of batch 32), with the host's data curriculum
+    (`visor_model.reference.recipe.curriculum_weights`, over each stage). The schedule of each stage:
+    `visor_model.methods.visor.training.universal_stage`. Validation accuracy of every family member on the first
+    `curve_per_task` val rows per task is recorded every `eval_every` steps (the training curve)."""
 
-    stage1_steps: int = option(400, UNIVERSAL)
-    stage2_steps: int = option(400, UNIVERSAL)
+    stage1_steps: int = option(3000, UNIVERSAL)
+    stage2_steps: int = option(3000, UNIVERSAL)
     batch_size: int = option(16, UNIVERSAL)
     stage1_lr: float = option(1e-3, UNIVERSAL)
     stage2_lr: float = option(2e-4, UNIVERSAL)
-    warmup_steps: int = option(20, UNIVERSAL)
-    grad_clip: float = 1.0
-    seed: int = 0
-    save_every: int = 50
-    log_every: int = 25
-    threads: int = 1
-    # "family" (uniform over k) or "largest" (the paper's stage-1 reading)
-    stage1_sampling: str = option("family", UNIVERSAL, choices=("family", "largest"))
+    warmup_steps: int = option(50, UNIVERSAL)
+    order: str = option("paper", UNIVERSAL, choices=("paper", "joint"))
+    curriculum: bool = option(True, UNIVERSAL)
     # stage 2 trains the VISOR modules only (the host stays frozen, as in stage 1) instead of everything
     stage2_freeze_host: bool = option(False, UNIVERSAL)
+    eval_every: int = option(500, UNIVERSAL)  # 0: no validation curve (the final viable search still runs)
+    curve_per_task: int = option(50, UNIVERSAL)
     # a TrainData (or its dict, as in the workflow's config); None: the synthetic train splits
     train_data: TrainData | None = option(None, UNIVERSAL, flag=False)
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 100
+    log_every: int = 50
+    threads: int = 1
 
     def __post_init__(self):
         if isinstance(self.train_data, dict):
             object.__setattr__(self, "train_data", TrainData(**self.train_data))
+        if self.order not in ("paper", "joint"):
+            raise ValueError(f"visor.order must be 'paper' or 'joint', got {self.order!r}")
+        for name in ("stage1_steps", "stage2_steps", "eval_every", "curve_per_task"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"visor.{name} must be >= 0, got {getattr(self, name)!r}")
 
     @property
     def steps(self) -> int:
@@ -209,14 +221,33 @@ class UniversalConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Viable configurations, policy labels and router training (defaults: about a minute each on 2 CPU cores)."""
+    """Viable configurations, policy labels and router training (defaults: about a minute each on 2 CPU cores).
+
+    Labels: configuration c suffices for a sample when its score >= the reference's score - `label_tolerance`;
+    the reference is the largest viable configuration (`label_reference="largest"`) or the host model at full
+    compute (`"full"`). Router loss: `"bce"`, one sufficiency probability per configuration (sigmoid); or
+    `"ce"`, cross-entropy on the cheapest sufficing configuration (the largest where none suffices), whose
+    cumulative softmax is the probability that c suffices. The defaults are the paper's reading: the full model as
+    the reference (with 0/1 scores its ">= 99% of the full model's accuracy" is tolerance 0) and cross-entropy."""
 
     viable_per_task: int = option(100, UNIVERSAL, LABEL)  # val rows per task that pick the viable configurations
     label_per_task: int = option(100, LABEL)  # the next val rows per task, labelled for the router
     inference_batch_size: int = option(32, UNIVERSAL, LABEL)  # batch of the viable-configuration and labelling runs
+    label_reference: str = option("full", LABEL, choices=("full", "largest"))
+    label_tolerance: float = option(0.0, LABEL)
+    router_loss: str = option("ce", POLICY, choices=("ce", "bce"))
     router_steps: int = option(200, POLICY)
     router_lr: float = option(3e-3, POLICY)
     router_batch_size: int = option(32, POLICY)
+
+    def __post_init__(self):
+        if self.label_reference not in ("largest", "full"):
+            raise ValueError(f"visor.label_reference must be 'largest' or 'full', got {self.label_reference!r}")
+        if self.router_loss not in ("bce", "ce"):
+            raise ValueError(f"visor.router_loss must be 'bce' or 'ce', got {self.router_loss!r}")
+        if not 0.0 <= float(self.label_tolerance) <= 1.0:
+            raise ValueError(f"visor.label_tolerance must be in [0, 1] (a score difference), got "
+                             f"{self.label_tolerance!r}")
 
 
 ARCHITECTURE_OPTIONS = tuple(f.name for f in fields(VisorConfig) if f.name not in ("n_layers", "seed"))
@@ -229,7 +260,8 @@ def visor_options(options: dict, seed: int = 0, threads: int = 1
     universal_keys = {f.name for f in fields(UniversalConfig)} - {"seed", "threads"}
     policy_keys = {f.name for f in fields(PolicyConfig)}
     device_keys = {f.name for f in fields(DeviceConfig)}
-    unknown = set(options) - universal_keys - policy_keys - device_keys - set(ARCHITECTURE_OPTIONS) - {"models"}
+    workflow_only = {"models", "budgets", "shipped"}  # which models and budgets train, and shipped checkpoints
+    unknown = set(options) - universal_keys - policy_keys - device_keys - set(ARCHITECTURE_OPTIONS) - workflow_only
     if unknown:
         raise ValueError(f"unknown VISOR options {sorted(unknown)}")
     universal = UniversalConfig(seed=seed, threads=threads, **{k: v for k, v in options.items() if k in universal_keys})

@@ -52,6 +52,8 @@ from visor_model.methods.visor.config import CA, SA, TEXT, VisorConfig, default_
 
 VISOR_WEIGHTS = "visor.safetensors"
 VISOR_CONFIG = "visor_config.json"
+# router loss -> how its logits become P(configuration suffices) (`VisorModel.route`)
+ROUTER_OUTPUTS = {"bce": "sigmoid", "ce": "cumulative_softmax"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -363,6 +365,9 @@ class VisorModel(nn.Module):
         if config.n_layers != lm.config.num_hidden_layers:
             raise ValueError(f"VisorConfig.n_layers={config.n_layers} but the host has {lm.config.num_hidden_layers}")
         self.viable: list[tuple[int, ...]] = [config.check_active(v) for v in (viable or [])]
+        self.router_output = (metadata or {}).get("router_output", "sigmoid")  # see `route`; set by train_router
+        if self.router_output not in ROUTER_OUTPUTS.values():
+            raise ValueError(f"unknown router_output {self.router_output!r}; known: {sorted(ROUTER_OUTPUTS.values())}")
         self.visor = VisorModules(lm.layers, lm.config, config, n_viable=len(self.viable))
         self.visor.to(next(base.parameters()).device, next(base.parameters()).dtype)
 
@@ -467,8 +472,13 @@ class VisorModel(nn.Module):
         return self.visor.router(token).float()
 
     def route(self, state: PrefillState) -> torch.Tensor:
-        """Router probabilities [B, n_viable]: P(configuration suffices), cheapest configuration first."""
-        return torch.sigmoid(self.router_logits(state))
+        """Router probabilities [B, n_viable]: P(configuration suffices), cheapest configuration first. A BCE
+        router's sigmoids; a cross-entropy router predicts the cheapest sufficing configuration, so P(c suffices)
+        is its cumulative softmax up to c."""
+        logits = self.router_logits(state)
+        if self.router_output == "cumulative_softmax":
+            return torch.softmax(logits, dim=-1).cumsum(dim=-1).clamp(max=1.0)
+        return torch.sigmoid(logits)
 
     def strip_routing_token(self, state: PrefillState, T: int, upto: int) -> PrefillState:
         layout = state.layout
@@ -656,6 +666,7 @@ def save_visor(model: VisorModel, out_dir: Path, tokenizer, image_processor, rec
         (tmp / VISOR_CONFIG).write_text(json.dumps({
             "visor_config": model.config.to_dict(),
             "viable": [list(v) for v in model.viable],
+            "router_output": model.router_output,
             "training": record or {},
         }, indent=2))
 

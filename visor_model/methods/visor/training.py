@@ -9,23 +9,31 @@ train_policy); `train_visor` runs all three in sequence for users of the Python 
 
 1. `train_universal_checkpoint` (rule train_visor). Universal training: stage 1 trains only the new modules
    (CA blocks with their gates, positional conv) with the host frozen; stage 2 fine-tunes everything (the VISOR
-   modules only with `stage2_freeze_host`). Every step samples one configuration of the family
-   (`VisorConfig.family`: the evenly spread k-subset of SA candidates for k = 0..n, k uniform), seeded by
-   (seed, step), like the batch. Loss: next-token
-   cross-entropy on the answer tokens. Resumable: the state (weights, AdamW moments, step) is saved every
-   `save_every` steps with `visor_model.training.save_train_state`; a state made with another configuration
-   or base checkpoint is discarded, not resumed. Then the viable configurations: every family member is
-   evaluated on the first `viable_per_task` rows per task of the held-out `val` split (greedy exact-match
-   accuracy) and costed (mean analytic LLM prefill FLOPs over the same samples); those on the accuracy-FLOP
-   Pareto frontier are kept, cheapest first (plus the largest one). Output: a VISOR checkpoint folder without
-   a router (the "universal" checkpoint).
+   modules only with `stage2_freeze_host`). Each step runs one configuration, drawn uniformly (seeded by
+   (seed, step), like the batch) from the stage's pool (`stage_pool`): in the paper's order (`order="paper"`,
+   the default) the largest configuration in stage 1, then the viable configurations are searched (below) and
+   stage 2 samples only them; in joint order (`"joint"`) the whole family (`VisorConfig.family`: the evenly
+   spread k-subset of SA candidates for k = 0..n) in both stages, the viable search at the end. Batches follow
+   the host's curriculum (`curriculum`). Loss: next-token cross-entropy on the answer tokens. Every
+   `eval_every` steps every family member's greedy accuracy on the first `curve_per_task` val rows per task is
+   recorded, with the loss of every step and the host's accuracy on the same rows before training: the
+   training curve, saved in the checkpoint's record. Resumable: the state (weights, AdamW moments, step,
+   history, viable configurations) is saved every `save_every` steps with `visor_model.training.save_train_state`;
+   a state made with another configuration or base checkpoint is discarded, not resumed. The viable search:
+   every family member is evaluated on the first `viable_per_task` rows per task of the held-out `val` split
+   (greedy exact-match accuracy) and costed (mean analytic LLM prefill FLOPs over the same samples); those on
+   the accuracy-FLOP Pareto frontier are kept, cheapest first (plus the largest one). Output: a VISOR
+   checkpoint folder without a router (the "universal" checkpoint).
 2. `label_policy` (rule label_policy). Every viable configuration is run on the labelling split (the next
    `label_per_task` val rows per task, disjoint from those that picked the viable configurations); a
-   configuration suffices for a sample when its score >= the largest viable configuration's score on it.
-   Output: a CSV table, a row per sample (task, row, target, answer / score / suffices per configuration).
-3. `train_policy` (rule train_policy). The router (routing token + MLP) is trained with BCE on the labels,
-   host and VISOR layers frozen (`train_router`). Output: the final VISOR checkpoint folder. With a single
-   viable configuration (or no router layer) the final checkpoint has no router.
+   configuration suffices for a sample when its score >= the reference's score on it - `label_tolerance`, the
+   reference being the original host at full compute (`label_reference="full"`, the paper) or the largest viable
+   configuration (`"largest"`). Output: a CSV table, a row per sample (task, row, target, answer / score /
+   suffices per configuration, and the full model's answer and score).
+3. `train_policy` (rule train_policy). The router (routing token + MLP) is trained on the labels, host and VISOR
+   layers frozen (`train_router`): cross-entropy on the cheapest sufficing configuration (`router_loss="ce"`, the
+   paper) or BCE on every configuration's sufficiency (`"bce"`). Output: the final VISOR checkpoint folder. With
+   a single viable configuration (or no router layer) the final checkpoint has no router.
 
 A checkpoint folder holds the host checkpoint (save_pretrained), visor.safetensors and visor_config.json.
 Every output is written atomically (temporary name, then rename).
@@ -62,6 +70,7 @@ from visor_model.methods.visor.config import (  # noqa: F401 (ARCHITECTURE_OPTIO
     visor_options,
 )
 from visor_model.methods.visor.modeling import (
+    ROUTER_OUTPUTS,
     VisorModel,
     check_threshold,
     choose_configuration,
@@ -69,7 +78,7 @@ from visor_model.methods.visor.modeling import (
     save_visor,
 )
 from visor_model.methods.visor.runner import VisorRunner, VisorSampleRecord
-from visor_model.reference.recipe import EncodedExamples
+from visor_model.reference.recipe import EncodedExamples, curriculum_weights
 from visor_model.training import (
     Example,
     ProgressLog,
@@ -84,12 +93,19 @@ from visor_model.training import (
 )
 
 
-def sample_configuration(config: VisorConfig, seed: int, step: int, largest_only: bool = False) -> tuple[int, ...]:
-    family = config.family()
-    if largest_only:
-        return family[-1]
+def sample_configuration(pool: list[tuple[int, ...]], seed: int, step: int) -> tuple[int, ...]:
+    """The configuration of step `step`: uniform over `pool`, seeded by (seed, step) like the batch."""
     generator = torch.Generator().manual_seed(stable_seed(seed, "configuration", step))
-    return family[int(torch.randint(len(family), (1,), generator=generator))]
+    return pool[int(torch.randint(len(pool), (1,), generator=generator))]
+
+
+def stage_pool(model: VisorModel, config: UniversalConfig, stage: int) -> list[tuple[int, ...]]:
+    """What a step of `stage` samples from: the whole family in joint order; in the paper's order the largest
+    configuration in stage 1 and the viable ones (found between the stages) in stage 2."""
+    family = model.config.family()
+    if config.order == "joint":
+        return family
+    return [family[-1]] if stage == 1 else list(model.viable)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -197,32 +213,57 @@ def universal_stage(config: UniversalConfig, step: int) -> tuple[int, TrainConfi
 
 
 def train_universal(model: VisorModel, data, image_token_id: int, config: UniversalConfig,
-                    state_dir: Path, stop_after: int | None = None, identity: dict | None = None) -> dict:
+                    state_dir: Path, stop_after: int | None = None, identity: dict | None = None,
+                    search_viable=None, validate=None) -> dict:
     """Runs (or resumes) universal training; `stop_after` ends this call after that many steps (interruption).
-    `data`: EncodedExamples, or a function returning them (called only if steps remain). A saved state whose
-    configuration (or `identity`: e.g. the base checkpoint's hash) differs from this run's is discarded."""
+    `data`: EncodedExamples, or a function returning them (called only if steps remain). In the paper's order
+    `search_viable()` (-> {"viable": [...], "evaluated": [...]}) runs when stage 1 ends; its viable
+    configurations are set on the model and saved with the training state. `validate(step, stage)` (-> rows)
+    runs every `config.eval_every` steps. A saved state whose configuration (or `identity`: e.g. the base
+    checkpoint's hash) differs from this run's is discarded. Returns the timing and the training history:
+    loss per step ([step, stage, loss]), the validation rows and the viable search."""
     state_dir = Path(state_dir)
     trainable = [p for n, p in model.named_parameters() if not n.startswith(("visor.router", "visor.routing_token"))]
     optimizer = torch.optim.AdamW(trainable, lr=config.stage1_lr, weight_decay=0.0)
     extra = training_identity(universal_config=config, **(identity or {}))
+    saved = json.loads((state_dir / "state.json").read_text()) if (state_dir / "state.json").is_file() else {}
+    if saved.get("viable"):  # found between the stages: the saved state has the router head that set_viable adds
+        model.set_viable([tuple(v) for v in saved["viable"]])
     start_step = resume_train_state(state_dir, model, optimizer, extra, "VISOR training")
+    history = saved["history"] if start_step else {"loss": [], "validation": [], "viable_search": None}
+    if not start_step and model.viable:  # the saved state was discarded: start without viable configurations
+        model.viable, model.visor.router = [], None
     if callable(data):
         data = data() if start_step < config.steps else None
     progress = ProgressLog(config.steps, config.log_every)
     started, done = time.time(), 0
+
+    def save(step: int) -> None:
+        save_train_state(state_dir, model, optimizer, step, {
+            **extra, "history": history, "viable": None if not model.viable else [list(v) for v in model.viable]})
+
     model.train()
     for step in range(start_step, config.steps):
         if stop_after is not None and done >= stop_after:
             break
+        if config.order == "paper" and step == config.stage1_steps and not model.viable:
+            if search_viable is None:
+                raise ValueError("the paper's order searches the viable configurations after stage 1: pass "
+                                 "search_viable (or use order='joint')")
+            model.eval()
+            history["viable_search"] = search = json.loads(json.dumps(search_viable()))  # as saved and resumed
+            model.set_viable(search["viable"])
+            model.train()
+            save(step)
         stage, schedule = universal_stage(config, step)
         set_stage(model, stage, config.stage2_freeze_host)
         local = step if stage == 1 else step - config.stage1_steps
         lr = learning_rate(schedule, local)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        active = sample_configuration(model.config, config.seed, step,
-                                      largest_only=stage == 1 and config.stage1_sampling == "largest")
-        pixels, sizes, prompts, targets = data.batch(batch_indices(schedule, step, len(data)))
+        active = sample_configuration(stage_pool(model, config, stage), config.seed, step)
+        weights = curriculum_weights(data.examples, local / schedule.steps) if config.curriculum else None
+        pixels, sizes, prompts, targets = data.batch(batch_indices(schedule, step, len(data), weights))
         loss = visor_loss(model, image_token_id, pixels, sizes, prompts, targets, active,
                           train_vision=stage == 2 and not config.stage2_freeze_host)
         optimizer.zero_grad(set_to_none=True)
@@ -230,14 +271,20 @@ def train_universal(model: VisorModel, data, image_token_id: int, config: Univer
         torch.nn.utils.clip_grad_norm_([p for p in trainable if p.requires_grad], config.grad_clip)
         optimizer.step()
         progress.update(step, loss.item(), lr)
+        history["loss"].append([step + 1, stage, round(loss.item(), 5)])
         done += 1
+        if validate is not None and config.eval_every and (
+                (step + 1) % config.eval_every == 0 or step + 1 in (config.stage1_steps, config.steps)):
+            model.eval()
+            history["validation"] += validate(step + 1, stage)
+            model.train()
         if (step + 1) % config.save_every == 0 or step + 1 == config.steps or (
                 stop_after is not None and done >= stop_after):
-            save_train_state(state_dir, model, optimizer, step + 1, extra)
+            save(step + 1)
     model.eval()
     elapsed = time.time() - started
     return {"steps_this_run": done, "seconds_this_run": round(elapsed, 1),
-            "seconds_per_step": round(elapsed / max(1, done), 3)}
+            "seconds_per_step": round(elapsed / max(1, done), 3), "history": history}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -268,22 +315,48 @@ def pareto_frontier(points: list[dict]) -> list[dict]:
     return sorted((p for p, keep in zip(points, on_frontier) if keep), key=lambda p: p["flops"])
 
 
-def viable_configurations(loaded, model: VisorModel, examples: list[Example], batch_size: int = 32,
-                          keep_largest: bool = True) -> dict:
-    """Family members on the accuracy-FLOP Pareto frontier of `examples`, cheapest first; with
-    `keep_largest` the largest family member is always kept (it anchors the labels and the fallback)."""
+def task_accuracies(records, examples: list[Example]) -> dict[str, float]:
+    """Greedy exact-match accuracy per task of `records` (answers to `examples`, in order)."""
+    scores: dict[str, list[float]] = {}
+    for record, example in zip(records, examples):
+        scores.setdefault(example.task, []).append(exact_match(record.answer, example.answer))
+    return {task: sum(values) / len(values) for task, values in scores.items()}
+
+
+def evaluate_family(loaded, model: VisorModel, examples: list[Example], batch_size: int = 32) -> list[dict]:
+    """Every family member on `examples`: accuracy (overall and per task) and mean LLM-prefill FLOPs."""
     evaluated = []
     for active in model.config.family():
         records = run_configuration(loaded, model, examples, active, batch_size)
         accuracy = sum(exact_match(r.answer, e.answer) for r, e in zip(records, examples)) / len(examples)
         evaluated.append({"configuration": list(active), "sa_layers": len(active), "accuracy": accuracy,
+                          "task_accuracy": task_accuracies(records, examples),
                           "flops": mean_prefill_flops(model, records, active)})
         print(f"configuration {active}: accuracy {accuracy:.3f}, prefill FLOPs {evaluated[-1]['flops']:.3e}",
               flush=True)
+    return evaluated
+
+
+def viable_configurations(loaded, model: VisorModel, examples: list[Example], batch_size: int = 32,
+                          keep_largest: bool = True) -> dict:
+    """Family members on the accuracy-FLOP Pareto frontier of `examples`, cheapest first; with
+    `keep_largest` the largest family member is always kept (it anchors the labels and the fallback)."""
+    evaluated = evaluate_family(loaded, model, examples, batch_size)
     frontier = pareto_frontier(evaluated)
     if keep_largest and frontier[-1] is not evaluated[-1]:
         frontier.append(evaluated[-1])  # anchors the policy labels and is its fallback
     return {"evaluated": evaluated, "viable": [tuple(p["configuration"]) for p in frontier]}
+
+
+def host_accuracy(loaded, examples: list[Example], batch_size: int = 32) -> dict[str, float]:
+    """The host model's (full compute) accuracy per task on `examples`."""
+    runner = VisionLanguageRunner(loaded, FullTokens(), str(loaded.model.device))
+    records = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        records += runner.generate([e.image for e in chunk], [e.question for e in chunk],
+                                   [str(start + i) for i in range(len(chunk))], [4] * len(chunk))
+    return task_accuracies(records, examples)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -297,10 +370,18 @@ def configuration_answers(loaded, model: VisorModel, examples: list[Example], ba
             for active in model.viable]
 
 
-def sufficient(scores: torch.Tensor) -> torch.Tensor:
-    """scores [N, n_viable] (cheapest first) -> 0/1 labels: configuration c suffices for sample i when its
-    score >= the largest viable configuration's score on it."""
-    return (scores >= scores[:, -1:]).float()
+def sufficient(scores: torch.Tensor, reference: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
+    """scores [N, n_viable] (cheapest first), reference [N] -> 0/1 labels: configuration c suffices for sample i
+    when its score >= the reference's score on it minus `tolerance`."""
+    return (scores >= reference[:, None] - tolerance - 1e-9).float()
+
+
+def cheapest_sufficing(labels: torch.Tensor) -> torch.Tensor:
+    """labels [N, n_viable] (cheapest first) -> [N]: the index of the cheapest sufficing configuration, the largest
+    where none suffices (the policy's fallback). The cross-entropy router's target."""
+    n = labels.shape[1]
+    index = torch.arange(n).expand_as(labels)
+    return torch.where(labels.bool(), index, n).min(dim=1).values.clamp(max=n - 1)
 
 
 def routing_features_batches(loaded, model: VisorModel, examples: list[Example], batch_size: int):
@@ -318,39 +399,46 @@ def routing_features_batches(loaded, model: VisorModel, examples: list[Example],
 
 
 def train_router(loaded, model: VisorModel, examples: list[Example], labels: torch.Tensor, steps: int = 200,
-                 lr: float = 3e-3, batch_size: int = 32, seed: int = 0) -> dict:
-    """BCE training of the routing token and router MLP; host and VISOR layers frozen."""
+                 lr: float = 3e-3, batch_size: int = 32, seed: int = 0, loss: str = "bce") -> dict:
+    """Training of the routing token and router MLP on the labels [N, n_viable], host and VISOR layers frozen:
+    BCE on every configuration's sufficiency (`loss="bce"`), or cross-entropy on the cheapest sufficing one
+    (`"ce"`); `model.router_output` is set to match (how `route` turns logits into probabilities)."""
     r = model._require_router()
     for p in model.parameters():
         p.requires_grad_(False)
     params = [model.visor.routing_token, *model.visor.router.parameters()]
     for p in params:
         p.requires_grad_(True)
+    model.router_output = ROUTER_OUTPUTS[loss]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     batches = routing_features_batches(loaded, model, examples, batch_size)
     offsets = [i * batch_size for i in range(len(batches))]
+    targets = labels if loss == "bce" else cheapest_sufficing(labels)
     started = time.time()
     losses = []
     for step in range(steps):
         generator = torch.Generator().manual_seed(stable_seed(seed, "router", step))
         k = int(torch.randint(len(batches), (1,), generator=generator))
-        batch, target = batches[k], labels[offsets[k] : offsets[k] + batches[k].inputs_embeds.shape[0]]
+        batch, target = batches[k], targets[offsets[k] : offsets[k] + batches[k].inputs_embeds.shape[0]]
         state, _ = model.start(batch, use_cache=False, routing=True)
         state = model.run_layers(state, 0, r, ())
         logits = model.router_logits(state)
-        loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.device, logits.dtype))
+        if loss == "bce":
+            value = F.binary_cross_entropy_with_logits(logits, target.to(logits.device, logits.dtype))
+        else:
+            value = F.cross_entropy(logits, target.to(logits.device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(value.item())
         if (step + 1) % 50 == 0:
-            print(f"router step {step + 1}/{steps} bce {sum(losses[-50:]) / len(losses[-50:]):.4f}", flush=True)
+            print(f"router step {step + 1}/{steps} {loss} {sum(losses[-50:]) / len(losses[-50:]):.4f}", flush=True)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    return {"router_steps": steps, "router_final_bce": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
-            "router_seconds": round(time.time() - started, 1),
-            "label_rate": labels.mean(0).tolist()}
+    return {"router_steps": steps, "router_loss": loss,
+            "router_final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
+            "router_seconds": round(time.time() - started, 1), "label_rate": labels.mean(0).tolist()}
 
 
 def expected_compute(model: VisorModel, probabilities: torch.Tensor, flops: list[float], threshold: float) -> float:
@@ -387,12 +475,16 @@ def train_universal_checkpoint(base_dir: str, task_dirs: list[Path], out_dir: Pa
                                config: UniversalConfig, visor_config: dict | None = None,
                                policy: PolicyConfig = PolicyConfig(), train_examples: list[Example] | None = None,
                                stop_after: int | None = None, device: DeviceConfig = DeviceConfig(),
-                               base_sha256: str | None = None) -> dict | None:
+                               base_sha256: str | None = None, budget: dict | None = None) -> dict | None:
     """Stage 1 (rule train_visor): universal training (resumable from `state_dir`) on `train_examples`, else
-    `config.train_data`, else the tasks' train splits; then the viable configurations on the val split; writes
-    the VISOR checkpoint folder `out_dir` without a router. `base_sha256`: the base's recorded weights hash (the
-    workflow's checkpoint record; hashed here when not given). Returns its training record, or None when
-    `stop_after` interrupted the training on purpose."""
+    `config.train_data`, else the tasks' train splits, with the viable configurations searched on the first
+    `viable_per_task` val rows per task (between the stages in the paper's order, after them in joint order);
+    writes the VISOR checkpoint folder `out_dir` without a router. Its record holds the training history (loss
+    per step, validation accuracy per configuration and task every `eval_every` steps), the host's accuracy on
+    the same validation rows and every family member's final validation accuracy. `base_sha256`: the base's
+    recorded weights hash (hashed here when not given); `budget`: the workflow's name and fraction of the steps
+    (visor.budgets), recorded (default full). Returns the record, or None when `stop_after` interrupted the training
+    on purpose."""
     from visor_model.llava.checkpoints import weights_sha256
 
     torch.set_num_threads(config.threads)
@@ -402,7 +494,7 @@ def train_universal_checkpoint(base_dir: str, task_dirs: list[Path], out_dir: Pa
     n_new = sum(p.numel() for p in model.visor.parameters())
     tasks = [Path(d).name for d in task_dirs]
     print(f"VISOR on {base_dir}: roles (all candidates) {model.config.roles(model.config.sa_candidates)}, "
-          f"{n_new:,} new parameters", flush=True)
+          f"{n_new:,} new parameters, order {config.order}", flush=True)
 
     def encoded() -> EncodedExamples:
         if train_examples is not None:
@@ -414,9 +506,26 @@ def train_universal_checkpoint(base_dir: str, task_dirs: list[Path], out_dir: Pa
         print(f"{len(train)} training examples", flush=True)
         return EncodedExamples(train, loaded.tokenizer, loaded.image_processor, image_token_id)
 
+    viable_rows = read_split(task_dirs, "val", policy.viable_per_task)
+    curve_rows = read_split(task_dirs, "val", min(config.curve_per_task, policy.viable_per_task))
+    # the host before any VISOR training (stage 2 changes its weights): the quality gate's reference
+    host = {"curve": host_accuracy(loaded, curve_rows, policy.inference_batch_size),
+            "viable": host_accuracy(loaded, viable_rows, policy.inference_batch_size)}
+
+    def validate(step: int, stage: int) -> list[dict]:
+        return [{"step": step, "stage": stage, "configuration": f"sa{point['sa_layers']}", "benchmark": task,
+                 "accuracy": accuracy, "n": sum(e.task == task for e in curve_rows)}
+                for point in evaluate_family(loaded, model, curve_rows, policy.inference_batch_size)
+                for task, accuracy in point["task_accuracy"].items()]
+
+    def search_viable() -> dict:
+        return viable_configurations(loaded, model, viable_rows, policy.inference_batch_size)
+
     identity = {"visor_config": model.config.to_dict(), "base_sha256": base_sha256,
                 "train_data": "examples given" if train_examples is not None else tasks}
-    timing = train_universal(model, encoded, image_token_id, config, state_dir, stop_after, identity)
+    timing = train_universal(model, encoded, image_token_id, config, state_dir, stop_after, identity,
+                             search_viable, validate)
+    history = timing.pop("history")
     print(f"universal training: {timing}", flush=True)
     if config.steps and json.loads((Path(state_dir) / "state.json").read_text())["step"] < config.steps:
         return None  # interrupted on purpose (stop_after)
@@ -424,16 +533,19 @@ def train_universal_checkpoint(base_dir: str, task_dirs: list[Path], out_dir: Pa
         p.requires_grad_(False)
 
     started = time.time()
-    val = read_split(task_dirs, "val", policy.viable_per_task)
-    viable = viable_configurations(loaded, model, val, policy.inference_batch_size)
-    model.set_viable(viable["viable"])
+    final = viable_configurations(loaded, model, viable_rows, policy.inference_batch_size)
+    if config.order == "joint" or not model.viable:  # the paper's order keeps the set found between the stages
+        model.set_viable(final["viable"])
     model.visor.router = None  # trained by train_policy
     record = {"stage": "universal", "base": str(base_dir), "base_sha256": base_sha256, "tasks": tasks,
+              "budget": budget or {"name": "full", "fraction": 1.0},
               "universal": asdict(config), "device": asdict(device), "timing": timing,
               "viable_split": {"split": "val", "rows_per_task": [0, policy.viable_per_task]},
+              "curve_split": {"split": "val", "rows_per_task": [0, min(config.curve_per_task,
+                                                                         policy.viable_per_task)]},
               "viable_seconds": round(time.time() - started, 1),
-              "configurations": viable["evaluated"], "viable": [list(v) for v in model.viable],
-              "new_parameters": n_new}
+              "host_validation": host, "configurations": final["evaluated"],
+              "viable": [list(v) for v in model.viable], "new_parameters": n_new, "history": history}
     save_visor(model, out_dir, loaded.tokenizer, loaded.image_processor, record)
     print(f"viable configurations {model.viable}; saved {out_dir}", flush=True)
     return record
@@ -441,8 +553,9 @@ def train_universal_checkpoint(base_dir: str, task_dirs: list[Path], out_dir: Pa
 
 def label_policy(universal_dir: Path, task_dirs: list[Path], labels_path: Path, policy: PolicyConfig = PolicyConfig(),
                  threads: int = 1, device: DeviceConfig = DeviceConfig()):
-    """Stage 2 (rule label_policy): every viable configuration of the universal checkpoint on the labelling
-    rows (val rows viable_per_task .. + label_per_task per task); writes the labels table (CSV) and returns it."""
+    """Stage 2 (rule label_policy): every viable configuration of the universal checkpoint (and, with
+    `label_reference="full"`, the host at full compute) on the labelling rows (val rows viable_per_task .. +
+    label_per_task per task); writes the labels table (CSV) and returns it."""
     import pandas as pd
 
     torch.set_num_threads(threads)
@@ -452,9 +565,22 @@ def label_policy(universal_dir: Path, task_dirs: list[Path], labels_path: Path, 
     started = time.time()
     answers = configuration_answers(loaded, model, examples, policy.inference_batch_size)
     scores = torch.tensor([[exact_match(a, e.answer) for a, e in zip(column, examples)] for column in answers]).T
-    labels = sufficient(scores)
     table = pd.DataFrame({"task": [e.task for e in examples], "split": "val", "row": [row for row, _ in rows],
                           "target": [e.answer for e in examples]})
+    if policy.label_reference == "full":  # the original host at full compute (stage 2 fine-tunes the copy in `loaded`)
+        training = model.metadata["training"]
+        host = load_checkpoint(training["base"], None, resolve_device(device.device), device.dtype,
+                               training["base_sha256"])
+        runner = VisionLanguageRunner(host, FullTokens(), str(host.model.device))
+        full = [r.answer for start in range(0, len(examples), policy.inference_batch_size)
+                for chunk in [examples[start : start + policy.inference_batch_size]]
+                for r in runner.generate([e.image for e in chunk], [e.question for e in chunk],
+                                         [str(start + i) for i in range(len(chunk))], [4] * len(chunk))]
+        reference = torch.tensor([exact_match(a, e.answer) for a, e in zip(full, examples)])
+        table["answer_full"], table["score_full"] = full, reference.tolist()
+    else:
+        reference = scores[:, -1]
+    labels = sufficient(scores, reference, policy.label_tolerance)
     for c, active in enumerate(model.viable):
         name = configuration_name(active)
         table[f"answer_{name}"] = answers[c]
@@ -488,6 +614,7 @@ def train_policy(universal_dir: Path, labels_path: Path, task_dirs: list[Path], 
         examples = examples_at(task_dirs, "val", list(zip(table["task"], table["row"])))
         labels = torch.tensor(table[columns].to_numpy(), dtype=torch.float32)
         record["policy"] = {"label_split": "val", "label_examples": len(examples), "labels": str(labels_path),
+                            "label_reference": policy.label_reference, "label_tolerance": policy.label_tolerance,
                             **train_router(loaded, model, examples, labels, policy.router_steps, policy.router_lr,
                                            policy.router_batch_size, seed)}
     else:
@@ -499,16 +626,36 @@ def train_policy(universal_dir: Path, labels_path: Path, task_dirs: list[Path], 
     return record
 
 
-def visor_checkpoint_record(visor_dir: Path, base: dict) -> dict:
-    """The workflow's checkpoint record of a trained VISOR folder (same fields as provide_checkpoint's:
-    path, source, repo, revision, family, weights_sha256 over all its safetensors, size), plus the base's record.
-    Hashed once here; the evaluations read it from the record."""
-    from visor_model.llava.checkpoints import check_checkpoint_folder, weights_sha256, weights_size
+def visor_checkpoint_record(visor_dir: Path, base: dict, budget: dict, shipped: bool = False) -> dict:
+    """The workflow's checkpoint record of a VISOR folder (same fields as provide_checkpoint's: path, source, repo,
+    revision, family, weights_sha256 over all its safetensors, size), plus the base's record and the training
+    budget. A shipped folder is first verified against its SHA256SUMS, its recorded base against `base`'s weights
+    and its recorded budget against `budget`. Hashed once here; the evaluations read it from the record."""
+    from visor_model.llava.checkpoints import (
+        CheckpointError,
+        check_checkpoint_folder,
+        verify_sha256sums,
+        weights_sha256,
+        weights_size,
+    )
+    from visor_model.methods.visor.modeling import VISOR_CONFIG
 
     path = Path(visor_dir)
-    return {"path": str(path), "source": "train", "repo": None, "revision": None,
+    if shipped:
+        if not path.is_dir():
+            raise CheckpointError(f"shipped VISOR checkpoint folder {path} does not exist")
+        verify_sha256sums(path)
+    training = json.loads((path / VISOR_CONFIG).read_text())["training"]
+    if training.get("base_sha256") != base["weights_sha256"]:
+        raise CheckpointError(f"VISOR checkpoint {path} was trained on a base with weights "
+                              f"{training.get('base_sha256')}, but the configured base {base['path']} has "
+                              f"{base['weights_sha256']}: train VISOR again (retrain: true) or configure its base")
+    if training.get("budget", {}).get("name", "full") != budget["name"]:
+        raise CheckpointError(f"VISOR checkpoint {path} was trained at budget {training.get('budget')}, the workflow "
+                              f"asks for {budget}")
+    return {"path": str(path), "source": "shipped" if shipped else "train", "repo": None, "revision": None,
             "family": check_checkpoint_folder(path), "weights_sha256": weights_sha256(path),
-            "size": weights_size(path), "method": "visor", "base": base}
+            "size": weights_size(path), "method": "visor", "budget": budget, "base": base}
 
 
 def train_visor(base_dir: str, task_dirs: list[Path], out_dir: Path, state_dir: Path, config: UniversalConfig,
