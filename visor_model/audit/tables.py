@@ -32,7 +32,8 @@ import pandas as pd
 
 from visor_model.audit.analysis import bootstrap_mean
 
-SETTING_FIELDS = ("budget", "alpha", "mode", "score", "threshold", "sa_layers", "token_budget", "seed")
+SETTING_FIELDS = ("budget", "alpha", "mode", "score", "newlines", "threshold", "sa_layers", "token_budget",
+                  "seed")
 def sample_table(records: list[dict]) -> pd.DataFrame:
     rows = []
     for record in records:
