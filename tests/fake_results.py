@@ -2,6 +2,8 @@
 `visor_model.audit.tables` (so the columns are the real ones). Accuracy follows a simple model: fine-grained
 benchmarks lose accuracy when visual tokens are dropped, VISOR keeps it with enough SA layers; per-document
 outcomes share a latent difficulty, so runs on the same documents are positively correlated (as real ones are).
+`with_half_budget` adds VISOR's runs at half its training budget (column `visor_training`) and
+`training_table` the long-format VISOR training table (results/visor_training.csv) the quality gate reads.
 Used by the report and claims tests and to render a full report for inspection:
 
     python tests/fake_results.py OUTDIR [paper]  # writes OUTDIR/{summary,samples,latency}.csv
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from visor_model.audit.tables import latency_table, sample_table, summary_table
 
@@ -143,6 +146,48 @@ def records(n: int = 60, seed: int = 0, benchmarks: dict = BENCHMARKS, **kwargs)
 def tables(n: int = 60, seed: int = 0, benchmarks: dict = BENCHMARKS, **kwargs):
     evaluations, latencies = records(n, seed, benchmarks, **kwargs)
     return summary_table(evaluations, seed=seed), sample_table(evaluations), latency_table(latencies)
+
+
+def with_half_budget(summary: pd.DataFrame, samples: pd.DataFrame, loss: float = 0.0, seed: int = 1):
+    """The tables with VISOR's runs twice: as they are (visor_training "full") and as if trained at half the
+    budget ("half"), where a share `loss` of the correct answers on fine-grained benchmarks turn wrong (same
+    documents); the other methods' rows get "" (not VISOR)."""
+    rng = np.random.default_rng(seed)
+    summary, samples = summary.copy(), samples.copy()
+    summary["visor_training"] = np.where(summary["method"] == "visor", "full", "")
+    samples["visor_training"] = np.where(samples["method"] == "visor", "full", "")
+    half_summary = summary[summary["method"] == "visor"].assign(visor_training="half")
+    half_samples = samples[samples["method"] == "visor"].assign(visor_training="half")
+    fine = set(summary.loc[summary["kind"] == "fine", "benchmark"])
+    flip = half_samples["benchmark"].isin(fine) & (half_samples["score"] == 1) & (rng.random(len(half_samples)) < loss)
+    half_samples.loc[flip, "score"] = 0.0
+    means = half_samples.groupby(["setting_id", "benchmark"])["score"].mean()
+    half_summary["accuracy"] = [means[(s, b)] for s, b in zip(half_summary["setting_id"], half_summary["benchmark"])]
+    return pd.concat([summary, half_summary], ignore_index=True), pd.concat([samples, half_samples], ignore_index=True)
+
+
+def training_table(gaps: dict | None = None, model: str = "reference_ov", host: float = 0.9,
+                   steps=(0, 400, 800)) -> pd.DataFrame:
+    """results/visor_training.csv of VISOR trained on `model`: per training budget ("full", "half") in `gaps`,
+    the largest configuration ends `gaps[budget]` points below the host on every validation benchmark (the
+    host at stage 0 step 0); loss rows beside them."""
+    rows = []
+    for training, gap in (gaps or {"full": 1.0}).items():
+        for benchmark in BENCHMARKS:
+            rows.append({"model": model, "training": training, "stage": 0, "step": 0, "metric": "val_accuracy",
+                         "configuration": "host", "benchmark": benchmark, "value": host, "n": 100})
+            for step in steps:
+                for k in range(SA_MAX + 1):
+                    progress = step / steps[-1]
+                    value = host - gap / 100 - 0.1 * (SA_MAX - k) - 0.2 * (1 - progress)
+                    rows.append({"model": model, "training": training, "stage": 1 + (step > steps[-1] / 2),
+                                 "step": step, "metric": "val_accuracy", "configuration": f"sa{k}",
+                                 "benchmark": benchmark, "value": value, "n": 100})
+        for step in steps:
+            rows.append({"model": model, "training": training, "stage": 1 + (step > steps[-1] / 2), "step": step,
+                         "metric": "loss", "configuration": f"sa{SA_MAX}", "benchmark": "",
+                         "value": 2.0 - step / steps[-1], "n": None})
+    return pd.DataFrame(rows)
 
 
 def write(folder: Path, **kwargs) -> dict:

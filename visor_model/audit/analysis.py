@@ -1,5 +1,6 @@
 """Computations behind the report: method series and colours, the Pareto frontier, VISOR's Table-1 layout,
-paired bootstrap comparisons at matched FLOPs. Pure pandas/numpy over the tidy tables of
+paired bootstrap comparisons at matched FLOPs (a competitor's accuracy-FLOP curve interpolated, never
+extrapolated). Pure pandas/numpy over the tidy tables of
 `visor_model.audit.tables` (summary.csv, samples.csv, latency.csv); the notebooks only call these and plot.
 
 A *series* is what the report draws as one curve with one colour: a method, split where one method has
@@ -91,11 +92,12 @@ def colour(label: str) -> str:
 
 
 def setting_label(row) -> str:
-    """A short human label of a setting: 'budget 0.2', 'SA layers 2', 'tau 0.9, tokens 0.5', 'full'."""
+    """A short human label of a setting: 'budget 0.2', 'budget 0.05, newlines none', 'SA layers 2',
+    'tau 0.9, tokens 0.5', 'full'."""
     parts = []
-    for field, name in (("budget", "budget"), ("sa_layers", "SA layers"), ("threshold", "tau"),
-                        ("token_budget", "tokens"), ("mode", "mode"), ("alpha", "alpha"), ("score", "score"),
-                        ("seed", "seed")):
+    for field, name in (("budget", "budget"), ("newlines", "newlines"), ("sa_layers", "SA layers"),
+                        ("threshold", "tau"), ("token_budget", "tokens"), ("mode", "mode"), ("alpha", "alpha"),
+                        ("score", "score"), ("seed", "seed")):
         value = row.get(field)
         if _missing(value) or field in ("mode", "score", "seed", "alpha"):
             continue
@@ -183,26 +185,29 @@ def cluster_table(summary: pd.DataFrame) -> pd.DataFrame:
 BOOTSTRAP_RESAMPLES = 2000
 
 
-def bootstrap_distribution(differences: dict, resamples: int = BOOTSTRAP_RESAMPLES,
-                           seed: int = 0) -> tuple[float, np.ndarray]:
+def bootstrap_distribution(differences: dict, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                           weigh_groups_equally: bool = False) -> tuple[float, np.ndarray]:
     """The mean paired difference and its bootstrap distribution (an array of `resamples` values).
 
     `differences` maps a group (a benchmark) to an array (comparisons x documents) of per-document
     differences, every row aligned on the same documents. The statistic is the mean over all comparisons of
-    their mean difference; each resample draws the documents of every group with replacement, once for all
-    comparisons of that group (so comparisons on the same documents stay paired)."""
+    their mean difference (`weigh_groups_equally`: the mean over groups of each group's mean over its
+    comparisons, so a benchmark counts once however many comparisons it holds); each resample draws the
+    documents of every group with replacement, once for all comparisons of that group (so comparisons on the
+    same documents stay paired)."""
     groups = {g: np.atleast_2d(np.asarray(d, dtype=float)) for g, d in differences.items() if np.size(d)}
     if not groups:
         return float("nan"), np.full(resamples, np.nan)
-    total = sum(d.shape[0] for d in groups.values())
-    point = sum(d.mean(axis=1).sum() for d in groups.values()) / total
+    weights = ({g: 1 / (len(groups) * d.shape[0]) for g, d in groups.items()} if weigh_groups_equally
+               else {g: 1 / sum(d.shape[0] for d in groups.values()) for g in groups})
+    point = sum(weights[g] * d.mean(axis=1).sum() for g, d in groups.items())
     rng = np.random.default_rng(seed)
     stats = np.zeros(resamples)
     for group in sorted(groups, key=str):
         d = groups[group]
         index = rng.integers(0, d.shape[1], size=(resamples, d.shape[1]))
-        stats += d[:, index].mean(axis=2).sum(axis=0)
-    return float(point), stats / total
+        stats += weights[group] * d[:, index].mean(axis=2).sum(axis=0)
+    return float(point), stats
 
 
 def percentile_interval(stats: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -237,6 +242,20 @@ def sample_scores(samples: pd.DataFrame, row, metric: str = "accuracy") -> pd.Se
     return part.set_index("doc_id")[column].astype(float).dropna().groupby(level=0).first()
 
 
+def aligned_matrices(differences: dict) -> dict:
+    """group -> (comparisons x documents) array of per-document differences (`differences`: group -> list of
+    Series indexed by doc_id), aligned on the documents every comparison of the group shares."""
+    matrices = {}
+    for group, diffs in differences.items():
+        shared = diffs[0].index
+        for diff in diffs[1:]:
+            shared = shared.intersection(diff.index)
+        shared = shared.sort_values()
+        if len(shared):
+            matrices[group] = np.vstack([diff[shared].to_numpy() for diff in diffs])
+    return matrices
+
+
 def difference_matrices(samples: pd.DataFrame, pairs, metric: str = "accuracy") -> dict:
     """benchmark -> (pairs x documents) per-document differences a - b of (a_row, b_row) summary-row pairs,
     aligned on the documents every pair of that benchmark shares."""
@@ -246,48 +265,77 @@ def difference_matrices(samples: pd.DataFrame, pairs, metric: str = "accuracy") 
         common = sa.index.intersection(sb.index)
         if len(common):
             by_benchmark.setdefault(a["benchmark"], []).append(sa[common] - sb[common])
-    matrices = {}
-    for benchmark, diffs in by_benchmark.items():
-        shared = diffs[0].index
-        for diff in diffs[1:]:
-            shared = shared.intersection(diff.index)
-        shared = shared.sort_values()
-        if len(shared):
-            matrices[benchmark] = np.vstack([diff[shared].to_numpy() for diff in diffs])
-    return matrices
+    return aligned_matrices(by_benchmark)
 
 
 def paired_difference(samples: pd.DataFrame, pairs, metric: str = "accuracy", seed: int = 0,
-                      resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+                      resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95) -> dict:
     """Mean difference a - b (points) over (a_row, b_row) pairs of summary rows, each pair on the documents
-    both evaluated, with a paired bootstrap CI (documents resampled per benchmark). Returns mean, ci_low,
-    ci_high (points), n_docs (document pairs, summed over pairs) and pairs (how many)."""
+    both evaluated, with a paired bootstrap CI at `level` (documents resampled per benchmark). Returns mean,
+    ci_low, ci_high (points), n_docs (document pairs, summed over pairs) and pairs (how many)."""
     differences = difference_matrices(samples, pairs, metric)
-    mean, low, high = paired_bootstrap(differences, resamples=resamples, seed=seed)
+    mean, low, high = paired_bootstrap(differences, resamples=resamples, seed=seed, level=level)
     return {"mean": 100 * mean, "ci_low": 100 * low, "ci_high": 100 * high,
             "n_docs": int(sum(d.size for d in differences.values())),
             "pairs": sum(d.shape[0] for d in differences.values())}
 
 
-def nearest_by_flops(candidates: pd.DataFrame, flops: float, column: str = "mean_flops_llm_prefill"):
-    """The candidate row whose FLOPs are nearest to `flops` on a log scale, and the ratio candidate / flops."""
-    candidates = candidates[np.isfinite(candidates[column].astype(float))] if column in candidates else candidates[:0]
-    if candidates.empty or not np.isfinite(flops) or flops <= 0:
-        return None, float("nan")
-    distance = np.abs(np.log(candidates[column].astype(float) / flops))
-    best = candidates.loc[distance.idxmin()]
-    return best, float(best[column] / flops)
+def curve_partners(curve: pd.DataFrame, flops: float, column: str = "mean_flops_llm_prefill") -> list:
+    """The points of a competitor's accuracy-FLOP curve (`curve`: its settings on one model and benchmark)
+    that linear interpolation at `flops` uses, as [(row, weight), ...] with weights summing to 1: the two
+    settings bracketing `flops` (settings of equal FLOPs share their end's weight), or the one setting at
+    exactly `flops`. Empty when `flops` lies outside the curve's range: no extrapolation, so a method cheaper
+    than the competitor's cheapest setting (or dearer than its dearest) has no partner, and the competitor is
+    never given more compute than the interpolation between its own runs."""
+    values = curve[column].astype(float) if column in curve else pd.Series(dtype=float)
+    curve, values = curve[np.isfinite(values)], values[np.isfinite(values)]
+    if curve.empty or not np.isfinite(flops):
+        return []
+    tolerance = 1e-9 * abs(flops)
+    at = curve[(values - flops).abs() <= tolerance]
+    if len(at):
+        return [(row, 1 / len(at)) for _, row in at.iterrows()]
+    below, above = values[values < flops], values[values > flops]
+    if below.empty or above.empty:
+        return []
+    low = curve[(values - below.max()).abs() <= 1e-9 * below.max()]
+    high = curve[(values - above.min()).abs() <= 1e-9 * above.min()]
+    w = (flops - below.max()) / (above.min() - below.max())
+    return ([(row, (1 - w) / len(low)) for _, row in low.iterrows()]
+            + [(row, w / len(high)) for _, row in high.iterrows()])
+
+
+def interpolated_difference(samples: pd.DataFrame, row, partners: list, metric: str = "accuracy") -> pd.Series:
+    """Per-document difference (indexed by doc_id) of one summary row's scores minus the competitor curve
+    interpolated at its FLOPs (`partners` from `curve_partners`): each document's interpolated score is the
+    weighted sum of the bracketing settings' scores on it, with the weights of the FLOP interpolation. On the
+    documents every run evaluated."""
+    mine = sample_scores(samples, row, metric)
+    theirs = [(sample_scores(samples, partner, metric), weight) for partner, weight in partners]
+    common = mine.index
+    for scores, _ in theirs:
+        common = common.intersection(scores.index)
+    common = common.sort_values()
+    return mine[common] - sum(weight * scores[common] for scores, weight in theirs)
+
+
+def curve_label(partners: list) -> str:
+    """'0.81 x budget 0.1 + 0.19 x budget 0.2': the competitor's interpolated point in words."""
+    return " + ".join(f"{weight:.2f} x {setting_label(row)}" for row, weight in partners) if len(partners) > 1 \
+        else setting_label(partners[0][0])
 
 
 def matched_comparisons(summary: pd.DataFrame, samples: pd.DataFrame, anchors=("visor_fixed", "visor_policy",
                         "visor_tr", "hired_paper"), competitors=("hired_paper", "hired_code", "random_drop"),
-                        max_flop_ratio: float = 1.5, metric: str = "accuracy", seed: int = 0,
+                        metric: str = "accuracy", seed: int = 0,
                         resamples: int = BOOTSTRAP_RESAMPLES) -> pd.DataFrame:
-    """Every setting of an anchor series against the competitor setting nearest in LLM-prefill FLOPs, on the
-    same model and benchmark and the same documents: the paired difference (points) with a bootstrap CI.
-    Pairs whose FLOPs differ by more than `max_flop_ratio` either way are left out."""
-    columns = ["model", "benchmark", "cluster", "a", "a_setting", "b", "b_setting", "a_flops", "b_flops",
-               "flop_ratio", "a_accuracy", "b_accuracy", "difference", "ci_low", "ci_high", "n_docs"]
+    """Every setting of an anchor series against each competitor's accuracy-FLOP curve interpolated at its
+    LLM-prefill FLOPs (`curve_partners`), on the same model, benchmark and documents: the paired difference
+    (points; per document, the anchor's score minus the interpolated competitor score) with a bootstrap CI.
+    Never extrapolated: an anchor setting outside a competitor's FLOP range has no row for it.
+    b_setting names the bracketing settings and their weights; b_accuracy is the interpolated accuracy."""
+    columns = ["model", "benchmark", "cluster", "a", "a_setting", "b", "b_setting", "a_flops", "a_accuracy",
+               "b_accuracy", "difference", "ci_low", "ci_high", "n_docs"]
     if summary.empty or "mean_flops_llm_prefill" not in summary:
         return pd.DataFrame(columns=columns)
     table = add_series(summary)
@@ -297,19 +345,18 @@ def matched_comparisons(summary: pd.DataFrame, samples: pd.DataFrame, anchors=("
             for competitor in competitors:
                 if competitor == a["series"]:
                     continue
-                b, ratio = nearest_by_flops(part[part["series"] == competitor], float(a["mean_flops_llm_prefill"]))
-                if b is None or not (1 / max_flop_ratio <= ratio <= max_flop_ratio):
+                partners = curve_partners(part[part["series"] == competitor], float(a["mean_flops_llm_prefill"]))
+                diff = interpolated_difference(samples, a, partners, metric) if partners else pd.Series(dtype=float)
+                if not len(diff):
                     continue
-                result = paired_difference(samples, [(a, b)], metric=metric, seed=seed, resamples=resamples)
-                if not result["pairs"]:
-                    continue
+                mean, low, high = paired_bootstrap({benchmark: diff.to_numpy()[None, :]}, resamples, seed)
                 rows.append({"model": model, "benchmark": benchmark, "cluster": a.get("cluster"),
-                             "a": a["series_label"], "a_setting": setting_label(a), "b": b["series_label"],
-                             "b_setting": setting_label(b), "a_flops": a["mean_flops_llm_prefill"],
-                             "b_flops": b["mean_flops_llm_prefill"], "flop_ratio": ratio,
-                             "a_accuracy": 100 * a["accuracy"], "b_accuracy": 100 * b["accuracy"],
-                             "difference": result["mean"], "ci_low": result["ci_low"],
-                             "ci_high": result["ci_high"], "n_docs": result["n_docs"]})
+                             "a": a["series_label"], "a_setting": setting_label(a),
+                             "b": partners[0][0]["series_label"], "b_setting": curve_label(partners),
+                             "a_flops": a["mean_flops_llm_prefill"], "a_accuracy": 100 * a["accuracy"],
+                             "b_accuracy": 100 * sum(w * row["accuracy"] for row, w in partners),
+                             "difference": 100 * mean, "ci_low": 100 * low, "ci_high": 100 * high,
+                             "n_docs": len(diff)})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -328,7 +375,7 @@ def describe_comparison(row) -> str:
     direction = "higher" if row["difference"] > 0 else "lower" if row["difference"] < 0 else "the same"
     amount = f"{abs(row['difference']):.1f} points {direction} than" if direction != "the same" else "the same as"
     return (f"On {row['benchmark']} ({row['model']}), {row['a']} [{row['a_setting']}] scores {amount} "
-            f"{row['b']} [{row['b_setting']}] at {row['flop_ratio']:.2f}x its LLM-prefill FLOPs "
+            f"{row['b']} interpolated at its LLM-prefill FLOPs [{row['b_setting']}] "
             f"(95% CI {row['ci_low']:+.1f} to {row['ci_high']:+.1f}, {int(row['n_docs'])} paired samples): "
             f"{significance_words(row['ci_low'], row['ci_high'])}.")
 
@@ -412,5 +459,5 @@ def describe_comparison_group(row) -> str:
     verdict = (f"significantly better in {better} of {n} matched settings" if better else
                f"not significantly better in any of {n} matched settings")
     verdict += f" and significantly worse in {worse}" if worse else ""
-    return (f"On {row['benchmark']} ({row['model']}), {row['a']} against {row['b']} at the nearest LLM-prefill FLOP "
-            f"level: mean difference {row['mean_difference']:+.1f} points, {verdict}.")
+    return (f"On {row['benchmark']} ({row['model']}), {row['a']} against {row['b']} at the same LLM-prefill FLOPs "
+            f"(its curve interpolated): mean difference {row['mean_difference']:+.1f} points, {verdict}.")

@@ -1,24 +1,39 @@
 """The claims audit: each claim of `config/claims.yaml` is measured by a named computation over the result
-tables (summary.csv, samples.csv, latency.csv) and judged by its test.
+tables (summary.csv, samples.csv, latency.csv, visor_training.csv) and judged by its test.
 
     claims = load_claims("config/claims.yaml")
-    table = audit(claims, Tables.read("results/summary.csv", "results/samples.csv", "results/latency.csv"),
-                  profile="offline")
+    tables = Tables.read("results/summary.csv", "results/samples.csv", "results/latency.csv",
+                         "results/visor_training.csv")
+    table = audit(claims, tables, profile="offline")
 
 A claim lists the profiles where it is testable (`offline`: the small reference models on synthetic
 benchmarks; `paper`: the papers' checkpoints on the lmms-eval benchmarks). Outside them its verdict is
 "not testable in this profile", with the claim's `not_testable_reason`. Inside them, a computation that finds
 the runs it needs missing (a method, a benchmark, a column) also yields "not testable in this profile", with
-the reason naming what is missing. Otherwise the test decides between "reproduced" and "not reproduced":
+the reason naming what is missing, and so does a claim with `min_configurations: N` (it is about the shape
+of VISOR's family of configurations) on a checkpoint with fewer viable configurations. Otherwise the test
+decides. Each test is a range of values that hold:
 
   at_least {target, tolerance}   value >= target - tolerance
   at_most {target, tolerance}    value <= target + tolerance
   within {target, tolerance}     |value - target| <= tolerance
   between {low, high}            low <= value <= high
-  greater {threshold}            the CI's lower end > threshold (the point value where there is no CI)
-  less {threshold}               the CI's upper end < threshold (likewise)
-  no_worse_than {margin}         the CI's lower end >= -margin (non-inferiority)
-  equivalent {margin}            the CI lies within [-margin, margin]
+  greater {threshold}            value > threshold
+  less {threshold}               value < threshold
+  no_worse_than {margin}         value >= -margin (non-inferiority)
+  equivalent {margin}            -margin <= value <= margin
+
+A measurement with an interval (a 95% CI, or the decision range of the saving-without-loss computations) is
+"reproduced" when the whole interval holds, "not reproduced" when none of it does, and "inconclusive" when it
+straddles an edge of the range (the reason gives the interval and the edge): the data cannot decide. Without
+an interval (latency ratios, FLOP ratios) the point value decides between "reproduced" and "not reproduced".
+
+VISOR's quality gate: where `visor_training.csv` shows VISOR's largest configuration more than `gate_points`
+(config audit.visor_gate_points) below its host on the validation rows at the last training step, every VISOR
+claim (one whose arguments name a VISOR series) reads "inconclusive": an under-trained VISOR says nothing
+about the paper's method. The main verdicts use the VISOR runs at the full training budget (summary column
+`visor_training` = "full"; a table without the column is all "full"); column `at_half_budget` holds each VISOR
+claim's verdict on the "half" budget runs instead (blank where there are none, and for the other claims).
 
 Accuracies and differences are in points: `accuracy` x 100, the mean per-sample score under each benchmark's
 primary metric (exact match, ANLS, relaxed accuracy, ...; visor_model.audit.tables); `metric_value` reads
@@ -31,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +55,19 @@ import yaml
 
 from visor_model.audit import analysis
 from visor_model.audit.analysis import add_series, paired_difference, sample_scores, setting_label
+from visor_model.audit.training import GATE_POINTS as VISOR_GATE_POINTS  # the default of audit.visor_gate_points
+from visor_model.audit.training import quality_gate
 
-REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not testable in this profile"
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE)
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+NOT_TESTABLE = "not testable in this profile"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTABLE)
 PROFILES = ("offline", "paper")
 CLAIM_FIELDS = ("id", "claim", "source", "paper_value", "unit", "profiles", "computation", "test")
 COLUMNS = ["id", "claim", "source", "provenance", "profile", "paper_value", "unit", "test", "tolerance",
-           "reproduced_value", "ci_low", "ci_high", "verdict", "reason", "computation", "detail"]
+           "reproduced_value", "ci_low", "ci_high", "interval", "verdict", "at_half_budget", "reason",
+           "computation", "detail"]
+VISOR_SERIES = ("visor_fixed", "visor_policy", "visor_tr")
+VISOR_TRAININGS = ("full", "half")  # summary/samples column visor_training of VISOR's rows: its training budget
 
 
 class NotTestable(Exception):
@@ -55,23 +76,61 @@ class NotTestable(Exception):
 
 @dataclass
 class Measurement:
+    """A computation's value with its interval [ci_low, ci_high] (`interval` names it: a 95% CI, or a decision
+    range) and `note`, what the reason must say about how it was measured (e.g. a multiplicity correction)."""
     value: float
     ci_low: float = float("nan")
     ci_high: float = float("nan")
     detail: str = ""
+    interval: str = "95% CI"
+    note: str = ""
 
 
 @dataclass
 class Tables:
+    """The result tables the audit reads. `training`: results/visor_training.csv (long format, columns
+    visor_model.audit.tables.TRAINING_COLUMNS: VISOR's training loss and validation accuracy per configuration,
+    the host's beside it)."""
     summary: pd.DataFrame
     samples: pd.DataFrame
     latency: pd.DataFrame = field(default_factory=pd.DataFrame)
+    training: pd.DataFrame = field(default_factory=pd.DataFrame)
     seed: int = 0
     resamples: int = analysis.BOOTSTRAP_RESAMPLES
 
     @classmethod
-    def read(cls, summary, samples, latency=None, seed: int = 0, resamples: int = analysis.BOOTSTRAP_RESAMPLES):
-        return cls(read_table(summary), read_table(samples), read_table(latency), seed, resamples)
+    def read(cls, summary, samples, latency=None, training=None, seed: int = 0,
+             resamples: int = analysis.BOOTSTRAP_RESAMPLES):
+        return cls(read_table(summary), read_table(samples), read_table(latency), read_table(training), seed,
+                   resamples)
+
+    def visor_trainings(self) -> set[str]:
+        """The training budgets ("full", "half") of the VISOR runs in the summary."""
+        return set(_visor_training(self.summary)) - {""}
+
+    def variant(self, training: str) -> Tables:
+        """These tables with VISOR's runs (summary, samples) and training rows of one training budget only."""
+        rows = self.training
+        return replace(self, summary=_only_training(self.summary, training),
+                       samples=_only_training(self.samples, training),
+                       training=rows[rows["training"] == training] if "training" in rows else rows)
+
+
+def _visor_training(table: pd.DataFrame) -> np.ndarray:
+    """Per row: VISOR's training budget ("full" where the column is missing or blank), "" for other methods."""
+    if table.empty or "method" not in table:
+        return np.array([""] * len(table), dtype=object)
+    values = (table["visor_training"].fillna("").astype(str).str.strip() if "visor_training" in table
+              else pd.Series("", index=table.index))
+    return np.where(table["method"] == "visor", values.replace("", "full"), "").astype(object)
+
+
+def _only_training(table: pd.DataFrame, training: str) -> pd.DataFrame:
+    """The rows of other methods and VISOR's rows of one training budget."""
+    if table.empty:
+        return table
+    budget = _visor_training(table)
+    return table[(budget == "") | (budget == training)]
 
 
 def read_table(path) -> pd.DataFrame:
@@ -272,47 +331,123 @@ def _saving(rows: pd.DataFrame, flops: str = "llm_prefill", full: pd.DataFrame |
     return 1 / ratio if np.isfinite(ratio) and ratio > 0 else float("nan")
 
 
+@dataclass
+class _Candidate:
+    """One setting tried by a saving-without-loss computation: its summary rows (one per benchmark), the rows
+    of the reference it must not lose against (same model) and its FLOP saving over that reference."""
+    label: str
+    rows: pd.DataFrame
+    reference: pd.DataFrame
+    saving: float
+
+
+def _savings_without_loss(tables: Tables, candidates: list[_Candidate], groups: list, margin: float,
+                          reference: str) -> Measurement:
+    """Saving without loss as a paired non-inferiority test of every setting tried. Per setting and group
+    (a cluster, or a benchmark): the paired CI over documents of (setting - reference) in points (mean over the
+    group's benchmarks), at the Bonferroni-corrected level 1 - 0.05 / m for the m settings tried. A setting
+    *qualifies* when the CI's lower end is >= -margin on every group (an intersection-union test: all groups
+    must pass, so no correction across groups is needed) and *loses* when its upper end is < -margin on some
+    group; otherwise it is undecided. Value: the largest saving among the qualifying settings (1x, the
+    reference itself, when none does); interval: the decision range from there to the largest saving of a
+    setting not shown to lose. A claimed saving S is reproduced when the value reaches it, not reproduced when
+    no setting that saves S or more escapes "loses" (sound at the familywise 5% level: each setting is judged
+    at 0.05 / m), and inconclusive in between: the data cannot decide."""
+    tried, skipped = [], []
+    for candidate in candidates:
+        pairs = []
+        for column, value in groups:
+            mine = candidate.rows[candidate.rows[column] == value]
+            base = candidate.reference[candidate.reference[column] == value]
+            pairs.append([(x, y) for _, x in mine.iterrows() for _, y in base[base["benchmark"] == x["benchmark"]]
+                          .iterrows()])
+        usable = np.isfinite(candidate.saving) and all(
+            p and analysis.difference_matrices(tables.samples, p) for p in pairs)
+        (tried if usable else skipped).append((candidate, pairs))
+    if not tried:
+        raise NotTestable(f"no setting has paired runs against {reference} on every "
+                          f"{'/'.join(str(v) for _, v in groups)}")
+    level = 1 - 0.05 / len(tried)
+    qualify, undecided, lose, lines = [], [], [], []
+    for candidate, pairs in tried:
+        gaps = [paired_difference(tables.samples, p, seed=tables.seed, resamples=tables.resamples, level=level)
+                for p in pairs]
+        if all(g["ci_low"] >= -margin for g in gaps):
+            word, group = "qualifies", qualify
+        elif any(g["ci_high"] < -margin for g in gaps):
+            word, group = "loses", lose
+        else:
+            word, group = "undecided", undecided
+        group.append(candidate)
+        lines.append(f"{candidate.label}: {candidate.saving:.2f}x, "
+                     + ", ".join(f"{value} {g['mean']:+.1f} [{g['ci_low']:+.1f}, {g['ci_high']:+.1f}]"
+                                 for (_, value), g in zip(groups, gaps)) + f" ({word})")
+    value = max([1.0] + [c.saving for c in qualify])
+    high = max([value] + [c.saving for c in undecided])
+    where = "/".join(str(v) for _, v in groups)
+    note = (f"{len(tried)} settings tried, each judged on its paired CI against {reference} on {where} at the "
+            f"Bonferroni-corrected {100 * level:.2f}% level (0.05/{len(tried)}): {len(qualify)} qualify (at most "
+            f"{margin:.1f} points below it on every one), {len(lose)} lose more, {len(undecided)} undecided; the "
+            f"decision range runs from the largest saving shown without loss (1x: {reference} itself) to the "
+            f"largest not shown to lose"
+            + (f"; {len(skipped)} without paired runs on every group not counted" if skipped else ""))
+    return Measurement(value, value, high, "; ".join(lines), interval="decision range", note=note)
+
+
+def _cluster_groups(cluster, benchmark) -> list:
+    return ([("benchmark", b) for b in _as_list(benchmark)] if benchmark
+            else [("cluster", c) for c in _as_list(cluster)])
+
+
 @computation
 def max_saving_at_accuracy(tables: Tables, family, series, margin=1.0, cluster=("easy", "hard"), benchmark=None,
                            metric=None, flops="llm_prefill") -> Measurement:
-    """The largest FLOP saving among the settings of `series` whose primary score is at least the full
-    model's minus `margin` points on every cluster (or on `benchmark`). flops: llm_prefill (the papers'
-    convention) or prefill_with_vision (vision tower, projector and selection counted too). NaN: no setting
-    qualifies."""
+    """The largest FLOP saving over the full model among the settings of `series` (fixed configurations,
+    policies, ...) that lose no more than `margin` points on every cluster (or on each `benchmark`), judged
+    as a paired non-inferiority test of every setting tried with a Bonferroni correction for their number
+    (`_savings_without_loss`). flops: llm_prefill (the papers' convention) or prefill_with_vision (vision
+    tower, projector and selection counted too)."""
     _flop_column(tables.summary)
-    groups = ([("benchmark", b) for b in _as_list(benchmark)] if benchmark
-              else [("cluster", c) for c in _as_list(cluster)])
-    best, best_detail, candidates, savings = float("nan"), "", 0, []
-    for model, full in select(tables.summary, family, "full").groupby("model"):
-        runs = select(tables.summary, family, series, model=model)
-        for setting_id, rows in runs.groupby("setting_id"):
-            reference_ok, detail = True, []
-            for column, value in groups:
-                mine, base = rows[rows[column] == value], full[full[column] == value]
-                if mine.empty or base.empty:
-                    reference_ok = False
-                    break
-                _check_metric(base, metric)
-                gap = 100 * (mine["accuracy"].mean() - base["accuracy"].mean())
-                detail.append(f"{value} {gap:+.1f}")
-                reference_ok &= gap >= -margin
-            candidates += 1
-            saving = _saving(rows, flops, full)
-            savings += [saving] if np.isfinite(saving) else []
-            if reference_ok and np.isfinite(saving) and not (saving <= best):
-                best = saving
-                best_detail = (f"{model} {setting_label(rows.iloc[0])}: {saving:.2f}x, accuracy vs full "
-                               + ", ".join(detail))
-    if candidates == 0:
-        raise NotTestable(f"the results have no run of {describe_selection(family, series)} beside a full model")
-    if not savings:
-        raise NotTestable("no FLOP saving could be computed (the full model's LLM-prefill FLOPs are missing)")
+    groups = _cluster_groups(cluster, benchmark)
     full_rows = select(tables.summary, family, "full")
+    candidates = []
+    for model, full in full_rows.groupby("model"):
+        _check_metric(pd.concat([full[full[column] == value] for column, value in groups]), metric)
+        for _, rows in select(tables.summary, family, series, model=model).groupby("setting_id"):
+            candidates.append(_Candidate(f"{model} {setting_label(rows.iloc[0])}", rows, full,
+                                         _saving(rows, flops, full)))
+    if not candidates:
+        raise NotTestable(f"the results have no run of {describe_selection(family, series)} beside a full model")
+    if not any(np.isfinite(c.saving) for c in candidates):
+        raise NotTestable("no FLOP saving could be computed (the full model's LLM-prefill FLOPs are missing)")
     _at_floor(tables, [row for _, row in full_rows.iterrows()])
-    if not np.isfinite(best):
-        return Measurement(float("nan"), detail=f"none of {candidates} settings stays within {margin} points of "
-                           f"the full model on {', '.join(str(v) for _, v in groups)}")
-    return Measurement(best, detail=best_detail)
+    return _savings_without_loss(tables, candidates, groups, margin, "the full model")
+
+
+@computation
+def extra_saving_without_loss(tables: Tables, family, a, b, match_on=("threshold",), margin=1.0,
+                              cluster=("easy", "hard"), benchmark=None) -> Measurement:
+    """How many times fewer LLM-prefill FLOPs series `a` spends than series `b` at the same `match_on`
+    settings (1 / the mean over benchmarks of FLOPs(a) / FLOPs(b)), counted only for the settings of `a`
+    that lose no more than `margin` points against their `b` partner on every cluster (or `benchmark`): the
+    largest such saving, judged as a paired non-inferiority test of every matched pair with a Bonferroni
+    correction (`_savings_without_loss`). A saving bought with accuracy does not count."""
+    _flop_column(tables.summary)
+    groups = _cluster_groups(cluster, benchmark)
+    pairs = _pairs(tables, family, a, b, list(match_on), {})
+    candidates = {}
+    for x, y in pairs:
+        candidates.setdefault((x["model"], x["setting_id"], y["setting_id"]), []).append((x, y))
+    built = []
+    for (model, _, _), matched in candidates.items():
+        mine, theirs = pd.DataFrame([x for x, _ in matched]), pd.DataFrame([y for _, y in matched])
+        ratio = float(np.mean([float(x["mean_flops_llm_prefill"]) / float(y["mean_flops_llm_prefill"])
+                               for x, y in matched]))
+        built.append(_Candidate(f"{model} {setting_label(matched[0][0])} vs {setting_label(matched[0][1])}",
+                                mine, theirs, 1 / ratio if np.isfinite(ratio) and ratio > 0 else float("nan")))
+    _at_floor(tables, [row for pair in pairs for row in pair])
+    return _savings_without_loss(tables, built, groups, margin,
+                                 f"{describe_selection(None, b)} at the same {', '.join(match_on)}")
 
 
 @computation
@@ -414,55 +549,68 @@ def gap_between_groups(tables: Tables, family, a, b, group, first, second, match
 
 
 @computation
-def paired_gap_at_matched_flops(tables: Tables, family, a, b, max_flop_ratio=1.5, metric=None,
-                                cluster=None, kind=None, benchmark=None) -> Measurement:
-    """Mean paired difference (points) between every setting of series `a` and the setting of series `b`
-    nearest to it in LLM-prefill FLOPs (same model, benchmark and documents); pairs further apart than
-    `max_flop_ratio` are left out."""
+def paired_gap_at_matched_flops(tables: Tables, family, a, b, metric=None, cluster=None, kind=None,
+                                benchmark=None) -> Measurement:
+    """Mean paired difference (points) of the settings of series `a` against the accuracy-FLOP curve of series
+    `b` at the same LLM-prefill FLOPs (same model, benchmark and documents).
+
+    The curve is b's settings on that model and benchmark sorted by mean LLM-prefill FLOPs, linearly
+    interpolated at the a-setting's FLOPs (`analysis.curve_partners`); per document, the two bracketing
+    settings' scores are mixed with the interpolation's weights, so the comparison stays paired by document.
+    Never extrapolated: a setting of `a` cheaper than b's cheapest (or dearer than b's dearest) has no
+    partner and is not counted, so b is never given more compute than a.
+    Pooling: the statistic is the mean over benchmarks of the mean gap over that benchmark's partnered
+    settings; its CI is a bootstrap over documents that resamples each benchmark's documents once, jointly for
+    all its settings (`analysis.bootstrap_distribution`), so the correlation between settings evaluated on the
+    same documents is carried into the interval and one interval is judged: no multiplicity correction is
+    needed. The detail gives every setting's own gap."""
     _flop_column(tables.summary)
     benchmarks = _benchmarks(cluster, kind, benchmark)
     a_rows = require(select(tables.summary, family, a, **benchmarks), family=family, series=a, **benchmarks)
     b_rows = require(select(tables.summary, family, b, **benchmarks), family=family, series=b, **benchmarks)
-    pairs, ratios = [], []
+    _check_metric(pd.concat([a_rows, b_rows]), metric)
+    differences, compared, lines, outside = {}, [], [], []
     for _, x in a_rows.iterrows():
-        candidates = b_rows[(b_rows["model"] == x["model"]) & (b_rows["benchmark"] == x["benchmark"])]
-        y, ratio = analysis.nearest_by_flops(candidates, float(x["mean_flops_llm_prefill"]))
-        if y is not None and 1 / max_flop_ratio <= ratio <= max_flop_ratio:
-            pairs.append((x, y))
-            ratios.append(ratio)
-    if not pairs:
-        raise NotTestable(f"no run of {describe_selection(family, a)} has a {describe_selection(None, b)} run "
-                          f"within {max_flop_ratio}x of its LLM-prefill FLOPs on the same model and benchmark")
-    measurement = _difference(tables, pairs, metric)
-    measurement.detail += (f"; FLOPs of b / a from {min(ratios):.2f} to {max(ratios):.2f}; pairs: "
-                           + "; ".join(f"{setting_label(x)} vs {setting_label(y)}" for x, y in pairs[:8])
-                           + ("; ..." if len(pairs) > 8 else ""))
-    return measurement
+        curve = b_rows[(b_rows["model"] == x["model"]) & (b_rows["benchmark"] == x["benchmark"])]
+        partners = analysis.curve_partners(curve, float(x["mean_flops_llm_prefill"]))
+        if not partners:
+            outside.append(f"{setting_label(x)} on {x['benchmark']}")
+            continue
+        diff = analysis.interpolated_difference(tables.samples, x, partners)
+        if not len(diff):
+            continue
+        differences.setdefault((x["model"], x["benchmark"]), []).append(diff)
+        compared += [x] + [row for row, _ in partners]
+        lines.append(f"{setting_label(x)} on {x['benchmark']} vs "
+                     + " + ".join(f"{w:.2f} x {setting_label(row)}" for row, w in partners)
+                     + f": {100 * diff.mean():+.1f}")
+    if not differences:
+        raise NotTestable(f"no run of {describe_selection(family, a)} lies inside the LLM-prefill FLOP range of "
+                          f"{describe_selection(None, b)}'s runs on the same model and benchmark, with shared "
+                          f"documents (the competitor's curve is interpolated, never extrapolated)")
+    _at_floor(tables, compared)
+    matrices = analysis.aligned_matrices(differences)
+    point, stats = analysis.bootstrap_distribution(matrices, tables.resamples, tables.seed,
+                                                   weigh_groups_equally=True)
+    low, high = analysis.percentile_interval(stats)
+    detail = (f"{len(lines)} settings of {describe_selection(None, a)} against the curve of "
+              f"{describe_selection(None, b)} on {len(matrices)} benchmark(s), "
+              f"{sum(m.size for m in matrices.values())} document pairs; "
+              + (f"{len(outside)} outside its FLOP range, not counted ({'; '.join(outside)}); " if outside else "")
+              + "; ".join(lines))
+    return Measurement(100 * point, 100 * low, 100 * high, detail)
 
 
 @computation
-def extra_saving(tables: Tables, family, a, b, match_on=("threshold",)) -> Measurement:
-    """How many times fewer LLM-prefill FLOPs series `a` spends than series `b` at the same `match_on`
-    settings (mean over benchmarks and matched settings of FLOPs(b) / FLOPs(a))."""
-    _flop_column(tables.summary)
-    pairs = _pairs(tables, family, a, b, list(match_on), {})
-    ratios = [float(y["mean_flops_llm_prefill"]) / float(x["mean_flops_llm_prefill"]) for x, y in pairs]
-    ratios = [r for r in ratios if np.isfinite(r)]
-    if not ratios:
-        raise NotTestable("the matched runs have no LLM-prefill FLOPs")
-    return Measurement(float(np.mean(ratios)), detail=f"{len(ratios)} matched runs, from {min(ratios):.2f}x "
-                                                      f"to {max(ratios):.2f}x")
-
-
-@computation
-def policy_compute_gap(tables: Tables, family, first="hard", second="easy", group="cluster") -> Measurement:
-    """Mean SA layers VISOR's policy runs per sample on the `first` benchmarks minus on the `second` (same
-    policy settings), from the per-sample `sa_layers` column."""
+def policy_compute_gap(tables: Tables, family, series="visor_policy", first="hard", second="easy",
+                       group="cluster") -> Measurement:
+    """Mean SA layers VISOR's policy (`series`: visor_policy, or visor_tr) runs per sample on the `first`
+    benchmarks minus on the `second` (same policy settings), from the per-sample `sa_layers` column."""
     samples = tables.samples
     if samples.empty or "sa_layers" not in samples:
         raise NotTestable("the per-sample table has no sa_layers column")
-    policy = select(tables.summary, family, "visor_policy")
-    require(policy, family=family, series="visor_policy")
+    policy = select(tables.summary, family, series)
+    require(policy, family=family, series=series)
     _at_floor(tables, [row for _, row in policy.iterrows()])  # a router trained on runs at floor learns nothing
     means, details = [], []
     for k, value in enumerate((first, second)):
@@ -608,6 +756,9 @@ def load_claims(path) -> list[dict]:
         unknown = set(claim["profiles"]) - set(PROFILES)
         if unknown:
             raise ValueError(f"{where}: unknown profile(s) {', '.join(sorted(unknown))}")
+        needed = claim.get("min_configurations")
+        if needed is not None and (not isinstance(needed, int) or isinstance(needed, bool) or needed < 1):
+            raise ValueError(f"{where}: min_configurations must be a positive integer, got {needed!r}")
         if set(PROFILES) - set(claim["profiles"]) and not claim.get("not_testable_reason"):
             raise ValueError(f"{where}: needs a not_testable_reason for the profiles it is not testable in")
     return claims
@@ -637,14 +788,28 @@ def format_value(value, low=float("nan"), high=float("nan"), unit="") -> str:
 @dataclass(frozen=True)
 class Test:
     """One kind of test of a claim: the fields its `test:` entry needs, what it needs in words (to follow 'the
-    claim needs'; `ci`: say which end of the CI decides) and whether a measured value holds. `holds` gets the
-    CI's ends, or the point value as both where there is no CI. `directional`: a CI that misses while the
-    point value passes is named "in the claimed direction but not significant"."""
+    claim needs') and the values that hold: `region` gives (low, high, low_open, high_open) of that range."""
     name: str
     fields: tuple[str, ...]
-    describe: Callable[[dict, str, bool], str]
-    holds: Callable[[dict, float, float, float], bool]
-    directional: bool = False
+    describe: Callable[[dict, str], str]
+    region: Callable[[dict], tuple[float, float, bool, bool]]
+
+    def holds(self, test: dict, value: float) -> bool:
+        low, high, low_open, high_open = self.region(test)
+        return (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+
+    def decide(self, test: dict, low: float, high: float) -> str:
+        """The verdict on an interval [low, high]: all of it holds, none of it does, or it straddles an edge."""
+        if self.holds(test, low) and self.holds(test, high):
+            return REPRODUCED
+        start, end, start_open, end_open = self.region(test)
+        below = high < start or (start_open and high <= start)
+        above = low > end or (end_open and low >= end)
+        return NOT_REPRODUCED if below or above else INCONCLUSIVE
+
+    def edges(self, test: dict, low: float, high: float) -> list[float]:
+        """The edges of the range that lie inside [low, high]."""
+        return [e for e in self.region(test)[:2] if np.isfinite(e) and low <= e <= high]
 
 
 def _tolerance(test: dict) -> float:
@@ -652,31 +817,24 @@ def _tolerance(test: dict) -> float:
     return test.get("tolerance", 0)
 
 
+INF = float("inf")
 TESTS = {test.name: test for test in (
-    Test("at_least", ("target",),
-         lambda t, unit, ci: f"at least {_fmt(t['target'] - _tolerance(t), unit)}",
-         lambda t, value, low, high: value >= t["target"] - _tolerance(t)),
-    Test("at_most", ("target",),
-         lambda t, unit, ci: f"at most {_fmt(t['target'] + _tolerance(t), unit)}",
-         lambda t, value, low, high: value <= t["target"] + _tolerance(t)),
-    Test("within", ("target",),
-         lambda t, unit, ci: f"{_number(t['target'])} ± {_fmt(_tolerance(t), unit)}",
-         lambda t, value, low, high: abs(value - t["target"]) <= _tolerance(t)),
-    Test("between", ("low", "high"),
-         lambda t, unit, ci: f"between {_fmt(t['low'], unit)} and {_fmt(t['high'], unit)}",
-         lambda t, value, low, high: t["low"] <= value <= t["high"]),
-    Test("greater", ("threshold",),
-         lambda t, unit, ci: f"more than {_fmt(t['threshold'], unit)}" + (" (the 95% CI above it)" if ci else ""),
-         lambda t, value, low, high: low > t["threshold"], directional=True),
-    Test("less", ("threshold",),
-         lambda t, unit, ci: f"less than {_fmt(t['threshold'], unit)}" + (" (the 95% CI below it)" if ci else ""),
-         lambda t, value, low, high: high < t["threshold"], directional=True),
-    Test("no_worse_than", ("margin",),
-         lambda t, unit, ci: f"no worse than -{_fmt(t['margin'], unit)}" + (" (the 95% CI's lower end)" if ci else ""),
-         lambda t, value, low, high: low >= -t["margin"]),
-    Test("equivalent", ("margin",),
-         lambda t, unit, ci: ("a 95% CI" if ci else "a value") + f" within ±{_fmt(t['margin'], unit)}",
-         lambda t, value, low, high: -t["margin"] <= low and high <= t["margin"]),
+    Test("at_least", ("target",), lambda t, unit: f"at least {_fmt(t['target'] - _tolerance(t), unit)}",
+         lambda t: (t["target"] - _tolerance(t), INF, False, True)),
+    Test("at_most", ("target",), lambda t, unit: f"at most {_fmt(t['target'] + _tolerance(t), unit)}",
+         lambda t: (-INF, t["target"] + _tolerance(t), True, False)),
+    Test("within", ("target",), lambda t, unit: f"{_number(t['target'])} ± {_fmt(_tolerance(t), unit)}",
+         lambda t: (t["target"] - _tolerance(t), t["target"] + _tolerance(t), False, False)),
+    Test("between", ("low", "high"), lambda t, unit: f"between {_fmt(t['low'], unit)} and {_fmt(t['high'], unit)}",
+         lambda t: (t["low"], t["high"], False, False)),
+    Test("greater", ("threshold",), lambda t, unit: f"more than {_fmt(t['threshold'], unit)}",
+         lambda t: (t["threshold"], INF, True, True)),
+    Test("less", ("threshold",), lambda t, unit: f"less than {_fmt(t['threshold'], unit)}",
+         lambda t: (-INF, t["threshold"], True, True)),
+    Test("no_worse_than", ("margin",), lambda t, unit: f"no worse than -{_fmt(t['margin'], unit)}",
+         lambda t: (-t["margin"], INF, False, True)),
+    Test("equivalent", ("margin",), lambda t, unit: f"within ±{_fmt(t['margin'], unit)}",
+         lambda t: (-t["margin"], t["margin"], False, False)),
 )}
 
 
@@ -686,53 +844,124 @@ def _kind(test: dict) -> Test:
     return TESTS[test["type"]]
 
 
-def describe_test(test: dict, unit: str = "", ci: bool = False) -> str:
-    """What a test needs, to follow 'the claim needs' (`ci`: say which end of the CI decides)."""
-    return _kind(test).describe(test, unit, ci)
+def describe_test(test: dict, unit: str = "") -> str:
+    """What a test needs, to follow 'the claim needs'."""
+    return _kind(test).describe(test, unit)
 
 
 def judge(test: dict, m: Measurement, unit: str = "") -> tuple[str, str]:
-    """(verdict, reason) of a measurement under a test. Tests on a CI use the point value where there is none."""
+    """(verdict, reason) of a measurement under a test: on its interval where it has one (reproduced, not
+    reproduced, or inconclusive when the interval straddles an edge of what the claim needs), else on the
+    point value (reproduced or not reproduced)."""
+    kind = _kind(test)
     value, low, high = m.value, m.ci_low, m.ci_high
     has_ci = np.isfinite(low) and np.isfinite(high)
-    measured = f"measured {_fmt(value, unit)}" + (f" (95% CI {_number(low)} to {_number(high)})" if has_ci else "")
+    needs = f"the claim needs {describe_test(test, unit)}" + (f" for the whole {m.interval}" if has_ci else "")
+    note = f"; {m.note}" if m.note else ""
     if not np.isfinite(value):
-        return (NOT_REPRODUCED,
-                f"{m.detail or 'no value could be measured'}; the claim needs {describe_test(test, unit)}")
-    kind = _kind(test)
-    ok = kind.holds(test, value, low, high) if has_ci else kind.holds(test, value, value, value)
-    if not ok and has_ci and kind.directional and kind.holds(test, value, value, value):
-        return NOT_REPRODUCED, (f"{measured}: in the claimed direction but not significant (the CI reaches "
-                                f"{_fmt(test['threshold'], unit)})")
-    return (REPRODUCED if ok else NOT_REPRODUCED), f"{measured}; the claim needs {describe_test(test, unit, has_ci)}"
+        return NOT_REPRODUCED, f"{m.detail or 'no value could be measured'}; {needs}{note}"
+    measured = f"measured {_fmt(value, unit)}" + (f" ({m.interval} {_number(low)} to {_number(high)})" if has_ci
+                                                 else "")
+    if not has_ci:
+        return (REPRODUCED if kind.holds(test, value) else NOT_REPRODUCED), f"{measured}; {needs}{note}"
+    verdict = kind.decide(test, low, high)
+    if verdict == INCONCLUSIVE:
+        edges = " and ".join(_fmt(e, unit) for e in kind.edges(test, low, high))
+        point = ("meets the claim, but not significantly" if kind.holds(test, value)
+                 else "misses the claim, but not significantly")
+        return INCONCLUSIVE, (f"{measured}: the {m.interval} straddles {edges}, so the data cannot decide (the "
+                              f"point value {point}); {needs}{note}")
+    return verdict, f"{measured}; {needs}{note}"
 
 
-def audit_claim(claim: dict, tables: Tables, profile: str) -> dict:
+def _series_named(args: dict) -> set[str]:
+    """The series a claim's arguments name (`series`, `a`, `b`: a name, a list, or {series, setting})."""
+    names = set()
+    for key in ("series", "a", "b"):
+        for spec in _as_list(args.get(key)):
+            names.add(spec["series"] if isinstance(spec, dict) else spec)
+    return names
+
+
+def _claim_args(claim: dict, profile: str) -> dict:
+    return {**(claim.get("args") or {}), **((claim.get("profile_args") or {}).get(profile) or {})}
+
+
+def is_visor_claim(claim: dict, profile: str) -> bool:
+    """A claim about VISOR: its arguments name a VISOR series."""
+    return bool(_series_named(_claim_args(claim, profile)) & set(VISOR_SERIES))
+
+
+def visor_configurations(tables: Tables, family=None) -> int:
+    """The most viable configurations (distinct SA-layer counts of VISOR's fixed runs) of one VISOR model."""
+    fixed = select(tables.summary, family, "visor_fixed")
+    if fixed.empty or "sa_layers" not in fixed:
+        return 0
+    return int(fixed.groupby("model")["sa_layers"].nunique().max())
+
+
+def visor_gate(training: pd.DataFrame, gate_points: float = VISOR_GATE_POINTS) -> str:
+    """The reason VISOR's claims cannot be judged, or "" when they can: VISOR's quality gate
+    (`visor_model.audit.training.quality_gate`) failed for some model and training budget (`training`:
+    visor_training.csv; no rows: no gate)."""
+    gate = quality_gate(training, gate_points)
+    failed = gate[~gate["passed"].astype(bool)]
+    if failed.empty:
+        return ""
+    worst = failed.loc[failed["gap"].idxmax()]
+    return (f"VISOR under-trained: its largest configuration is {worst['gap']:.1f} points below its host on "
+            f"validation ({worst['model']}, {worst['training']} training budget: {worst['largest'][2:]} SA layers at "
+            f"step {int(worst['step'])}, mean over {int(worst['benchmarks'])} benchmark(s); the gate is "
+            f"{gate_points:g} points, audit.visor_gate_points)")
+
+
+def audit_claim(claim: dict, tables: Tables, profile: str, gate_points: float = VISOR_GATE_POINTS) -> dict:
     test = {**claim["test"], **((claim.get("profile_test") or {}).get(profile) or {})}
     unit = claim.get("unit", "")
     row = {"id": claim["id"], "claim": claim["claim"].strip(), "source": claim["source"],
            "provenance": claim.get("provenance", "paper"), "profile": profile,
            "paper_value": str(claim["paper_value"]), "unit": unit, "test": describe_test(test, unit),
            "tolerance": test.get("tolerance", test.get("margin", "")), "reproduced_value": float("nan"),
-           "ci_low": float("nan"), "ci_high": float("nan"), "computation": claim["computation"], "detail": ""}
+           "ci_low": float("nan"), "ci_high": float("nan"), "interval": "", "at_half_budget": "",
+           "computation": claim["computation"], "detail": ""}
     if profile not in claim["profiles"]:
         return {**row, "verdict": NOT_TESTABLE, "reason": claim["not_testable_reason"].strip()}
-    args = {**(claim.get("args") or {}), **((claim.get("profile_args") or {}).get(profile) or {})}
+    args = _claim_args(claim, profile)
+    needed = claim.get("min_configurations")
+    available = visor_configurations(tables, args.get("family")) if needed else 0
+    if needed and 0 < available < needed:
+        return {**row, "verdict": NOT_TESTABLE,
+                "reason": f"needs >= {needed} configurations; this checkpoint has {available}"}
     try:
         m = COMPUTATIONS[claim["computation"]](tables, **args)
     except NotTestable as missing:
         return {**row, "verdict": NOT_TESTABLE, "reason": f"{missing} in this run"}
     verdict, reason = judge(test, m, unit)
+    gate = visor_gate(tables.training, gate_points) if is_visor_claim(claim, profile) else ""
+    if gate:
+        verdict, reason = INCONCLUSIVE, f"{gate}; the measurement alone: {verdict}, {reason}"
     if claim.get("provenance") == "unverified":
         reason += " (the claim's source is unverified)"
-    return {**row, "reproduced_value": m.value, "ci_low": m.ci_low, "ci_high": m.ci_high, "verdict": verdict,
-            "reason": reason, "detail": m.detail}
+    has_ci = np.isfinite(m.ci_low) and np.isfinite(m.ci_high)
+    return {**row, "reproduced_value": m.value, "ci_low": m.ci_low, "ci_high": m.ci_high,
+            "interval": m.interval if has_ci else "", "verdict": verdict, "reason": reason, "detail": m.detail}
 
 
-def audit(claims: list[dict], tables: Tables, profile: str) -> pd.DataFrame:
+def audit(claims: list[dict], tables: Tables, profile: str, gate_points: float = VISOR_GATE_POINTS) -> pd.DataFrame:
+    """The audit table: every claim judged on the VISOR runs at the full training budget (and the other
+    methods' runs); `at_half_budget`: a VISOR claim's verdict on the half-budget VISOR runs, where there are
+    any."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
-    return pd.DataFrame([audit_claim(claim, tables, profile) for claim in claims], columns=COLUMNS)
+    full = tables.variant("full")
+    half = tables.variant("half") if "half" in tables.visor_trainings() else None
+    rows = []
+    for claim in claims:
+        row = audit_claim(claim, full, profile, gate_points)
+        if half is not None and is_visor_claim(claim, profile):
+            row["at_half_budget"] = audit_claim(claim, half, profile, gate_points)["verdict"]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 # --- the report's summary in words ----------------------------------------------------------------------
@@ -751,25 +980,29 @@ def summary_markdown(table: pd.DataFrame) -> str:
     profile = table["profile"].iloc[0]
     counts = table["verdict"].value_counts()
     held, failed = table[table["verdict"] == REPRODUCED], table[table["verdict"] == NOT_REPRODUCED]
+    undecided = table[table["verdict"] == INCONCLUSIVE]
     untestable = table[table["verdict"] == NOT_TESTABLE]
     out = [(f"This run audited {len(table)} claims in {PROFILE_WORDS.get(profile, profile)}. "
             f"**{counts.get(REPRODUCED, 0)} reproduced, {counts.get(NOT_REPRODUCED, 0)} not reproduced, "
-            f"{counts.get(NOT_TESTABLE, 0)} not testable in this profile.**"), ""]
+            f"{counts.get(INCONCLUSIVE, 0)} inconclusive, {counts.get(NOT_TESTABLE, 0)} not testable in this "
+            f"profile.**"), ""]
 
     def bullets(rows):
         return [f"- **{r['claim']}** {r['reason'][0].upper()}{r['reason'][1:]}." for _, r in rows.iterrows()]
 
-    if held.empty and failed.empty:
+    if held.empty and failed.empty and undecided.empty:
         out += ["No claim could be tested with this run's results; the list below says what each one needs.", ""]
     else:
         out += ["**What held:**", ""] + (bullets(held) or ["- none of the tested claims."]) + [""]
-        out += ["**What did not hold:**", ""] + (bullets(failed) or ["- none: every tested claim held."]) + [""]
+        out += ["**What did not hold:**", ""] + (bullets(failed) or ["- none: every decided claim held."]) + [""]
+        if len(undecided):
+            out += ["**Inconclusive (the data cannot decide):**", ""] + bullets(undecided) + [""]
     missing_runs = untestable[untestable["reason"].str.endswith("in this run")]
     if len(missing_runs):
         out += [f"**Testable in this profile, but not with this run's results** ({len(missing_runs)}):", ""]
         out += [f"- {r['claim']} — {r['reason']}." for _, r in missing_runs.iterrows()] + [""]
     other = len(untestable) - len(missing_runs)
     if other:
-        out += [(f"{other} further claims are checkpoint- or hardware-specific and need another profile; the "
-                 f"table below gives each one's reason.")]
+        out += [(f"{other} further claims are checkpoint- or hardware-specific, or need more of VISOR's "
+                 f"configurations than this checkpoint has; the table below gives each one's reason.")]
     return "\n".join(out)

@@ -32,12 +32,15 @@ import pandas as pd
 
 from visor_model.audit.analysis import bootstrap_mean
 
-SETTING_FIELDS = ("budget", "alpha", "mode", "score", "threshold", "sa_layers", "token_budget", "seed")
+SETTING_FIELDS = ("budget", "alpha", "mode", "score", "newlines", "threshold", "sa_layers", "token_budget",
+                  "seed")
 
 
 def visor_training(record: dict) -> str | None:
     """The training budget of a VISOR evaluation (its setting's `training`, default "full"); None for other methods."""
     return record["setting"].get("training", "full") if record["method"] == "visor" else None
+
+
 def sample_table(records: list[dict]) -> pd.DataFrame:
     rows = []
     for record in records:

@@ -62,27 +62,45 @@ def convergence_sentence(table: pd.DataFrame, points: float = CONVERGENCE_POINTS
 # The quality gate: a VISOR whose largest configuration is more than this many points below its host on validation
 # (mean over benchmarks, at the end of training) is under-trained, and no claim about VISOR can be decided on it.
 GATE_POINTS = 3.0
+GATE_COLUMNS = ("model", "training", "step", "metric", "configuration", "benchmark", "value")  # what the gate reads
 
 
 def quality_gate(training: pd.DataFrame, points: float = GATE_POINTS) -> pd.DataFrame:
     """Per model x training: the largest configuration's and the host's validation accuracy at the end of training
-    (points, mean over benchmarks, on the training curve's rows), the gap (host - largest) and `passed` (gap <=
-    `points`). Empty without training curves."""
-    curves = validation_curves(training)
+    (points, mean over the benchmarks both have, on the training curve's rows), the gap (host - largest) and
+    `passed` (gap <= `points`). Empty without training rows; a table that lacks what the gate needs is an error
+    naming it."""
+    columns = ["model", "training", "largest", "step", "benchmarks", "largest_accuracy", "host_accuracy", "gap",
+               "passed"]
+    if training.empty:
+        return pd.DataFrame(columns=columns)
+    missing = [c for c in GATE_COLUMNS if c not in training]
+    if missing:
+        raise ValueError(f"the VISOR training table (results/visor_training.csv) has no column(s) {', '.join(missing)}")
     rows = []
-    for (model, budget), part in curves.groupby(["model", "training"]):
+    for (model, budget), part in training[training["metric"] == "val_accuracy"].groupby(["model", "training"]):
         host = part[part["configuration"] == "host"]
-        visor = part[part["configuration"] != "host"]
-        if host.empty or visor.empty:
-            continue
-        largest = max(visor["configuration"], key=lambda c: int(c[2:]))
-        end = visor[visor["configuration"] == largest].sort_values("step").iloc[-1]
-        gap = float(host["accuracy"].iloc[0] - end["accuracy"])
-        rows.append({"model": model, "training": budget, "largest": largest, "step": int(end["step"]),
-                     "largest_accuracy": float(end["accuracy"]), "host_accuracy": float(host["accuracy"].iloc[0]),
-                     "gap": gap, "passed": gap <= points})
-    return pd.DataFrame(rows, columns=["model", "training", "largest", "step", "largest_accuracy", "host_accuracy",
-                                       "gap", "passed"])
+        sizes = part["configuration"].astype(str).str.extract(r"^sa(\d+)$")[0].dropna().astype(int)
+        if host.empty or sizes.empty:
+            raise ValueError(f"the VISOR training table has no val_accuracy rows of the host and of VISOR's "
+                             f"configurations (sa0..saK) for {model} ({budget} budget)")
+        visor = part.loc[sizes.index].assign(size=sizes)
+        last = visor[visor["step"] == visor["step"].max()]
+        largest = last[last["size"] == last["size"].max()]
+        shared = sorted(set(host["benchmark"]) & set(largest["benchmark"]))
+        if not shared:
+            raise ValueError(f"the VISOR training table's host and largest-configuration rows of {model} share no "
+                             "benchmark")
+
+        def mean(rows: pd.DataFrame) -> float:
+            return 100 * rows[rows["benchmark"].isin(shared)].groupby("benchmark")["value"].mean().mean()
+
+        gap = mean(host) - mean(largest)
+        rows.append({"model": model, "training": budget, "largest": f"sa{int(largest['size'].iloc[0])}",
+                     "step": int(largest["step"].iloc[0]), "benchmarks": len(shared),
+                     "largest_accuracy": mean(largest), "host_accuracy": mean(host), "gap": gap,
+                     "passed": gap <= points})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def against_hosts(summary: pd.DataFrame, samples: pd.DataFrame, controls: dict[str, str], seed: int = 0,

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pandas as pd
 
 from visor_model.audit.analysis import PALETTE, SERIES, SERIES_LABELS
-from visor_model.audit.claims import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, read_table
+from visor_model.audit.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, read_table
 
 FIGURE_DPI = 90
 
@@ -101,7 +101,8 @@ def table(frame: pd.DataFrame, caption: str = "", formats: dict | None = None, o
     display(HTML(box))
 
 
-VERDICT_COLOURS = {REPRODUCED: "#d9f2d9", NOT_REPRODUCED: "#f9d6d5", NOT_TESTABLE: "#eeeeee"}
+VERDICT_COLOURS = {REPRODUCED: "#d9f2d9", NOT_REPRODUCED: "#f9d6d5", INCONCLUSIVE: "#fff2cc",
+                   NOT_TESTABLE: "#eeeeee"}
 SHORT_CLAIM = 64  # characters of the claim shown in the table's row; the full text is in the row's details
 
 
@@ -116,17 +117,27 @@ def _cell(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and value != value) else html.escape(str(value))
 
 
+def _verdict_cell(verdict) -> str:
+    verdict = "" if verdict is None or verdict != verdict else str(verdict)
+    return (f'<td class="verdict" style="background-color: {VERDICT_COLOURS.get(verdict, "white")}">'
+            f"{_cell(verdict)}</td>")
+
+
 def verdict_html(frame: pd.DataFrame, caption: str = "") -> str:
     """The claims table, one row per claim: id, claim (shortened), the paper's value, the reproduced value with
-    its CI, and the verdict on its colour; the claim's full text, reason, details, test, source and provenance
-    open from the row (a <details> element). `frame`: the claims audit with a `reproduced` column (formatted)."""
+    its CI, and the verdict on its colour; where the audit has VISOR runs at half its training budget, the
+    verdict on those (`at_half_budget`) beside it. The claim's full text, reason, details, test, source and
+    provenance open from the row (a <details> element). `frame`: the claims audit with a `reproduced` column
+    (formatted)."""
+    half = "at_half_budget" in frame and frame["at_half_budget"].fillna("").astype(str).str.strip().any()
     rows = []
     for claim in frame.to_dict("records"):
+        interval = claim.get("interval")
         facts = [("Reason", claim.get("reason")), ("Details", claim.get("detail")), ("Needs", claim.get("test")),
+                 ("Interval shown", interval if interval != "95% CI" else None),  # e.g. a decision range
                  ("Source", claim.get("source")), ("Provenance", claim.get("provenance"))]
         body = "".join(f"<p><b>{name}:</b> {_cell(value)}</p>" for name, value in facts
                        if isinstance(value, str) and value)
-        verdict = claim.get("verdict", "")
         text = str(claim["claim"])
         full = f"<p>{html.escape(text)}</p>" if shorten(text) != text else ""  # the whole claim, where cut
         rows.append(
@@ -134,13 +145,16 @@ def verdict_html(frame: pd.DataFrame, caption: str = "") -> str:
             f'<td><details><summary title="{html.escape(text)}">{html.escape(shorten(text))}'
             f"</summary>{full}{body}</details></td>"
             f'<td>{_cell(claim.get("paper_value"))}</td><td>{_cell(claim.get("reproduced"))}</td>'
-            f'<td class="verdict" style="background-color: {VERDICT_COLOURS.get(verdict, "white")}">'
-            f"{_cell(verdict)}</td></tr>")
-    head = "".join(f"<th>{name}</th>" for name in ("id", "claim (click for the reason)", "paper's value",
-                                                   "reproduced [95% CI]", "verdict"))
+            + _verdict_cell(claim.get("verdict", ""))
+            + (_verdict_cell(claim.get("at_half_budget")) if half else "") + "</tr>")
+    names = ("id", "claim (click for the reason)", "paper's value", "reproduced [95% CI]", "verdict")
+    widths = (16, 42, 11, 15, 16)
+    if half:
+        names, widths = names + ("at half VISOR training",), (14, 36, 10, 14, 13, 13)
+    head = "".join(f"<th>{name}</th>" for name in names)
+    columns = "".join(f'<col style="width: {w}%">' for w in widths)
     caption = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return (f'<div class="report-table"><table class="verdicts">{caption}<colgroup><col style="width: 16%">'
-            f'<col style="width: 42%"><col style="width: 11%"><col style="width: 15%"><col style="width: 16%">'
+    return (f'<div class="report-table"><table class="verdicts">{caption}<colgroup>{columns}'
             f"</colgroup><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 

@@ -1,5 +1,7 @@
 # The claims audit: every claim of the claims YAML (config/claims.yaml unless audit.claims names another)
 # measured on the result tables and judged; results/claims.csv, shown at the top of the report.
+# results/visor_training.csv (VISOR's training curves and the host's validation accuracy) gates the VISOR
+# claims (audit.visor_gate_points); empty where the config trains no VISOR.
 
 CLAIMS_FILE = workflow_config.claims_file(config, workflow.basedir)
 
@@ -9,6 +11,7 @@ rule audit_claims:
         summary="results/summary.csv",
         samples="results/samples.csv",
         latency="results/latency.csv",
+        training="results/visor_training.csv",
         claims=CLAIMS_FILE,
     output:
         "results/claims.csv",
@@ -16,6 +19,7 @@ rule audit_claims:
         profile=config["audit"]["profile"],
         seed=config["seed"],
         resamples=config["audit"]["resamples"],
+        visor_gate_points=config["audit"]["visor_gate_points"],
     log:
         "logs/audit_claims.log",
     benchmark:
