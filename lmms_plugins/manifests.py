@@ -20,3 +20,7 @@ def hired() -> ModelManifest:
 
 def visor() -> ModelManifest:
     return ModelManifest(model_id="visor", simple_class_path="lmms_plugins.visor.VisorLlava")
+
+
+def fastv() -> ModelManifest:
+    return ModelManifest(model_id="fastv", simple_class_path="lmms_plugins.fastv.FastVLlava")

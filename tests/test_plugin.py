@@ -19,16 +19,18 @@ def test_entry_points_register_every_model_id():
     from lmms_eval.models import get_model
 
     for model_id, class_name in [("llava_full", "LlavaFull"), ("random_drop", "RandomDropLlava"),
-                                 ("hired", "HiredLlava"), ("visor", "VisorLlava")]:
+                                 ("hired", "HiredLlava"), ("visor", "VisorLlava"), ("fastv", "FastVLlava")]:
         assert get_model(model_id).__name__ == class_name
 
 
 def test_plugins_override_the_init_hooks_not_init():
+    from lmms_plugins.fastv import FastVLlava
     from lmms_plugins.models import EfficientLlava
     from lmms_plugins.visor import VisorLlava
 
-    assert "__init__" not in VisorLlava.__dict__
+    assert "__init__" not in VisorLlava.__dict__ and "__init__" not in FastVLlava.__dict__
     assert {"check_args", "load_model", "build_runner", "label"} <= set(VisorLlava.__dict__)
+    assert {"check_args", "build_runner", "label", "build_accountant"} <= set(FastVLlava.__dict__)
     assert all(callable(getattr(EfficientLlava, hook)) for hook in ("check_args", "load_model", "build_runner"))
 
 

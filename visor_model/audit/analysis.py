@@ -17,12 +17,13 @@ import pandas as pd
 
 # --- series and colours -----------------------------------------------------------------------------------
 
-SERIES = ("full", "random_drop", "hired_paper", "hired_code", "visor_fixed", "visor_policy", "visor_tr")
+SERIES = ("full", "random_drop", "hired_paper", "hired_code", "fastv", "visor_fixed", "visor_policy", "visor_tr")
 SERIES_LABELS = {
     "full": "full model",
     "random_drop": "random drop",
     "hired_paper": "HiRED (paper)",
     "hired_code": "HiRED (official code)",
+    "fastv": "FastV",
     "visor_fixed": "VISOR (fixed configuration)",
     "visor_policy": "VISOR (policy)",
     "visor_tr": "VISOR-TR (VISOR + token reduction)",
@@ -33,11 +34,12 @@ PALETTE = {
     "random drop": "#999999",
     "HiRED (paper)": "#E69F00",
     "HiRED (official code)": "#D55E00",
+    "FastV": "#882255",
     "VISOR (fixed configuration)": "#56B4E9",
     "VISOR (policy)": "#0072B2",
     "VISOR-TR (VISOR + token reduction)": "#009E73",
 }
-MARKERS = {"full model": "*", "random drop": "x", "HiRED (paper)": "o", "HiRED (official code)": "s",
+MARKERS = {"full model": "*", "random drop": "x", "HiRED (paper)": "o", "HiRED (official code)": "s", "FastV": "P",
            "VISOR (fixed configuration)": "D", "VISOR (policy)": "^", "VISOR-TR (VISOR + token reduction)": "v"}
 # the per-sample column behind a summary column: `score`, the sample's score under its benchmark's primary
 # metric (visor_model.audit.tables), is what `accuracy` averages
@@ -93,15 +95,16 @@ def colour(label: str) -> str:
 
 def setting_label(row) -> str:
     """A short human label of a setting: 'budget 0.2', 'budget 0.05, newlines none', 'SA layers 2',
-    'tau 0.9, tokens 0.5', 'full'."""
+    'tau 0.9, tokens 0.5', 'K 2, R 0.5', 'full'."""
     parts = []
     for field, name in (("budget", "budget"), ("newlines", "newlines"), ("sa_layers", "SA layers"),
-                        ("threshold", "tau"), ("token_budget", "tokens"), ("mode", "mode"), ("alpha", "alpha"),
+                        ("threshold", "tau"), ("token_budget", "tokens"), ("k", "K"), ("ratio", "R"), ("mode", "mode"),
+                        ("alpha", "alpha"),
                         ("score", "score"), ("seed", "seed")):
         value = row.get(field)
         if _missing(value) or field in ("mode", "score", "seed", "alpha"):
             continue
-        if field == "sa_layers":
+        if field in ("sa_layers", "k"):
             value = int(value)
         parts.append(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}")
     return ", ".join(parts) or "full"

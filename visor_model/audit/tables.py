@@ -11,7 +11,7 @@ the `n_scored` samples that have one (all but MME's other kind of question), wit
 
 Compute columns of the summary (from the per-sample FLOP records of `visor_model.efficiency.accounting`):
   mean_flops_<term>     mean over samples of each term: vision, projector, selection, llm_prefill (causal, the
-                        headline), llm_prefill_{sa,text,ca,conv,router}, llm_prefill_dense, llm_decode,
+                        headline), llm_prefill_{sa,text,ca,conv,router,rank}, llm_prefill_dense, llm_decode,
                         lm_head, total; mean_fastv_macs (FastV's convention, MACs)
   llm_prefill_ratio     mean_flops_llm_prefill / that of `llava_full` for the same model and benchmark (NaN
                         without that baseline); llm_prefill_saving = its inverse
@@ -33,7 +33,7 @@ import pandas as pd
 from visor_model.audit.analysis import bootstrap_mean
 
 SETTING_FIELDS = ("budget", "alpha", "mode", "score", "newlines", "threshold", "sa_layers", "token_budget",
-                  "seed")
+                  "seed", "k", "ratio")
 
 
 def visor_training(record: dict) -> str | None:
@@ -100,8 +100,8 @@ def summary_table(records: list[dict], seed: int = 0) -> pd.DataFrame:
 
 
 FLOP_TERMS = ("vision", "projector", "selection", "llm_prefill", "llm_prefill_sa", "llm_prefill_text",
-              "llm_prefill_ca", "llm_prefill_conv", "llm_prefill_router", "llm_prefill_dense", "llm_decode",
-              "lm_head", "total")
+              "llm_prefill_ca", "llm_prefill_conv", "llm_prefill_router", "llm_prefill_rank", "llm_prefill_dense",
+              "llm_decode", "lm_head", "total")
 BASELINE_METHOD = "llava_full"
 
 

@@ -11,12 +11,14 @@ Every evaluated sample gets a record of the form (keys of `SampleFlops.as_record
       flops_llm_prefill_ca      VISOR cross-attention blocks
       flops_llm_prefill_conv    VISOR positional depth-wise conv
       flops_llm_prefill_router  VISOR policy: the routing token through the layers before the router + its MLP
+      flops_llm_prefill_rank    FastV: layer K-1's attention probabilities recomputed to rank the visual tokens
     flops_llm_prefill_dense the same prefill with every (query, key) pair counted (= FlopCounterMode's count)
     flops_llm_decode        one step per generated token after the first, with the growing KV cache
     flops_lm_head           LM head on every position whose logits are needed (one per produced token)
     flops_total             vision + projector + selection + llm_prefill + llm_decode + lm_head (causal)
     fastv_macs              FastV's convention: sum over layers of fastv_layer_macs (MACs, not FLOPs),
-                            LLM prefill only; VISOR CA blocks in the same convention (see `fastv_prefill_macs`)
+                            LLM prefill only, each layer at its own length; VISOR CA blocks in the same
+                            convention (see `fastv_prefill_macs`)
     layers_sa / layers_ca / layers_text   how many LLM layers ran in each role for this sample
 
 Conventions (those of `visor_model.efficiency.flops`, which supplies every per-module formula)
@@ -32,19 +34,23 @@ Conventions (those of `visor_model.efficiency.flops`, which supplies every per-m
 * Causal vs dense (the reconciliation, tested exactly in tests/test_accounting.py): they differ only in
   the attention score/value products of self-attention at prefill. For every self-attention that sees n
   new tokens at prefill (an SA layer: n = text + visual; a text-only or CA host layer: n = text; the
-  routing token adds one to n in the layers before the router), dense counts n^2 pairs and causal
-  n (n + 1) / 2, so dense - causal = 4 * heads * head_dim * n (n - 1) / 2 per layer. Cross-attention
+  routing token adds one to n in the layers before the router; FastV: n of the layer's own sequence, the pruned
+  one from layer K on), dense counts n^2 pairs and causal n (n + 1) / 2, so dense - causal =
+  4 * heads * head_dim * n (n - 1) / 2 per layer. FastV's ranking with score "mean" adds n (n - 1) / 2 masked
+  pairs of its score product (one term: 2 * heads * head_dim per pair); with "last" it has none. Cross-attention
   (unmasked), the vision tower (bidirectional) and decode steps (a new token sees the whole cache) are
   identical in both modes.
 * The decode cost of k tokens after a prompt of n0 tokens, one token at a time with a KV cache, is exactly
   ``llm_layer_flops(shape, k, n0 + k, "causal")`` (k queries, k * n0 + k (k + 1) / 2 visible pairs), so it
   is computed in closed form. VISOR: SA layers' context holds text + visual tokens; text-only and CA host
   layers' context holds the text only; each CA block re-uses the visual K/V cached at prefill (q / o
-  projections and attention over the visual tokens per step, no K/V projections).
+  projections and attention over the visual tokens per step, no K/V projections). FastV: layer l's context holds
+  the text and the visual tokens it saw at prefill (`visual_per_layer[l]`: all of them before layer K, the kept
+  ones from layer K on).
 
 Typical use::
 
-    accountant = FlopAccountant.for_model(model, reducer)          # or visor=VisorModel, routed=True
+    accountant = FlopAccountant.for_model(model, reducer)          # or visor=VisorModel, or fastv=FastVConfig
     tokens = SampleTokens.from_record(record, max_new_tokens=16)   # a SampleRecord / VisorSampleRecord
     accountant.record(tokens)                                       # the flat dict above
 """
@@ -61,6 +67,7 @@ from visor_model.efficiency.flops import (
     LLMShape,
     VisionShape,
     _count,
+    attention_pairs,
     cross_attention_flops,
     depthwise_conv1d_flops,
     fastv_layer_macs,
@@ -80,6 +87,7 @@ __all__ = [
     "SampleTokens",
     "cross_attention_decode_flops",
     "fastv_prefill_macs",
+    "fastv_rank_flops",
     "hired_selection_flops",
     "llm_decode_flops",
     "llm_prefill_flops",
@@ -89,7 +97,7 @@ __all__ = [
 
 SA, CA, TEXT = "sa", "ca", "text"  # the layer roles of visor_model.methods.visor.modeling (same strings)
 ROLES = (SA, CA, TEXT)
-PREFILL_PARTS = ("sa", "text", "ca", "conv", "router")
+PREFILL_PARTS = ("sa", "text", "ca", "conv", "router", "rank")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -105,6 +113,34 @@ def _roles(roles: Sequence[str] | None, n_layers: int) -> tuple[str, ...]:
     return roles
 
 
+def _visual_per_layer(visual_per_layer: Sequence[int] | None, n_visual: int, roles: tuple[str, ...]
+                      ) -> tuple[int, ...] | None:
+    """FastV's per-layer visual-token counts, checked: one per layer, each at most n_visual, host layers only."""
+    if visual_per_layer is None:
+        return None
+    counts = tuple(_count(f"visual_per_layer[{i}]", v, allow_zero=True) for i, v in enumerate(visual_per_layer))
+    if len(counts) != len(roles) or any(v > n_visual for v in counts):
+        raise ValueError(f"visual_per_layer must give {len(roles)} counts of at most n_visual ({n_visual}), "
+                         f"got {counts}")
+    if any(role != SA for role in roles):
+        raise ValueError("visual_per_layer (FastV) is for the host model's layers, not VISOR roles")
+    return counts
+
+
+def _per_layer(shape: LLMShape, n_text: int, visual_per_layer: tuple[int, ...], causal_mode: str,
+               steps: int | None = None) -> FlopTerms:
+    """`llm_layer_flops` summed over layers of n_l = n_text + visual_per_layer[l] prompt tokens: their prefill
+    (steps None), or `steps` decode steps after it."""
+    total = FlopTerms()
+    for n_visual in dict.fromkeys(visual_per_layer):  # each distinct length once, in layer order
+        n = n_text + n_visual
+        # decode: `steps` queries one at a time over a growing cache, the causal pairs (see the module docstring)
+        layer = (llm_layer_flops(shape, n, n, causal_mode) if steps is None
+                 else llm_layer_flops(shape, steps, n + steps, "causal"))
+        total = total + layer * visual_per_layer.count(n_visual)
+    return total
+
+
 def llm_prefill_flops(
     shape: LLMShape,
     n_text: int,
@@ -114,12 +150,15 @@ def llm_prefill_flops(
     conv_kernel: int = 0,
     router_layer: int | None = None,
     router_sizes: Sequence[int] | None = None,
+    visual_per_layer: Sequence[int] | None = None,
 ) -> FlopTerms:
     """LLM prefill FLOPs of one sample (LM head excluded), terms prefixed by part:
     ``sa.*`` layers on text + visual tokens, ``text.*`` text-only layers and CA host layers, ``ca.*`` the
     added cross-attention blocks, ``conv.*`` the positional conv, ``router.*`` the policy's extra work.
 
     roles:        per-layer "sa" | "ca" | "text" (VISOR); None = every layer "sa" (the host model).
+    visual_per_layer: FastV: the visual tokens in each layer's sequence (all n_visual up to layer K, the kept ones
+                  after it); None = n_visual in every SA layer. FastV's ranking is `fastv_rank_flops`.
     conv_kernel:  VISOR's depth-wise conv on the visual tokens (run once, before the first CA layer); 0 = none.
     router_layer: with a policy, the routing token is one more text token in layers [0, router_layer)
                   (and one more CA query there); ``router_sizes`` = the router MLP's widths [d, hidden, n].
@@ -129,11 +168,14 @@ def llm_prefill_flops(
     if causal_mode not in CAUSAL_MODES:
         raise ValueError(f"causal_mode must be one of {CAUSAL_MODES}, got {causal_mode!r}")
     roles = _roles(roles, shape.n_layers)
+    per_layer = _visual_per_layer(visual_per_layer, n_visual, roles)
     n_all = n_text + n_visual
     total = FlopTerms()
     n_sa = roles.count(SA)
     n_host_text = len(roles) - n_sa
-    if n_sa:
+    if per_layer is not None:
+        total = _per_layer(shape, n_text, per_layer, causal_mode).prefixed("sa.")
+    elif n_sa:
         total = total + (llm_layer_flops(shape, n_all, n_all, causal_mode) * n_sa).prefixed("sa.")
     if n_host_text:
         total = total + (llm_layer_flops(shape, n_text, n_text, causal_mode) * n_host_text).prefixed("text.")
@@ -180,25 +222,29 @@ def cross_attention_decode_flops(shape: LLMShape, steps: int, n_visual: int) -> 
 
 
 def llm_decode_flops(
-    shape: LLMShape, n_text: int, n_visual: int, steps: int, roles: Sequence[str] | None = None
+    shape: LLMShape, n_text: int, n_visual: int, steps: int, roles: Sequence[str] | None = None,
+    visual_per_layer: Sequence[int] | None = None,
 ) -> FlopTerms:
     """FLOPs of `steps` greedy decode steps after a prompt of n_text + n_visual tokens (LM head excluded).
 
-    Step s (1-based) feeds one token; an SA layer attends n_text + n_visual + s keys, a text-only / CA host
-    layer n_text + s keys (visual tokens are not in its cache), a CA block attends the n_visual cached
-    visual keys. Summed in closed form (see the module docstring). Causal = dense for decode steps.
-    Terms prefixed ``sa.``, ``text.``, ``ca.`` like `llm_prefill_flops`.
+    Step s (1-based) feeds one token; an SA layer attends n_text + n_visual + s keys (FastV: n_text +
+    visual_per_layer[l] + s), a text-only / CA host layer n_text + s keys (visual tokens are not in its cache),
+    a CA block attends the n_visual cached visual keys. Summed in closed form (see the module docstring).
+    Causal = dense for decode steps. Terms prefixed ``sa.``, ``text.``, ``ca.`` like `llm_prefill_flops`.
     """
     n_text = _count("n_text", n_text)
     n_visual = _count("n_visual", n_visual, allow_zero=True)
     steps = _count("steps", steps, allow_zero=True)
     roles = _roles(roles, shape.n_layers)
+    per_layer = _visual_per_layer(visual_per_layer, n_visual, roles)
     if not steps:
         return FlopTerms()
     total = FlopTerms()
     n_sa = roles.count(SA)
     n_host_text = len(roles) - n_sa
-    if n_sa:
+    if per_layer is not None:
+        total = _per_layer(shape, n_text, per_layer, "causal", steps).prefixed("sa.")
+    elif n_sa:
         total = total + (llm_layer_flops(shape, steps, n_text + n_visual + steps, "causal") * n_sa).prefixed("sa.")
     if n_host_text:
         total = total + (llm_layer_flops(shape, steps, n_text + steps, "causal") * n_host_text).prefixed("text.")
@@ -208,18 +254,20 @@ def llm_decode_flops(
     return total
 
 
-def fastv_prefill_macs(shape: LLMShape, n_text: int, n_visual: int, roles: Sequence[str] | None = None) -> int:
+def fastv_prefill_macs(shape: LLMShape, n_text: int, n_visual: int, roles: Sequence[str] | None = None,
+                       visual_per_layer: Sequence[int] | None = None) -> int:
     """FastV's convention (MACs, LLM prefill only): ``fastv_layer_macs(n_l, d, m)`` summed over layers, with
-    n_l the tokens layer l sees (text + visual for SA layers, text for the others). VISOR's CA blocks in
+    n_l the tokens layer l sees (text + visual for SA layers, text for the others; FastV: text +
+    visual_per_layer[l], the paper's K C(n) + (L - K) C(n'), without its ranking). VISOR's CA blocks in
     the same convention (q/o on the text, k/v on the visual tokens as d x d, all pairs):
     ``2 n_t d^2 + 2 n_v d^2 + 2 n_t n_v d`` each. For the host model this is
     ``n_layers * fastv_layer_macs(n_text + n_visual, d, m)``, the number token-pruning papers quote."""
     roles = _roles(roles, shape.n_layers)
+    per_layer = _visual_per_layer(visual_per_layer, n_visual, roles) or (n_visual,) * len(roles)
     d, m = shape.hidden, shape.intermediate
-    n_all = n_text + n_visual
     macs = 0
-    for role in roles:
-        macs += fastv_layer_macs(n_all if role == SA else n_text, d, m)
+    for role, visual in zip(roles, per_layer):
+        macs += fastv_layer_macs(n_text + visual if role == SA else n_text, d, m)
         if role == CA and n_visual:
             macs += 2 * n_text * d * d + 2 * n_visual * d * d + 2 * n_text * n_visual * d
     return macs
@@ -235,6 +283,29 @@ def visor_prefill_flops(shape: LLMShape, config, active, n_visual: int, n_text: 
         router_layer=router_layer,
         router_sizes=(shape.hidden, config.router_hidden, n_viable) if router_layer is not None else None,
     )
+
+
+FASTV_SCORES = ("last", "mean")  # FastV's ranking scores (visor_model.methods.fastv)
+
+
+def fastv_rank_flops(shape: LLMShape, n_tokens: int, score: str, causal_mode: str = "causal") -> FlopTerms:
+    """FastV's ranking (`visor_model.methods.fastv.FastV.attention_scores`): layer K-1's q and k recomputed from its
+    input of n tokens, then the scores q k^T of Q queries (Q = 1 for score "last", n for "mean"); the softmax and
+    the sums are elementwise (not counted). The layer's own attention runs as usual beside it.
+
+        q_proj       2 * Q * d * (h * hd)
+        k_proj       2 * n * d * (kv * hd)
+        attn_scores  2 * P * h * hd          P = n ("last"); "mean": n^2 (dense), n (n + 1) / 2 (causal)
+    """
+    n = _count("n_tokens", n_tokens)
+    if score not in FASTV_SCORES:
+        raise ValueError(f"score must be one of {', '.join(FASTV_SCORES)}, got {score!r}")
+    queries = 1 if score == "last" else n
+    return FlopTerms.of({
+        "q_proj": 2 * queries * shape.hidden * shape.q_dim,
+        "k_proj": 2 * n * shape.hidden * shape.kv_dim,
+        "attn_scores": 2 * attention_pairs(queries, n, causal_mode) * shape.n_heads * shape.head_dim,
+    })
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -301,6 +372,7 @@ class SampleTokens:
     produced:    tokens whose logits were computed (>= 1; see `produced_tokens`)
     roles:       VISOR's per-layer roles for this sample; None = every layer SA (the host model)
     routed:      the VISOR policy ran (routing token + router)
+    visual_per_layer: FastV's visual tokens in each LLM layer's sequence; None = n_visual in every layer
     decode_steps: default produced - 1; set it to charge a loop that runs more steps (tests)
     """
 
@@ -311,6 +383,7 @@ class SampleTokens:
     roles: tuple[str, ...] | None = None
     routed: bool = False
     decode_steps: int | None = None
+    visual_per_layer: tuple[int, ...] | None = None
 
     def __post_init__(self):
         _count("n_text", self.n_text)
@@ -319,6 +392,8 @@ class SampleTokens:
         _count("produced", self.produced)
         if self.roles is not None:
             object.__setattr__(self, "roles", tuple(self.roles))
+        if self.visual_per_layer is not None:
+            object.__setattr__(self, "visual_per_layer", tuple(self.visual_per_layer))
         if self.decode_steps is None:
             object.__setattr__(self, "decode_steps", self.produced - 1)
         _count("decode_steps", self.decode_steps, allow_zero=True)
@@ -326,7 +401,8 @@ class SampleTokens:
     @classmethod
     def from_record(cls, record, max_new_tokens: int) -> SampleTokens:
         """From a `visor_model.llava.runner.SampleRecord` (or a VISOR record, which carries roles and the LLM's
-        visual / text token counts) and the generation limit the sample ran under."""
+        visual / text token counts, or a FastV record, which carries its visual tokens per layer) and the
+        generation limit the sample ran under."""
         if getattr(record, "roles", None):
             n_visual, n_text = record.llm_visual_tokens, record.llm_text_tokens
             roles = tuple(record.roles)
@@ -341,6 +417,7 @@ class SampleTokens:
             produced=produced_tokens(record.generated_tokens, max_new_tokens, record.finish_reason),
             roles=roles,
             routed=getattr(record, "router_probabilities", None) is not None,
+            visual_per_layer=getattr(record, "visual_per_layer", None) or None,
         )
 
 
@@ -389,6 +466,8 @@ class FlopAccountant:
     selection_score: HiRED's score ("cls" | "mean_received") when HiRED runs, else None
     conv_kernel:     VISOR's positional conv kernel (0: none)
     router_layer / router_sizes: VISOR's policy (used for samples with ``routed=True``)
+    fastv_k / fastv_score: FastV's K and score when FastV runs (its ranking at layer K-1; every sample then
+                     needs `visual_per_layer`)
     """
 
     shape: LlavaShape
@@ -396,11 +475,14 @@ class FlopAccountant:
     conv_kernel: int = 0
     router_layer: int | None = None
     router_sizes: tuple[int, ...] | None = None
+    fastv_k: int | None = None
+    fastv_score: str | None = None
 
     @classmethod
-    def for_model(cls, model, reducer=None, visor=None) -> FlopAccountant:
-        """From a loaded LLaVA model, its `TokenReducer` (HiRED adds its scoring cost) and, for VISOR, the
-        `VisorModel` (positional conv; router widths when it has a trained router)."""
+    def for_model(cls, model, reducer=None, visor=None, fastv=None) -> FlopAccountant:
+        """From a loaded LLaVA model, its `TokenReducer` (HiRED adds its scoring cost), for VISOR the
+        `VisorModel` (positional conv; router widths when it has a trained router), for FastV its `FastVConfig`
+        (K and score)."""
         from visor_model.methods.hired import HiRED
 
         shape = LlavaShape.from_config(model.config)
@@ -412,7 +494,8 @@ class FlopAccountant:
             if router is not None and visor.config.router_layer is not None:
                 router_layer = visor.config.router_layer
                 router_sizes = (router[0].in_features, router[0].out_features, router[-1].out_features)
-        return cls(shape, score, conv, router_layer, router_sizes)
+        return cls(shape, score, conv, router_layer, router_sizes, fastv.k if fastv is not None else None,
+                   fastv.score if fastv is not None else None)
 
     def sample(self, tokens: SampleTokens, causal_mode: str = "causal") -> SampleFlops:
         llm = self.shape.llm
@@ -421,18 +504,25 @@ class FlopAccountant:
             raise ValueError(f"{len(roles)} roles for an LLM of {llm.n_layers} layers")
         if tokens.routed and self.router_layer is None:
             raise ValueError("the sample was routed but this accountant has no router")
+        per_layer = tokens.visual_per_layer
+        if (self.fastv_k is not None) != (per_layer is not None):
+            raise ValueError("a FastV accountant needs samples with visual_per_layer, and only it takes them")
+        prefill = llm_prefill_flops(
+            llm, tokens.n_text, tokens.n_visual, causal_mode, roles, self.conv_kernel if roles else 0,
+            self.router_layer if tokens.routed else None, self.router_sizes if tokens.routed else None, per_layer)
+        if self.fastv_k is not None:
+            n_ranked = tokens.n_text + per_layer[self.fastv_k - 1]
+            prefill = prefill + fastv_rank_flops(llm, n_ranked, self.fastv_score, causal_mode).prefixed("rank.")
         n_proj = tokens.n_crops * self.shape.projector_tokens_per_crop
         return SampleFlops(
             vision=vision_encoder_flops(self.shape.vision, tokens.n_crops) if tokens.n_crops else FlopTerms(),
             projector=projector_flops(self.shape.projector, n_proj) if n_proj else FlopTerms(),
             selection=(hired_selection_flops(self.shape.vision, tokens.n_crops, self.selection_score)
                        if self.selection_score and tokens.n_crops else FlopTerms()),
-            llm_prefill=llm_prefill_flops(
-                llm, tokens.n_text, tokens.n_visual, causal_mode, roles, self.conv_kernel if roles else 0,
-                self.router_layer if tokens.routed else None, self.router_sizes if tokens.routed else None),
-            llm_decode=llm_decode_flops(llm, tokens.n_text, tokens.n_visual, tokens.decode_steps, roles),
+            llm_prefill=prefill,
+            llm_decode=llm_decode_flops(llm, tokens.n_text, tokens.n_visual, tokens.decode_steps, roles, per_layer),
             lm_head=lm_head_flops(llm, tokens.produced),
-            fastv_macs=fastv_prefill_macs(llm, tokens.n_text, tokens.n_visual, roles),
+            fastv_macs=fastv_prefill_macs(llm, tokens.n_text, tokens.n_visual, roles, per_layer),
             causal_mode=causal_mode,
         )
 

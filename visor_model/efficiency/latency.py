@@ -253,13 +253,18 @@ def prepare(runner, image: Image.Image, question: str, key: str) -> PreparedSamp
 
 def generate_ids(runner, batch, max_new_tokens: int):
     """Greedy generation with end-of-sequence disabled, through the method's own generation code:
-    `VisorModel.generate` for a VISOR runner, else `greedy_generate`. Returns (token ids of row 0, roles
-    or None, routed)."""
+    `VisorModel.generate` for a VISOR runner, `FastV.generate` for a FastV runner, else `greedy_generate`. Returns
+    (token ids of row 0, roles or None, routed, FastV's visual tokens per layer or None)."""
     visor = getattr(runner, "visor", None)
     if visor is not None:
         out = visor.generate(batch, max_new_tokens, None, active=runner.active, threshold=runner.threshold)
-        return out.token_ids[0], tuple(out.roles[0]), out.probabilities is not None
-    return greedy_generate(runner.model, batch, max_new_tokens, None).token_ids[0], None, False
+        return out.token_ids[0], tuple(out.roles[0]), out.probabilities is not None, None
+    fastv = getattr(runner, "fastv", None)
+    if fastv is not None:
+        out = fastv.generate(batch, max_new_tokens, None)
+        return out.token_ids[0], None, False, fastv.visual_per_layer(int(batch.visual_mask[0].sum()),
+                                                                     out.visual_tokens_after[0])
+    return greedy_generate(runner.model, batch, max_new_tokens, None).token_ids[0], None, False, None
 
 
 @torch.no_grad()
@@ -270,13 +275,14 @@ def run_sample(runner, sample: PreparedSample, max_new_tokens: int, clock: Clock
     def run():
         vision, kept = runner.visual_tokens(sample.pixel_values, sample.image_sizes, [sample.key])
         batch = runner.splice([sample.prompt], kept)
-        ids, roles, routed = generate_ids(runner, batch, max_new_tokens)
+        ids, roles, routed, visual_per_layer = generate_ids(runner, batch, max_new_tokens)
         info.update(n_visual=int(kept[0].features.shape[0]), n_crops=int(vision.crop_owner.numel()),
-                    produced=len(ids), roles=roles, routed=routed)
+                    produced=len(ids), roles=roles, routed=routed, visual_per_layer=visual_per_layer)
 
     timing, _ = timed_generation(runner.model.lm_head, clock, run)
     tokens = SampleTokens(n_text=len(sample.prompt) - 1, n_visual=info["n_visual"], n_crops=info["n_crops"],
-                          produced=info["produced"], roles=info["roles"], routed=info["routed"])
+                          produced=info["produced"], roles=info["roles"], routed=info["routed"],
+                          visual_per_layer=info["visual_per_layer"])
     return timing, tokens
 
 

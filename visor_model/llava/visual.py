@@ -195,6 +195,8 @@ class SplicedBatch:
     position_ids:   [B, T] 0.. over the real tokens of each row
     visual_mask:    [B, T] True where a visual token sits
     labels:         [B, T] target ids (-100 where no loss), only when targets were given
+    newline_mask:   [B, T] True where one of LLaVA's row-newline tokens sits (a subset of visual_mask), when
+                    the batch was spliced from `ImageTokens`
     """
 
     inputs_embeds: torch.Tensor
@@ -202,6 +204,7 @@ class SplicedBatch:
     position_ids: torch.Tensor
     visual_mask: torch.Tensor
     labels: torch.Tensor | None = None
+    newline_mask: torch.Tensor | None = None
 
 
 def splice_prompts(
@@ -213,7 +216,7 @@ def splice_prompts(
 ) -> SplicedBatch:
     """Build the LLM input of a batch. Each prompt holds exactly one `<image>` placeholder; `target_ids`
     (training) are appended after the prompt and become the labels."""
-    rows, visual_rows, label_rows = [], [], []
+    rows, visual_rows, newline_rows, label_rows = [], [], [], []
     for i, (ids, image) in enumerate(zip(prompt_ids, images)):
         if ids.count(image_token_id) != 1:
             raise ValueError(f"prompt {i} must contain exactly one image placeholder, "
@@ -232,6 +235,8 @@ def splice_prompts(
         n_visual = image.features.shape[0]
         visual_rows.append(torch.cat([torch.zeros(cut, dtype=torch.bool), torch.ones(n_visual, dtype=torch.bool),
                                       torch.zeros(len(after), dtype=torch.bool)]))
+        newline_rows.append(torch.cat([torch.zeros(cut, dtype=torch.bool), image.is_newline.cpu(),
+                                       torch.zeros(len(after), dtype=torch.bool)]))
         labels = torch.full((rows[-1].shape[0],), -100, dtype=torch.long)
         if targets:
             labels[-len(targets) :] = torch.tensor(targets, dtype=torch.long)
@@ -244,6 +249,7 @@ def splice_prompts(
     attention_mask = torch.zeros(batch, length, dtype=torch.long, device=device)
     position_ids = torch.zeros(batch, length, dtype=torch.long, device=device)
     visual_mask = torch.zeros(batch, length, dtype=torch.bool, device=device)
+    newline_mask = torch.zeros(batch, length, dtype=torch.bool, device=device)
     labels = torch.full((batch, length), -100, dtype=torch.long, device=device)
     for i, row in enumerate(rows):
         n = row.shape[0]
@@ -251,6 +257,7 @@ def splice_prompts(
         attention_mask[i, length - n :] = 1
         position_ids[i, length - n :] = torch.arange(n, device=device)
         visual_mask[i, length - n :] = visual_rows[i].to(device)
+        newline_mask[i, length - n :] = newline_rows[i].to(device)
         labels[i, length - n :] = label_rows[i].to(device)
     return SplicedBatch(
         inputs_embeds=inputs_embeds,
@@ -258,4 +265,5 @@ def splice_prompts(
         position_ids=position_ids,
         visual_mask=visual_mask,
         labels=labels if target_ids is not None else None,
+        newline_mask=newline_mask,
     )
