@@ -98,7 +98,7 @@ def run_lmms_eval_tasks(
     with open(log_path, "a") as log, redirect_stdout(log), redirect_stderr(log):
         logger.remove()  # lmms-eval logs through loguru; like its CLI, send that log to one place: this file
         logger.add(log, level="INFO", colorize=False)
-        running = ", ".join(run.task for run in tasks)  # what a failure names: the tasks, once one runs that one
+        running = ", ".join(run.task for run in tasks)  # what a failure names: its task (while loading: them all)
         try:
             managers = task_managers(model, tasks)
             lm = load_model(model, model_args, batch_size)
