@@ -1,14 +1,18 @@
-"""Run one lmms-eval evaluation with lmms-eval's own evaluator and refuse results that are not trustworthy.
+"""Run lmms-eval evaluations with lmms-eval's own evaluator and refuse results that are not trustworthy.
 
-`run_lmms_eval` does in this process what `python -m lmms_eval --log_samples ...` does (the plugins work from
-that CLI as well): `lmms_eval.evaluator.simple_evaluate` on one task, then lmms-eval's `EvaluationTracker`
-writes the results JSON and the per-sample log. In process, a local task folder is indexed alone, not with
-lmms-eval's hundreds of built-in task YAMLs (the CLI indexes them on every start: seconds per evaluation), and
-an exception reaches the caller instead of being logged and swallowed (the CLI exits 0 when an evaluation
-fails). What was written is then checked anyway: a results file for the task, the expected number of samples,
-and a share of empty answers without a reported generation below a threshold (lmms-eval's wrappers turn
+`run_lmms_eval_tasks` does in this process what `python -m lmms_eval --log_samples ...` does for each of its
+tasks (the plugins work from that CLI as well): `lmms_eval.evaluator.simple_evaluate` on one task, then
+lmms-eval's `EvaluationTracker` writes the results JSON and the per-sample log into the task's own output folder.
+The model is loaded once and lmms-eval imported once for all the tasks, which are evaluated one after another
+(each call seeds as the CLI does and hands only its task's requests to the model, so each task's outputs are
+those of a run on it alone). In process, a local task folder is indexed alone, not with lmms-eval's hundreds of
+built-in task YAMLs (the CLI indexes them on every start: seconds per evaluation), once per folder, and an
+exception reaches the caller instead of being logged and swallowed (the CLI exits 0 when an evaluation fails).
+What was written is then checked anyway, task by task: a results file for the task, the expected number of
+samples, and a share of empty answers without a reported generation below a threshold (lmms-eval's wrappers turn
 generation errors into empty answers; the plugins log a `skipped_reason` for a document they cannot answer).
-Any failure raises `EvaluationFailed` with a message that names the problem, the documents and the log to read.
+Any failure raises `EvaluationFailed` with a message that names the problem, the task, the documents and the log
+to read. `run_lmms_eval` is the same for one task.
 """
 
 from __future__ import annotations
@@ -38,6 +42,18 @@ class EvaluationOutput:
     samples_path: Path
 
 
+@dataclass(frozen=True)
+class TaskRun:
+    """One task of an evaluation: its lmms-eval name, the folder its outputs go to (the CLI's --output_path), the
+    task folder it is defined in (the CLI's --include_path; None: lmms-eval's built-in tasks) and the number of
+    samples it must log (None: not checked)."""
+
+    task: str
+    output_dir: Path
+    include_path: Path | None = None
+    expected_samples: int | None = None
+
+
 def run_lmms_eval(
     model: str,
     model_args: dict,
@@ -54,62 +70,114 @@ def run_lmms_eval(
 ) -> EvaluationOutput:
     """Evaluate lmms-eval model id `model` with `model_args` on `task` (from `include_path`, or lmms-eval's
     built-in tasks when None), log to `log_path`, write lmms-eval's outputs under `output_dir`, check them."""
+    [output] = run_lmms_eval_tasks(model, model_args, [TaskRun(task, Path(output_dir), include_path, expected_samples)],
+                                   log_path, batch_size, limit, max_empty_fraction, offline, seed)
+    return output
+
+
+def run_lmms_eval_tasks(
+    model: str,
+    model_args: dict,
+    tasks: list[TaskRun],
+    log_path: Path,
+    batch_size: int = 1,
+    limit: int | None = None,
+    max_empty_fraction: float = 0.05,
+    offline: bool = True,
+    seed: int = 0,
+) -> list[EvaluationOutput]:
+    """Evaluate lmms-eval model id `model` with `model_args` on each of `tasks` in turn, loaded once; log to
+    `log_path`; write each task's lmms-eval outputs to its output_dir and check them before the next task starts
+    (`limit`, `max_empty_fraction`: every task's). The outputs, in the order of `tasks`."""
     if offline:  # before lmms-eval imports `datasets`, which reads them once
         os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     import lmms_eval.evaluator  # noqa: F401  (importing lmms_eval.models resets loguru's handlers)
     from loguru import logger
 
-    output_dir, log_path = Path(output_dir), Path(log_path)
+    log_path, outputs = Path(log_path), []
     with open(log_path, "a") as log, redirect_stdout(log), redirect_stderr(log):
         logger.remove()  # lmms-eval logs through loguru; like its CLI, send that log to one place: this file
         logger.add(log, level="INFO", colorize=False)
+        running = ", ".join(run.task for run in tasks)  # what a failure names: its task (while loading: them all)
         try:
-            print(f"lmms-eval evaluator: --model {model} --model_args {model_args_string(model_args)} --tasks {task} "
-                  f"--batch_size {batch_size} --output_path {output_dir} --log_samples --seed {seed}"
-                  + (f" --include_path {include_path}" if include_path is not None else "")
-                  + (f" --limit {limit}" if limit is not None else ""), flush=True)
-            evaluate(model, model_args, task, output_dir, include_path, batch_size, limit, seed)
+            managers = task_managers(model, tasks)
+            lm = load_model(model, model_args, batch_size)
+            for run in tasks:
+                running = run.task
+                print(f"lmms-eval evaluator: --model {model} --model_args {model_args_string(model_args)} "
+                      f"--tasks {run.task} --batch_size {batch_size} --output_path {run.output_dir} --log_samples "
+                      f"--seed {seed}" + (f" --include_path {run.include_path}" if run.include_path is not None else "")
+                      + (f" --limit {limit}" if limit is not None else ""), flush=True)
+                evaluate(lm, model, model_args, run, managers[run.include_path], batch_size, limit, seed)
+                log.flush()  # check_outputs appends to the log too
+                outputs.append(check_outputs(run.output_dir, run.task, log_path, run.expected_samples,
+                                             max_empty_fraction))
         except EvaluationFailed:
             raise
         except Exception as error:
             traceback.print_exc()
-            raise EvaluationFailed(f"lmms-eval failed for {model} on {task}: {type(error).__name__}: {error}; "
+            raise EvaluationFailed(f"lmms-eval failed for {model} on {running}: {type(error).__name__}: {error}; "
                                    f"see {log_path}") from error
         finally:
             logger.remove()
             logger.add(sys.stderr, level="WARNING")  # as after importing lmms_eval.models, on stderr
-    return check_outputs(output_dir, task, log_path, expected_samples, max_empty_fraction)
+    return outputs
 
 
-def evaluate(model: str, model_args: dict, task: str, output_dir: Path, include_path: Path | None, batch_size: int,
-             limit: int | None, seed: int) -> None:
-    """The evaluation part of lmms-eval's CLI (`cli_evaluate_single`) for one task, with `--log_samples`."""
+def task_managers(model: str, tasks: list[TaskRun]) -> dict:
+    """lmms-eval's TaskManager of each task folder of `tasks` (None: the built-in tasks), each folder indexed alone
+    (two folders may define tasks of the same name; lmms-eval's index prefers a built-in task to a folder's of the
+    same name), after checking that every task is in its folder's index."""
+    from lmms_eval.tasks import TaskManager
+
+    managers = {}
+    for run in tasks:
+        if run.include_path not in managers:
+            managers[run.include_path] = TaskManager(
+                "INFO", include_path=None if run.include_path is None else str(run.include_path),
+                include_defaults=run.include_path is None, model_name=model)
+        if not managers[run.include_path].match_tasks([run.task]):
+            where = f"in {run.include_path}" if run.include_path is not None else "among lmms-eval's tasks"
+            raise EvaluationFailed(f"unknown lmms-eval task {run.task!r}: no task of that name {where}")
+    return managers
+
+
+def load_model(model: str, model_args: dict, batch_size: int):
+    """The lmms-eval model `model` with `model_args`, built as simple_evaluate builds it from the CLI's arguments."""
+    from lmms_eval.models import get_model
+
+    return get_model(model).create_from_arg_string(
+        model_args_string(model_args), {"batch_size": batch_size, "max_batch_size": None, "device": None})
+
+
+def evaluate(lm, model: str, model_args: dict, run: TaskRun, task_manager, batch_size: int, limit: int | None,
+             seed: int) -> None:
+    """The evaluation part of lmms-eval's CLI (`cli_evaluate_single`) for one task, with `--log_samples`, on the
+    loaded model `lm` (lmms-eval model id `model` with `model_args`)."""
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.loggers import EvaluationTracker
-    from lmms_eval.tasks import TaskManager
     from lmms_eval.utils import get_datetime_str
 
-    task_manager = TaskManager("INFO", include_path=None if include_path is None else str(include_path),
-                               include_defaults=include_path is None, model_name=model)
-    if not task_manager.match_tasks([task]):
-        where = f"in {include_path}" if include_path is not None else "among lmms-eval's tasks"
-        raise EvaluationFailed(f"unknown lmms-eval task {task!r}: no task of that name {where}")
-    tracker, datetime_str = EvaluationTracker(output_path=str(output_dir)), get_datetime_str()
+    tracker, datetime_str = EvaluationTracker(output_path=str(run.output_dir)), get_datetime_str()
     # The CLI's arguments that the evaluator and the tasks read: its default --process_with_media false (scoring
     # reads the documents without their images; without cli_args the evaluator decodes every image again, and one
     # corrupt image, which the plugin skips, kills it) and --output_path (where tasks such as textvqa_val write
     # their submission files).
     results = simple_evaluate(
-        model=model, model_args=model_args_string(model_args), tasks=[task], batch_size=batch_size, limit=limit,
+        model=lm, model_args=model_args_string(model_args), tasks=[run.task], batch_size=batch_size, limit=limit,
         log_samples=True, evaluation_tracker=tracker, task_manager=task_manager, random_seed=seed,
         numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, datetime_str=datetime_str,
-        cli_args=Namespace(process_with_media=False, output_path=str(output_dir)),
+        cli_args=Namespace(process_with_media=False, output_path=str(run.output_dir)),
     )
     if results is None:  # only ranks other than 0 get None; this process is rank 0
-        raise EvaluationFailed(f"lmms-eval returned no results for {model} on {task}")
+        raise EvaluationFailed(f"lmms-eval returned no results for {model} on {run.task}")
+    # simple_evaluate names a model given as an object by its class (results) and keeps the object itself (the
+    # tracker, which would copy it into the results file): name it by its id, as for the CLI's --model
+    results["config"]["model"] = tracker.general_config_tracker.model_source = model
+    lm.task_dict.pop(run.task, None)  # the task's documents, which simple_evaluate handed the model: not kept
     samples = results.pop("samples")
     tracker.save_results_aggregated(results=results, samples=samples, datetime_str=datetime_str)
-    tracker.save_results_samples(task_name=task, samples=samples[task])
+    tracker.save_results_samples(task_name=run.task, samples=samples[run.task])
 
 
 def last_error(log_path: Path) -> str:

@@ -11,7 +11,15 @@ import pytest
 
 from lmms_plugins.args import model_args, model_args_string
 from lmms_plugins.metrics import primary_metric
-from lmms_plugins.run import EvaluationFailed, check_outputs, logged_answer, run_lmms_eval, sample_rows
+from lmms_plugins.run import (
+    EvaluationFailed,
+    TaskRun,
+    check_outputs,
+    logged_answer,
+    run_lmms_eval,
+    run_lmms_eval_tasks,
+    sample_rows,
+)
 from visor_model.methods.base import tokens_for_budget
 
 
@@ -175,6 +183,76 @@ def test_corrupt_benchmark_parquet_fails_the_job(next_checkpoint, task_dir, tmp_
     with pytest.raises(EvaluationFailed, match="lmms-eval failed for llava_full on synth_marker: "):
         run_lmms_eval("llava_full", {"pretrained": str(next_checkpoint)}, "synth_marker", tmp_path / "out",
                       tmp_path / "log", include_path=broken)
+
+
+# --------------------------------------------------------------------------------------------------------
+# several tasks in one run (the workflow's evaluate job: one model load for all its benchmarks)
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def more_tasks(tmp_path_factory):
+    """A synth_shape task folder, and a second synth_marker folder (other documents, same task name)."""
+    from visor_model.reference import tasks
+
+    root = tmp_path_factory.mktemp("more_tasks")
+    tasks.write_task("synth_shape", root / "synth_shape", {"test": 8}, seed=1)
+    tasks.write_task("synth_marker", root / "other" / "synth_marker", {"test": 4}, seed=2)
+    return {"synth_shape": root / "synth_shape", "other_marker": root / "other" / "synth_marker"}
+
+
+@pytest.mark.slow
+def test_tasks_of_one_run_give_what_each_gives_alone(next_checkpoint, task_dir, more_tasks, tmp_path):
+    """Three tasks in one run (two of them named synth_marker, from two folders) write and check what three
+    single-task runs do: the same answers, token counts, metrics and throughput, each in its own folder."""
+    args = {"pretrained": str(next_checkpoint), "device": "cpu"}
+    folders = [("synth_marker", task_dir, 8), ("synth_shape", more_tasks["synth_shape"], 8),
+               ("synth_marker", more_tasks["other_marker"], 4)]
+    runs = [TaskRun(task, tmp_path / "together" / str(i), folder, n) for i, (task, folder, n) in enumerate(folders)]
+    together = run_lmms_eval_tasks("llava_full", args, runs, tmp_path / "together.log", batch_size=4)
+    alone = [run_lmms_eval("llava_full", args, task, tmp_path / "alone" / str(i), tmp_path / f"alone{i}.log",
+                           include_path=folder, batch_size=4, expected_samples=n)
+             for i, (task, folder, n) in enumerate(folders)]
+    for run, joint, single in zip(runs, together, alone, strict=True):
+        assert joint.results_path.is_relative_to(run.output_dir) and len(joint.samples) == run.expected_samples
+        assert list(joint.results["results"]) == [run.task]
+        assert joint.results["results"] == single.results["results"]
+        assert joint.results["config"]["model"] == single.results["config"]["model"] == "llava_full"
+        assert [(logged_answer(s), s["token_counts"]) for s in joint.samples] == [
+            (logged_answer(s), s["token_counts"]) for s in single.samples]
+        timing = ("total_elapsed_time", "avg_speed")
+        assert ({k: v for k, v in joint.results["throughput"].items() if k not in timing}
+                == {k: v for k, v in single.results["throughput"].items() if k not in timing})
+    assert [s["doc_id"] for s in together[2].samples] == [0, 1, 2, 3]  # the second folder's synth_marker
+    log = (tmp_path / "together.log").read_text()
+    assert [line.split(" --tasks ")[1].split()[0] for line in log.splitlines()
+            if line.startswith("lmms-eval evaluator:")] == ["synth_marker", "synth_shape", "synth_marker"]
+
+
+@pytest.mark.slow
+def test_a_task_that_fails_its_check_fails_the_run_naming_it(next_checkpoint, task_dir, more_tasks, tmp_path):
+    runs = [TaskRun("synth_marker", tmp_path / "a", task_dir, 8),
+            TaskRun("synth_shape", tmp_path / "b", more_tasks["synth_shape"], 9),
+            TaskRun("synth_marker", tmp_path / "c", task_dir, 8)]
+    with pytest.raises(EvaluationFailed, match="^synth_shape: expected 9 samples, lmms-eval logged 8$"):
+        run_lmms_eval_tasks("llava_full", {"pretrained": str(next_checkpoint), "device": "cpu"}, runs,
+                            tmp_path / "log", batch_size=4)
+    assert any((tmp_path / "a").rglob("*_results.json")) and not (tmp_path / "c").exists()  # stopped there
+
+
+def test_an_unknown_task_fails_the_run_before_the_model_loads(task_dir, tmp_path):
+    runs = [TaskRun("synth_marker", tmp_path / "a", task_dir), TaskRun("synth_nope", tmp_path / "b", task_dir)]
+    with pytest.raises(EvaluationFailed, match=f"unknown lmms-eval task 'synth_nope': no task of that name in "
+                                               f"{task_dir}"):
+        run_lmms_eval_tasks("llava_full", {"pretrained": str(tmp_path / "missing")}, runs, tmp_path / "log")
+
+
+def test_a_model_that_does_not_load_fails_the_run_naming_its_tasks(task_dir, more_tasks, tmp_path):
+    runs = [TaskRun("synth_marker", tmp_path / "a", task_dir),
+            TaskRun("synth_shape", tmp_path / "b", more_tasks["synth_shape"])]
+    with pytest.raises(EvaluationFailed,
+                       match="lmms-eval failed for llava_full on synth_marker, synth_shape: .*does not exist"):
+        run_lmms_eval_tasks("llava_full", {"pretrained": str(tmp_path / "missing")}, runs, tmp_path / "log")
 
 
 # --------------------------------------------------------------------------------------------------------

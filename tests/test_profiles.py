@@ -72,9 +72,9 @@ def test_paper_profile_resolves_the_whole_dag_offline(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sum(PAPER_RUNS.values())
     assert job_counts(result.stdout) == {
-        "generate_benchmark": 3, "provide_checkpoint": 2, "evaluate": runs * PAPER_BENCHMARKS,
+        "generate_benchmark": 3, "provide_checkpoint": 2, "evaluate": runs,  # each on all PAPER_BENCHMARKS
         "measure_latency": runs, "train_visor": 1, "label_policy": 1, "train_policy": 1, "aggregate": 1,
-        "audit_claims": 1, "report_section": 6, "report": 1, "all": 1, "total": 465 + 1}
+        "audit_claims": 1, "report_section": 6, "report": 1, "all": 1, "total": 2 * runs + 18}
     assert "train_reference" not in result.stdout  # hub checkpoints are fetched, not trained
 
 
@@ -166,8 +166,11 @@ def complete_fake_run(workdir: Path, rounds: int = 4) -> None:
 
 
 @pytest.mark.slow
-def test_adding_a_benchmark_adds_only_its_jobs(tmp_path):
-    workdir = micro_workdir(tmp_path)
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "per-benchmark"])
+def test_adding_a_benchmark_reruns_only_its_evaluations(tmp_path, grouped):
+    """Only the evaluations (and what gathers them) run again: with evaluation.group_benchmarks (the default)
+    every evaluate job, each on all benchmarks; with one job per benchmark only the new benchmark's."""
+    workdir = micro_workdir(tmp_path, lambda config: config["evaluation"].update(group_benchmarks=grouped))
     complete_fake_run(workdir)
     evaluated = {tuple(p.relative_to(workdir / "results" / "eval").parts[:3])
                  for p in (workdir / "results" / "eval").rglob("*.json")}
@@ -183,5 +186,5 @@ def test_adding_a_benchmark_adds_only_its_jobs(tmp_path):
     assert set(rules) == {"generate_benchmark", "evaluate", "aggregate", "audit_claims", "report_section", "report"}
     assert [w for rule, w in listed if rule == "generate_benchmark"] == [{"benchmark": "synth_shape"}]
     new_evaluations = {(w["model"], w["method"], w["setting"]) for rule, w in listed if rule == "evaluate"}
-    assert all(w["benchmark"] == "synth_shape" for rule, w in listed if rule == "evaluate")
-    assert new_evaluations == evaluated  # every model x method x setting, on the new benchmark only
+    assert all(w.get("benchmark") == (None if grouped else "synth_shape") for rule, w in listed if rule == "evaluate")
+    assert new_evaluations == evaluated  # every model x method x setting

@@ -28,7 +28,7 @@ def test_paper_profile_job_counts():
     rows = sizing.estimate(config)
     # VISOR on the 24-layer Qwen2 host: 8 SA candidates, a family of 9 configurations (the most that are viable)
     assert sizing.visor_family_size(sizing.SHAPES["llava_onevision"]) == 9 and len(viable) == 1
-    assert rows["evaluate"]["jobs"] == (len(runs) + 9) * len(config["benchmarks"]) == 37 * 15
+    assert rows["evaluate"]["jobs"] == len(runs) + 9 == 37  # one per run, for all 15 benchmarks
     assert rows["measure_latency"]["jobs"] == len(runs) + 9
     assert {rule: rows[rule]["jobs"] for rule in ("provide_checkpoint", "train_reference", "generate_benchmark",
                                                   "train_visor", "label_policy", "train_policy")} == {
@@ -36,6 +36,10 @@ def test_paper_profile_job_counts():
         "label_policy": 1, "train_policy": 1}
     assert rows["aggregate"]["gpu_hours"] == 0.0
     assert 10 < rows["evaluate"]["gpu_hours"] < 200  # tens of GPU-hours, not GPU-days
+    config["evaluation"]["group_benchmarks"] = False  # a job per benchmark: 15 start-ups per run, not one
+    per_benchmark = sizing.estimate(config)["evaluate"]
+    assert per_benchmark["jobs"] == 37 * 15
+    assert per_benchmark["gpu_hours"] - rows["evaluate"]["gpu_hours"] == pytest.approx(37 * 14 * 2.0 / 60)
 
 
 def test_evaluation_hours_are_the_flop_model_over_the_assumed_throughput():
@@ -59,6 +63,10 @@ def test_evaluation_hours_are_the_flop_model_over_the_assumed_throughput():
     config["evaluation"]["dtype"] = "float32"  # at float32's throughput
     seconds += (prefill + decode) / 10e12 - (prefill + decode) / 100e12
     assert sizing.estimate(config, a)["evaluate"]["gpu_hours"] == pytest.approx(3.0 / 60 + 10 * seconds / 3600)
+    config["benchmarks"]["my_docvqa"] = {**config["benchmarks"]["docvqa_val"], "task": "docvqa_val"}
+    rows = sizing.estimate(config, a)  # both benchmarks in one job: one start-up
+    assert rows["evaluate"]["jobs"] == 1
+    assert rows["evaluate"]["gpu_hours"] == pytest.approx(3.0 / 60 + 2 * 10 * seconds / 3600)
 
 
 def test_unknown_lmms_eval_task_names_the_table():
@@ -77,7 +85,7 @@ def test_measured_seconds_from_snakemake_benchmark_files(tmp_path):
     assert sizing.measured_seconds(tmp_path) == {"evaluate": (2, 20.0)}
     text = sizing.report(load(REPO / "config" / "config.yaml"), sizing.Assumptions(), tmp_path)
     evaluate = next(line for line in text.splitlines() if line.startswith("evaluate"))
-    assert evaluate.split()[1:] == ["126", evaluate.split()[2], "20", "(n=2)", f"{126 * 20 / 3600:.2f}"]
+    assert evaluate.split()[1:] == ["42", evaluate.split()[2], "20", "(n=2)", f"{42 * 20 / 3600:.2f}"]
 
 
 @pytest.mark.parametrize("config", ["config/config.yaml", "config/paper.yaml"])

@@ -7,9 +7,10 @@ Counts come from the config as the workflow resolves it (visor_model.workflow_co
 estimate is the FLOP model's (visor_model.efficiency.flops): per sample, the prefill of the vision tower, projector
 and LLM on the benchmark's typical image (crops and visual tokens of BENCHMARKS, per model family) at the
 setting's token budget, plus its decode steps; divided by an assumed achieved throughput (--tflops), plus decode
-steps bound by reading the weights (--bandwidth) and a fixed start-up per job (--startup-min). VISOR's reduced
-configurations are costed at full compute (an upper bound). Where a Snakemake `benchmarks/` folder holds measured
-jobs of a rule, their mean wall time per job is printed beside it. No torch, no network.
+steps bound by reading the weights (--bandwidth) and a fixed start-up per job (--startup-min; an evaluate job
+evaluates every benchmark of a model x method x setting, or one with evaluation.group_benchmarks: false). VISOR's
+reduced configurations are costed at full compute (an upper bound). Where a Snakemake `benchmarks/` folder holds
+measured jobs of a rule, their mean wall time per job is printed beside it. No torch, no network.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class Assumptions:
     tflops: float = 200.0  # achieved bf16 / fp16 TFLOP/s at prefill: ~20% of an H100's 989 dense
     fp32_tflops: float = 40.0  # achieved in float32 (no TF32; an H100's float32 peak is 67)
     bandwidth_gbs: float = 1500.0  # achieved HBM GB/s when decode reads the weights (H100: 3,350 peak)
-    startup_min: float = 2.0  # per job: load the checkpoint, import lmms-eval, open the task's data
+    startup_min: float = 2.0  # per job: import lmms-eval and torch, load the checkpoint, index the tasks
 
 
 def benchmark_profile(name: str, spec: dict, limit: int | None) -> BenchmarkProfile:
@@ -174,11 +175,13 @@ def estimate(config: dict, a: Assumptions = Assumptions()) -> dict[str, dict]:
     profiles = {b: benchmark_profile(b, spec, evaluation["limit"]) for b, spec in config["benchmarks"].items()}
     hours = {rule: 0.0 for rule in ("evaluate", "measure_latency", "train_visor", "label_policy", "train_policy")}
     startup = a.startup_min / 60
+    evaluate_jobs = 1 if evaluation["group_benchmarks"] else len(profiles)  # per run
     for model, method, setting in runs:
+        hours["evaluate"] += evaluate_jobs * startup
         for profile in profiles.values():
             seconds = sample_seconds(costs[model], profile, kept_fraction(method, setting), evaluation["batch_size"], a,
                                      evaluation["dtype"])
-            hours["evaluate"] += startup + profile.samples * seconds / 3600
+            hours["evaluate"] += profile.samples * seconds / 3600
         image = "synthetic" if latency["image_size"] is None or costs[model][1] is REFERENCE_IMAGES else "photo"
         timed = BenchmarkProfile(1, image, answer_tokens=latency["max_new_tokens"])
         per_run = latency["samples"] * (latency["warmup"] + latency["repeats"])
@@ -201,7 +204,7 @@ def estimate(config: dict, a: Assumptions = Assumptions()) -> dict[str, dict]:
     sources = [workflow_config.checkpoint_source(config, model) for model in config["models"]]
     jobs = {"generate_benchmark": sum(spec["source"] == "synthetic" for spec in config["benchmarks"].values()),
             "train_reference": sources.count("train"), "provide_checkpoint": len(config["models"]),
-            "evaluate": len(runs) * len(profiles), "measure_latency": len(runs), "train_visor": len(visor_models),
+            "evaluate": len(runs) * evaluate_jobs, "measure_latency": len(runs), "train_visor": len(visor_models),
             "label_policy": len(visor_models), "train_policy": len(visor_models), "aggregate": 1, "audit_claims": 1,
             "report_section": 6, "report": 1}
     return {rule: {"jobs": n, "gpu_hours": hours.get(rule, 0.0)} for rule, n in jobs.items()}

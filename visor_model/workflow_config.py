@@ -307,7 +307,9 @@ def gpu_per_job() -> int:
 MB = 2**20
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Python, torch, transformers, lmms-eval and datasets in a job before any model: the offline default's evaluate
-# jobs peak at about 650 MB RSS with a 1 MB model (benchmarks/evaluate/*.tsv); with room for a task's documents.
+# jobs peak at about 650 MB RSS with a 1 MB model (benchmarks/evaluate/*.tsv; 632 MB for a job on all three
+# benchmarks, 606 MB on one); with room for a task's documents (an evaluate job's tasks run one after another, and
+# none keeps its documents once done: lmms_plugins.run).
 RUNTIME_MB = 2000
 TEXT_TOKENS = 256  # prompt and answer tokens beside the image: a bound per sample
 SYNTHETIC_IMAGE_BYTES = 144 * 144 * 3  # a decoded synthetic scene (at most 144 px a side)

@@ -1,13 +1,32 @@
-# Evaluation through lmms-eval: one job per model x method x setting x benchmark.
+# Evaluation through lmms-eval: one job per model x method x setting that evaluates every configured benchmark
+# in one process (the model loaded, lmms-eval imported and each task folder indexed once: most of a small
+# evaluation's time), or with evaluation.group_benchmarks: false one job per model x method x setting x benchmark
+# (a benchmark added to the config then adds only its jobs; a grouped run evaluates it with all the others).
+
+GROUP_BENCHMARKS = config["evaluation"]["group_benchmarks"]
+# The benchmarks in an evaluate job's outputs (every configured one, or its wildcard) and the job's name in logs/
+# and benchmarks/.
+EVALUATED = BENCHMARKS if GROUP_BENCHMARKS else ["{benchmark}"]
+EVALUATE_JOB = "{model}/{method}/{setting}" if GROUP_BENCHMARKS else "{model}/{method}/{setting}/{benchmark}"
+
+
+def job_benchmarks(wildcards):
+    return BENCHMARKS if GROUP_BENCHMARKS else [wildcards.benchmark]
+
+
+def task_folder(benchmark):
+    """The lmms-eval task folder the workflow makes for `benchmark`, or None (a built-in task, or one in the
+    entry's own include_path)."""
+    source = config["benchmarks"][benchmark]["source"]
+    if source == "synthetic":
+        return f"resources/benchmarks/{benchmark}"
+    if source == "rehearsal":
+        return f"resources/rehearsal/tasks/{benchmark}"
+    return None
 
 
 def benchmark_inputs(wildcards):
-    source = config["benchmarks"][wildcards.benchmark]["source"]
-    if source == "synthetic":
-        return [f"resources/benchmarks/{wildcards.benchmark}/manifest.json"]
-    if source == "rehearsal":
-        return [f"resources/rehearsal/tasks/{wildcards.benchmark}/manifest.json"]
-    return []
+    return [f"{folder}/manifest.json" for folder in map(task_folder, job_benchmarks(wildcards)) if folder]
 
 
 def evaluation_checkpoint(wildcards):
@@ -21,18 +40,19 @@ def evaluation_checkpoint(wildcards):
 rule evaluate:
     input:
         checkpoint=evaluation_checkpoint,
-        benchmark=benchmark_inputs,
+        benchmarks=benchmark_inputs,
     output:
-        "results/eval/{model}/{method}/{setting}/{benchmark}.json",
+        expand("results/eval/{{model}}/{{method}}/{{setting}}/{benchmark}.json", benchmark=EVALUATED),
     params:
         setting=lambda wildcards: setting_of(wildcards.method, wildcards.setting),
-        benchmark=lambda wildcards: config["benchmarks"][wildcards.benchmark],
+        benchmarks=lambda wildcards: {b: config["benchmarks"][b] for b in job_benchmarks(wildcards)},
+        task_folders=lambda wildcards: {b: task_folder(b) for b in job_benchmarks(wildcards)},
         evaluation=config["evaluation"],
-        lmms_dir="results/lmms_eval/{model}/{method}/{setting}/{benchmark}",
+        lmms_dir="results/lmms_eval/{model}/{method}/{setting}",  # a folder per benchmark
     log:
-        "logs/evaluate/{model}/{method}/{setting}/{benchmark}.log",
+        f"logs/evaluate/{EVALUATE_JOB}.log",
     benchmark:
-        "benchmarks/evaluate/{model}/{method}/{setting}/{benchmark}.tsv"
+        f"benchmarks/evaluate/{EVALUATE_JOB}.tsv"
     threads: 1
     resources:
         mem_mb=lambda wildcards, input: model_mem_mb("evaluate", input.checkpoint),
