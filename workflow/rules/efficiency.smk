@@ -19,7 +19,7 @@ def latency_runs(model):
             if run not in runs:
                 runs.append(run)
     return [{"method": method, "setting_id": setting, "setting": setting_of(method, setting),
-             "checkpoint": evaluation_checkpoint(SimpleNamespace(model=model, method=method))}
+             "checkpoint": evaluation_checkpoint(SimpleNamespace(model=model, method=method, setting=setting))}
             for method, setting in runs]
 
 
