@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from visor_model.audit.analysis import median_interval
 from visor_model.audit.tables import latency_table, sample_table, summary_table
 
 BENCHMARKS = {"synth_background": ("coarse", "easy", 2.0e8), "synth_shape": ("medium", "easy", 2.1e8),
@@ -35,6 +36,7 @@ VERSIONS = {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.23.0",
             "snakemake": "9.27.1", "pandas": "3.1.1", "seaborn": "0.13.2", "papermill": "2.7.0"}
 LOCK = {"file": "requirements.lock", "sha256": "e41e3425ebd2" + "0" * 52}
 SA_MAX = 2
+REPEATS = 10  # latency repeats (interleaved: a drift of the machine falls on every setting of the model alike)
 
 
 def accuracy(kind: str, method: str, setting: dict, sa_layers: float | None = None) -> float:
@@ -93,7 +95,9 @@ def setting_id(setting: dict) -> str:
 def records(n: int = 60, seed: int = 0, benchmarks: dict = BENCHMARKS, **kwargs):
     rng = np.random.default_rng(seed)
     difficulty = {b: rng.random(n) for b in benchmarks}
-    evaluations, latencies = [], []
+    timing_rng = np.random.default_rng(seed + 1)
+    drift = 1 + 0.05 * np.arange(REPEATS)
+    evaluations, latencies = [], {}
     for model, method, setting in runs(**kwargs):
         for benchmark, (kind, cluster, full_flops) in benchmarks.items():
             samples = []
@@ -129,18 +133,31 @@ def records(n: int = 60, seed: int = 0, benchmarks: dict = BENCHMARKS, **kwargs)
         prefill_flops = flops(2.2e8, method, setting) + 5.1e7
         prefill = 0.002 + prefill_flops / 2e10
         decode = 0.004 + (0.0002 if method == "llava_full" else 0.0001)
-        latencies.append({
-            "model": model, "method": method, "setting_id": setting_id(setting), "setting": setting,
-            "timings": {name: {"median": v, "q25": 0.95 * v, "q75": 1.05 * v, "iqr": 0.1 * v, "n": 40}
-                        for name, v in (("prefill_s", prefill), ("decode_per_token_s", decode),
-                                        ("generate_s", prefill + 3 * decode), ("preprocess_s", 0.003))},
-            "memory": {"peak_mb": 900 + prefill_flops / 1e6, "method": "rss"},
-            "flops": {"mean": {"flops_llm_prefill": flops(2.2e8, method, setting), "flops_prefill": prefill_flops,
-                               "flops_total": prefill_flops + 3e6}},
-            "config": {"samples": 8, "repeats": 5, "warmup": 2, "max_new_tokens": 4, "threads": 1,
+        per_repeat = {name: v * drift * (1 + 0.01 * timing_rng.standard_normal(REPEATS))
+                      for name, v in (("prefill_s", prefill), ("decode_per_token_s", decode))}
+        per_repeat["generate_s"] = per_repeat["prefill_s"] + 3 * per_repeat["decode_per_token_s"]
+        timings = {}
+        for name, values in per_repeat.items():
+            median, low, high = median_interval(values)
+            timings[name] = {"median": median, "ci_low": low, "ci_high": high, "per_repeat": list(values),
+                             "q25": 0.95 * median, "q75": 1.05 * median, "iqr": 0.1 * median, "n": 8 * REPEATS}
+        timings["preprocess_s"] = {"median": 0.003, "q25": 0.0028, "q75": 0.0032, "iqr": 0.0004, "n": 8}
+        peaks = list(900 + prefill_flops / 1e6 + timing_rng.standard_normal(REPEATS))
+        peak, peak_low, peak_high = median_interval(peaks)
+        record = latencies.setdefault(model, {
+            "model": model, "settings": [],
+            "config": {"samples": 8, "repeats": REPEATS, "warmup": 2, "max_new_tokens": 4, "threads": 2,
                        "dtype": "float32"},
-            "environment": {"device": "cpu (x86_64, 2 cores)", "versions": VERSIONS, "lock": LOCK}})
-    return evaluations, latencies
+            "environment": {"device": "cpu (x86_64, 2 cores)", "versions": VERSIONS, "lock": LOCK,
+                            "torch_threads": 2}})
+        record["settings"].append({
+            "name": f"{method}/{setting_id(setting)}", "label": method, "method": method,
+            "setting_id": setting_id(setting), "setting": setting, "timings": timings,
+            "memory": {"method": "rss", "weights_mb": 800.0, "peak_mb": peak, "ci_low": peak_low,
+                       "ci_high": peak_high, "delta_mb": peak - 800.0, "per_repeat_peak_mb": peaks},
+            "flops": {"mean": {"flops_llm_prefill": flops(2.2e8, method, setting), "flops_prefill": prefill_flops,
+                               "flops_total": prefill_flops + 3e6}}})
+    return evaluations, list(latencies.values())
 
 
 def tables(n: int = 60, seed: int = 0, benchmarks: dict = BENCHMARKS, **kwargs):

@@ -53,6 +53,27 @@ def test_micro_run_renders_the_report_with_the_results_table(micro_run):
 
 
 @pytest.mark.slow
+def test_micro_run_times_every_run_of_a_model_in_one_job(micro_run):
+    """One latency record per model, a row per evaluated run (VISOR's viable configurations included), with CIs
+    over the repeats and speed-ups paired against llava_full."""
+    summary = pd.read_csv(micro_run / "results" / "summary.csv")
+    latency = pd.read_csv(micro_run / "results" / "latency.csv")
+    key = ["model", "method", "setting_id"]
+    assert sorted(p.name for p in (micro_run / "results" / "latency").iterdir()) == ["reference_next.json",
+                                                                                    "reference_ov.json"]
+    assert set(map(tuple, latency[key].to_numpy())) == set(map(tuple, summary[key].to_numpy()))
+    assert len(latency) == len(latency.drop_duplicates(key))
+    assert latency["setting_id"].str.startswith("sa_layers-").any()
+    assert (latency["repeats"] == 6).all()
+    for column in ("prefill_s_median", "prefill_s_ci_low", "prefill_s_ci_high", "prefill_speedup_ci_low",
+                   "decode_speedup_ci_high", "peak_memory_mb", "memory_saving_mb"):
+        assert latency[column].notna().all(), column
+    assert (latency["prefill_s_ci_low"] <= latency["prefill_s_median"]).all()
+    full = latency[latency["method"] == "llava_full"]
+    assert (full["prefill_speedup"] == 1).all() and (full["prefill_speedup_ci_low"] == 1).all()
+
+
+@pytest.mark.slow
 def test_rerun_with_nothing_changed_runs_no_job(micro_run):
     result = snakemake(micro_run, "-n", "reports/final.html", timeout=120)
     assert result.returncode == 0

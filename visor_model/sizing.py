@@ -185,8 +185,10 @@ def estimate(config: dict, a: Assumptions = Assumptions()) -> dict[str, dict]:
         image = "synthetic" if latency["image_size"] is None or costs[model][1] is REFERENCE_IMAGES else "photo"
         timed = BenchmarkProfile(1, image, answer_tokens=latency["max_new_tokens"])
         per_run = latency["samples"] * (latency["warmup"] + latency["repeats"])
-        hours["measure_latency"] += startup + per_run * sample_seconds(
+        hours["measure_latency"] += per_run * sample_seconds(
             costs[model], timed, kept_fraction(method, setting), 1, a, evaluation["dtype"]) / 3600
+    latency_models = {model for model, _, _ in runs}  # one measure_latency job per model: every setting side by side
+    hours["measure_latency"] += startup * len(latency_models)
     synthetic = BenchmarkProfile(1, "synthetic", text_tokens=16, answer_tokens=2)
     tasks = len(workflow_config.training_benchmarks(config))
     visor_models = visor["models"] if "visor" in config["methods"] else []
@@ -204,9 +206,9 @@ def estimate(config: dict, a: Assumptions = Assumptions()) -> dict[str, dict]:
     sources = [workflow_config.checkpoint_source(config, model) for model in config["models"]]
     jobs = {"generate_benchmark": sum(spec["source"] == "synthetic" for spec in config["benchmarks"].values()),
             "train_reference": sources.count("train"), "provide_checkpoint": len(config["models"]),
-            "evaluate": len(runs) * evaluate_jobs, "measure_latency": len(runs), "train_visor": len(visor_models),
-            "label_policy": len(visor_models), "train_policy": len(visor_models), "aggregate": 1, "audit_claims": 1,
-            "report_section": 6, "report": 1}
+            "evaluate": len(runs) * evaluate_jobs, "measure_latency": len(latency_models),
+            "train_visor": len(visor_models), "label_policy": len(visor_models), "train_policy": len(visor_models),
+            "aggregate": 1, "audit_claims": 1, "report_section": 6, "report": 1}
     return {rule: {"jobs": n, "gpu_hours": hours.get(rule, 0.0)} for rule, n in jobs.items()}
 
 

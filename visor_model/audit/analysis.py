@@ -234,6 +234,27 @@ def bootstrap_mean(groups: dict, resamples: int = BOOTSTRAP_RESAMPLES, seed: int
                             seed, level)
 
 
+def median_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """The median of repeated measurements and a distribution-free CI for it: the order statistics x_(k) and
+    x_(n+1-k) with the largest k such that P(Binomial(n, 1/2) <= k - 1) <= (1 - level) / 2 (the sign test's
+    interval; it covers the median with probability >= level whatever the distribution). NaN ends where n is too
+    small for any such k (n < 6 at 95%); NaN throughout when a value is missing or not finite.
+
+    The latency repeats use it (`visor_model.audit.tables.latency_table`): few (5-20) values, where a bootstrap
+    would undercover, from a machine whose load can spike in one repeat, which moves a mean but not a median."""
+    x = np.sort(np.asarray(values, dtype=float))
+    nan = float("nan")
+    if x.size == 0 or not np.isfinite(x).all():
+        return nan, nan, nan
+    n, tail = x.size, (1 - level) / 2
+    k, below = 0, 0.0  # below: P(Binomial(n, 1/2) <= k - 1)
+    while k < n and below + math.comb(n, k) / 2**n <= tail:
+        below += math.comb(n, k) / 2**n
+        k += 1
+    median = float(np.median(x))
+    return (median, nan, nan) if k == 0 else (median, float(x[k - 1]), float(x[n - k]))
+
+
 def sample_scores(samples: pd.DataFrame, row, metric: str = "accuracy") -> pd.Series:
     """Per-document scores (indexed by doc_id) of one summary row's evaluation; documents without a score
     under the benchmark's primary metric (MME's other kind of question) are left out."""

@@ -642,11 +642,27 @@ def _latency_rows(tables: Tables, family, series, setting=None) -> pd.DataFrame:
     return require(rows, family=family, series=series, setting=setting)
 
 
+SPEEDUP_COLUMNS = {"prefill_s": "prefill_speedup", "decode_per_token_s": "decode_speedup",
+                   "generate_s": "generate_speedup"}
+
+
+def _with_ci(row, column: str, transform=lambda v: v) -> Measurement:
+    """A latency-table column (median over repeats) and its CI ends (`<column>_ci_low/_ci_high`), through a
+    monotonically increasing `transform`; NaN ends where the table has none (fewer than 6 repeats)."""
+    if column not in row or _missing(row[column]):
+        raise NotTestable(f"the latency table has no {column} (no full-model latency of {row['model']}?)")
+    low, high = (row.get(f"{column}_{end}", float("nan")) for end in ("ci_low", "ci_high"))
+    low, high = (float("nan") if _missing(v) else float(transform(v)) for v in (low, high))
+    return Measurement(float(transform(row[column])), low, high)
+
+
 @computation
 def latency_ratio(tables: Tables, family, series, setting=None, timing="prefill_s", form="speedup") -> Measurement:
-    """Measured latency against the full model of the same model: speedup = full / method (median times),
-    reduction_percent = 100 x (1 - method / full). No CI (the latency table holds quartiles, not samples):
-    the detail gives the range spanned by the quartiles."""
+    """Measured latency against the full model of the same model and latency run: speedup = full / method,
+    reduction_percent = 100 x (1 - method / full) = 100 x (1 - 1 / speedup). The median over the interleaved
+    repeats of the paired per-repeat speed-up, with its 95% CI (visor_model.audit.tables.latency_table)."""
+    if timing not in SPEEDUP_COLUMNS:
+        raise ValueError(f"timing must be one of {', '.join(SPEEDUP_COLUMNS)}, got {timing!r}")
     rows = _latency_rows(tables, family, series, setting)
     full = _latency_rows(tables, family, "full")
     row = rows.iloc[0]
@@ -654,40 +670,32 @@ def latency_ratio(tables: Tables, family, series, setting=None, timing="prefill_
     if base.empty:
         raise NotTestable(f"no full-model latency of {row['model']}")
     base = base.iloc[0]
-    column = f"{timing}_median"
-    if column not in row or _missing(row[column]):
-        raise NotTestable(f"the latency table has no {column}")
-
-    def ratio(mine, full_):
-        return full_ / mine if form == "speedup" else 100 * (1 - mine / full_)
-
-    value = ratio(row[column], base[column])
-    bounds = [ratio(row.get(f"{timing}_q75"), base.get(f"{timing}_q25")),
-              ratio(row.get(f"{timing}_q25"), base.get(f"{timing}_q75"))]
-    spread = (f"; quartile ratios {_number(min(bounds))} to {_number(max(bounds))}"
-              if all(b is not None and np.isfinite(b) for b in bounds) else "")
-    return Measurement(float(value), detail=f"{row['model']} {setting_label(row)}: {timing} median {row[column]:.4g} s "
-                                            f"vs full {base[column]:.4g} s on {row.get('device', '?')}{spread}")
+    m = _with_ci(row, SPEEDUP_COLUMNS[timing], (lambda s: s) if form == "speedup" else (lambda s: 100 * (1 - 1 / s)))
+    m.detail = (f"{row['model']} {setting_label(row)}: {timing} median {row[f'{timing}_median']:.4g} s vs full "
+                f"{base[f'{timing}_median']:.4g} s on {row.get('device', '?')}; paired over {row.get('repeats', '?')} "
+                "interleaved repeats")
+    return m
 
 
 @computation
 def decode_share_of_prefill_gain(tables: Tables, family, series, setting=None) -> Measurement:
     """(decode_speedup - 1) / (prefill_speedup - 1) of one setting: the share of the prefill speed-up that
-    per-token decoding also gets (0: none, 1: all of it)."""
+    per-token decoding also gets (0: none, 1: all of it); per repeat, its median and CI over the repeats."""
     rows = _latency_rows(tables, family, series, setting)
     row = rows.iloc[0]
     if _missing(row.get("prefill_speedup")) or _missing(row.get("decode_speedup")):
         raise NotTestable("the latency table has no speed-ups (no full-model latency)")
     if row["prefill_speedup"] <= 1:
         raise NotTestable(f"the prefill is not faster ({row['prefill_speedup']:.2f}x), so there is no gain to share")
-    return Measurement(float((row["decode_speedup"] - 1) / (row["prefill_speedup"] - 1)),
-                       detail=f"{row['model']} {setting_label(row)}: prefill {row['prefill_speedup']:.2f}x, "
-                              f"decode {row['decode_speedup']:.2f}x")
+    m = _with_ci(row, "decode_share_of_prefill_gain")
+    m.detail = (f"{row['model']} {setting_label(row)}: prefill {row['prefill_speedup']:.2f}x, "
+                f"decode {row['decode_speedup']:.2f}x")
+    return m
 
 
 @computation
 def memory_saving(tables: Tables, family, series, setting=None) -> Measurement:
-    """Peak memory of the full model minus the method's (GB = 1024 MB)."""
+    """Peak memory of the full model minus the method's (GB = 1024 MB), per repeat; its median and CI."""
     rows = _latency_rows(tables, family, series, setting)
     full = _latency_rows(tables, family, "full")
     row = rows.iloc[0]
@@ -695,9 +703,10 @@ def memory_saving(tables: Tables, family, series, setting=None) -> Measurement:
     if base.empty or _missing(row.get("peak_memory_mb")):
         raise NotTestable("no peak memory of the method and the full model")
     base = base.iloc[0]
-    return Measurement(float((base["peak_memory_mb"] - row["peak_memory_mb"]) / 1024),
-                       detail=f"{row['model']}: {base['peak_memory_mb']:.0f} MB -> {row['peak_memory_mb']:.0f} MB "
-                              f"({row.get('memory_method', '?')})")
+    m = _with_ci(row, "memory_saving_mb", lambda mb: mb / 1024)
+    m.detail = (f"{row['model']}: {base['peak_memory_mb']:.0f} MB -> {row['peak_memory_mb']:.0f} MB "
+                f"({row.get('memory_method', '?')})")
+    return m
 
 
 @computation

@@ -18,11 +18,25 @@ Compute columns of the summary (from the per-sample FLOP records of `visor_model
   mean_layers_{sa,ca,text}   LLM layers per role (mean_layers_sa = mean SA configuration size for VISOR)
   mean_llm_visual_tokens, mean_llm_text_tokens, mean_visual_token_layers_{sa,ca}  visual tokens entering the
                         LLM, and visual tokens x layers processed by SA layers / read by CA blocks
-`latency_table` turns the `results/latency/...json` records of `visor_model.efficiency.latency` into one row each:
-median and IQR of prefill_s (time to first token), decode_per_token_s, generate_s, preprocess_s; peak memory; the
-mean FLOPs of the same inputs; prefill_speedup / decode_speedup against llava_full of the same model, the FLOP
-ratios (llm_prefill, prefill = everything before the first token, total) and prefill_realised_share =
-prefill_speedup x prefill_flop_ratio (1: time fell as much as FLOPs).
+
+`latency_table` turns the `results/latency/{model}.json` records of `visor_model.efficiency.latency` (every setting
+of a model timed side by side, interleaved over repeats) into one row per model x method x setting:
+  <timing>_median, _ci_low, _ci_high   the median over repeats of the per-repeat values (each the median over the
+                        samples, or over all decode steps) with its distribution-free 95% CI
+                        (`analysis.median_interval`), for prefill_s (time to first token), decode_per_token_s,
+                        generate_s; <timing>_q25, _q75, _iqr, _n: the spread over all sample x repeat measurements;
+                        preprocess_s_* (host preprocessing, once per sample) without a CI
+  peak_memory_mb (+ _ci_low/_ci_high)   the setting's weights + the peak its generations add, median over repeats;
+                        peak_memory_delta_mb, weights_mb, memory_method
+  prefill_speedup, decode_speedup, generate_speedup (+ _ci_low/_ci_high)   against llava_full of the same model and
+                        run: the median and CI of the paired per-repeat ratios full / setting (repeat r of both ran
+                        interleaved over the same stretch of time; NaN without llava_full)
+  decode_share_of_prefill_gain (+ CI)   per repeat (decode speed-up - 1) / (prefill speed-up - 1), the share of the
+                        prefill gain that per-token decoding also gets
+  memory_saving_mb (+ CI)   per repeat llava_full's peak minus the setting's
+  mean FLOPs of the same inputs and their ratios to llava_full (llm_prefill, prefill = everything before the
+                        first token, total); prefill_realised_share (+ CI) = prefill_speedup x prefill_flop_ratio (1:
+                        time fell as much as FLOPs).
 """
 
 from __future__ import annotations
@@ -30,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from visor_model.audit.analysis import bootstrap_mean
+from visor_model.audit.analysis import bootstrap_mean, median_interval
 
 SETTING_FIELDS = ("budget", "alpha", "mode", "score", "newlines", "threshold", "sa_layers", "token_budget",
                   "seed", "k", "ratio")
@@ -136,41 +150,81 @@ def add_prefill_ratio(summary: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
+TIMINGS = ("prefill_s", "decode_per_token_s", "generate_s")
+SPEEDUPS = {"prefill_s": "prefill_speedup", "decode_per_token_s": "decode_speedup", "generate_s": "generate_speedup"}
+PAIRED = (*SPEEDUPS.values(), "decode_share_of_prefill_gain", "memory_saving_mb")
+
+
+def paired_columns(entry: dict, base: dict | None) -> dict:
+    """The columns of `entry` (a setting of a latency record) paired with `base` (llava_full's in the same run):
+    per repeat the speed-ups base / entry, the decode share of the prefill gain and the memory saving; each as the
+    median over repeats and its 95% CI. All NaN without a base."""
+    nan = float("nan")
+    if base is None:
+        return {f"{name}{end}": nan for name in PAIRED for end in ("", "_ci_low", "_ci_high")}
+    if len(base["timings"]["prefill_s"]["per_repeat"]) != len(entry["timings"]["prefill_s"]["per_repeat"]):
+        raise ValueError(f"{entry['name']} and {base['name']} have different repeat counts: not one run")
+    per_repeat = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for timing, name in SPEEDUPS.items():
+            per_repeat[name] = (np.asarray(base["timings"][timing]["per_repeat"], dtype=float)
+                                / np.asarray(entry["timings"][timing]["per_repeat"], dtype=float))
+        per_repeat["decode_share_of_prefill_gain"] = ((per_repeat["decode_speedup"] - 1)
+                                                      / (per_repeat["prefill_speedup"] - 1))
+    per_repeat["memory_saving_mb"] = (np.asarray(base["memory"]["per_repeat_peak_mb"], dtype=float)
+                                      - np.asarray(entry["memory"]["per_repeat_peak_mb"], dtype=float))
+    columns = {}
+    for name in PAIRED:
+        columns[name], columns[f"{name}_ci_low"], columns[f"{name}_ci_high"] = median_interval(per_repeat[name])
+    return columns
+
+
 def latency_table(records: list[dict]) -> pd.DataFrame:
-    """One row per latency record (model x method x setting): medians, IQRs, peak memory, the FLOPs of the
-    same inputs, and speed-ups against `llava_full` of the same model (NaN without it)."""
-    rows = []
+    """One row per setting of the latency records (one record per model): medians and CIs over the repeats,
+    spreads, peak memory, the FLOPs of the same inputs, and paired speed-ups against `llava_full` of the same
+    run (NaN without it)."""
+    rows, models = [], set()
     for record in records:
-        row = {"model": record["model"], "method": record["method"], "setting_id": record["setting_id"],
-               **{field: record["setting"].get(field) for field in SETTING_FIELDS}}
-        for name, stats in record["timings"].items():
-            for key in ("median", "q25", "q75", "iqr", "n"):
-                row[f"{name}_{key}"] = stats[key]
-        memory = record["memory"]
-        row.update({"peak_memory_mb": memory["peak_mb"], "peak_memory_delta_mb": memory.get("delta_mb"),
-                    "memory_method": memory["method"],
-                    "mean_flops_llm_prefill": record["flops"]["mean"]["flops_llm_prefill"],
-                    "mean_flops_prefill": record["flops"]["mean"]["flops_prefill"],
-                    "mean_flops_total": record["flops"]["mean"]["flops_total"],
-                    "samples": record["config"]["samples"], "repeats": record["config"]["repeats"],
-                    "warmup": record["config"]["warmup"], "max_new_tokens": record["config"]["max_new_tokens"],
-                    "threads": record["config"].get("threads"), "device": record["environment"]["device"],
-                    "lock_sha256": record["environment"]["lock"]["sha256"], "dtype": record["config"].get("dtype"),
-                    **{f"version_{k}": v for k, v in record["environment"]["versions"].items()}})
-        rows.append(row)
+        if record["model"] in models:
+            raise ValueError(f"two latency records of model {record['model']}: its settings must be one run")
+        models.add(record["model"])
+        baselines = [entry for entry in record["settings"] if entry["method"] == BASELINE_METHOD]
+        if len(baselines) > 1:
+            raise ValueError(f"the latency record of {record['model']} has {len(baselines)} {BASELINE_METHOD} settings")
+        base = baselines[0] if baselines else None
+        config, environment = record["config"], record["environment"]
+        for entry in record["settings"]:
+            row = {"model": record["model"], "method": entry["method"], "setting_id": entry["setting_id"],
+                   **{field: entry["setting"].get(field) for field in SETTING_FIELDS}, "label": entry.get("label")}
+            for name, stats in entry["timings"].items():
+                for key in ("median", "ci_low", "ci_high", "q25", "q75", "iqr", "n"):
+                    if key in stats:
+                        row[f"{name}_{key}"] = stats[key]
+            memory = entry["memory"]
+            row.update({"peak_memory_mb": memory["peak_mb"], "peak_memory_mb_ci_low": memory["ci_low"],
+                        "peak_memory_mb_ci_high": memory["ci_high"], "peak_memory_delta_mb": memory["delta_mb"],
+                        "weights_mb": memory["weights_mb"], "memory_method": memory["method"]})
+            row.update(paired_columns(entry, base))
+            row.update({"mean_flops_llm_prefill": entry["flops"]["mean"]["flops_llm_prefill"],
+                        "mean_flops_prefill": entry["flops"]["mean"]["flops_prefill"],
+                        "mean_flops_total": entry["flops"]["mean"]["flops_total"],
+                        "samples": config["samples"], "repeats": config["repeats"], "warmup": config["warmup"],
+                        "max_new_tokens": config["max_new_tokens"], "threads": environment.get("torch_threads"),
+                        "device": environment["device"], "lock_sha256": environment["lock"]["sha256"],
+                        "dtype": config.get("dtype"),
+                        **{f"version_{k}": v for k, v in environment["versions"].items()}})
+            rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
     base = table[table["method"] == BASELINE_METHOD].groupby("model").first()
-    for column, speed in (("prefill_s_median", "prefill_speedup"), ("decode_per_token_s_median", "decode_speedup")):
-        reference = table["model"].map(base[column]) if column in base else np.nan
-        table[speed] = reference / table[column]
     for column, ratio in (("mean_flops_llm_prefill", "llm_prefill_flop_ratio"),
                           ("mean_flops_prefill", "prefill_flop_ratio"), ("mean_flops_total", "total_flop_ratio")):
         table[ratio] = table[column] / table["model"].map(base[column])
     # realised share: the measured time-to-first-token speed-up over the one its FLOPs promise (vision tower,
     # projector, selection, LLM prefill and the first LM-head call: the work prefill_s times)
-    table["prefill_realised_share"] = table["prefill_speedup"] * table["prefill_flop_ratio"]
+    for end in ("", "_ci_low", "_ci_high"):
+        table[f"prefill_realised_share{end}"] = table[f"prefill_speedup{end}"] * table["prefill_flop_ratio"]
     return table
 
 

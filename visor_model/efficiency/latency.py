@@ -1,36 +1,58 @@
-"""Synchronised latency of one model x method x setting on fixed inputs, outside lmms-eval.
+"""Synchronised latency of the settings of one model, timed side by side in one process, outside lmms-eval.
 
-    record = measure_latency(runner, accountant, fixed_inputs(8), LatencyConfig())
+    record = measure_latency([TimedSetting("llava_full/default", runner, accountant), ...], fixed_inputs(8),
+                             LatencyConfig())
 
-What is measured, per sample (batch size 1), on exactly the runner's code path (`runner.process_images`,
+What is measured, per sample (batch size 1), on exactly each runner's code path (`runner.process_images`,
 `runner.visual_tokens`, `runner.splice`, then the method's greedy generation with a KV cache):
 
-  preprocess_s        PIL image processor + tokenisation (host work, outside the model)
+  preprocess_s        PIL image processor + tokenisation (host work, outside the model; once per sample)
   prefill_s           time to first token: from the pixel tensors to the first token's logits (vision tower,
                       projector, the method's token selection, splice, LLM prefill, LM head)
-  decode_per_token_s  one greedy decode step (embed, LLM with the KV cache, LM head, argmax), the median of
-                      the intervals between consecutive LM-head calls
+  decode_per_token_s  one greedy decode step (embed, LLM with the KV cache, LM head, argmax): the intervals
+                      between consecutive LM-head calls
   generate_s          pixel tensors to the last token (the whole generation)
 
 End-of-sequence is disabled, so every sample generates exactly `max_new_tokens` tokens (max_new_tokens - 1
-decode steps). Each sample is run `warmup` times untimed, then `repeats` times; a statistic is the median and
-the interquartile range over all sample x repeat measurements (`stats`).
+decode steps).
+
+Side by side: every setting of the model is measured in the same process, on the same inputs, interleaved, so
+that whatever else the machine does (another job, frequency scaling, a noisy neighbour) falls on all settings
+alike and shows up as spread between repeats, not as a difference between settings (timed one process per
+setting beside other jobs, a budget-1.0 random drop, the base model's computation, once measured 1.98x faster
+than the base model). The schedule:
+  warm-up    `warmup` passes over the samples for every setting, in order, untimed;
+  repeat r   for each sample, every setting once, in an order shuffled per (repeat, sample) by a torch.Generator
+             seeded with `seed` (the orders are in the record), so that no setting is always first or last and
+             repeat r of two settings ran interleaved over the same stretch of time: their ratios pair.
+A repeat's value of a setting is the median over its samples (prefill_s, generate_s) or over all its decode
+steps (decode_per_token_s). Each timing's record holds those per-repeat values, their median and a
+distribution-free 95% CI (`visor_model.audit.analysis.median_interval`), and the quartiles over every sample x
+repeat measurement (`stats`: the spread over samples, which differ in tokens). Speed-ups against the base model
+pair the per-repeat values (`visor_model.audit.tables.latency_table`).
 
 Synchronisation: on CUDA, timestamps are CUDA events recorded on the current stream (start, after every LM-head
 call, end) and read after `torch.cuda.synchronize()`; on CPU, kernels run synchronously and timestamps are
 `time.perf_counter()`.
 
-Peak memory (one extra, untimed pass over the samples, so that measuring does not perturb the timings):
-  CUDA: `torch.cuda.max_memory_allocated()` after `reset_peak_memory_stats()`; peak_mb is the absolute peak
-        (weights included), delta_mb the peak minus the memory allocated before the pass.
-  CPU:  resident set size sampled every millisecond from /proc/self/statm by a background thread; peak_mb is
-        the largest RSS seen, delta_mb that minus the RSS before the pass (activations, KV cache, allocator
-        growth). Where /proc is missing, the delta of `resource.getrusage().ru_maxrss` (a lifetime peak: 0 when
-        the pass stays below an earlier peak). The method used is written into the record.
+Peak memory, per setting and repeat (`peak_memory`): the peak a generation adds over what was allocated before it
+(`delta_mb`; the largest over the repeat's samples), plus the setting's own weights (`weights_mb`: parameters and
+buffers of its model and modules, counted once where settings share a loaded checkpoint) as `peak_mb`: what one
+process holding only this setting's model would peak at, without the runtime itself.
+  CUDA: `torch.cuda.max_memory_allocated()` after `reset_peak_memory_stats()`, around each timed generation (host
+        bookkeeping of the caching allocator: it adds no work or synchronisation to the timed interval).
+  CPU:  resident set size sampled every millisecond from /proc/self/statm by a background thread, in an untimed
+        pass over the samples per setting and repeat (the sampler would compete with the timed kernels), after
+        glibc's malloc_trim has returned freed heap memory to the OS (else one setting would reuse pages an earlier
+        one left behind, and its delta would read 0). Where /proc is missing, the delta of
+        `resource.getrusage().ru_maxrss` (a lifetime peak: 0 when the pass stays below an earlier peak).
+  The method used is written into the record.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import itertools
 import math
 import os
@@ -44,19 +66,21 @@ import numpy as np
 import torch
 from PIL import Image
 
+from visor_model.audit.analysis import median_interval
 from visor_model.efficiency.accounting import FlopAccountant, SampleTokens
 from visor_model.llava.generation import greedy_generate
 from visor_model.llava.runner import prompt_ids, to_rgb
 from visor_model.provenance import environment
 
 DEFAULT_TASKS = ("synth_background", "synth_shape", "synth_marker")
+MB = 1024.0 * 1024.0
 
 
 @dataclass(frozen=True)
 class LatencyConfig:
     samples: int = 8
     warmup: int = 2
-    repeats: int = 5
+    repeats: int = 10  # interleaved repeats; the CIs need 6 at least (`median_interval`)
     max_new_tokens: int = 4
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
     image_size: tuple[int, int] | None = None  # (height, width) to resize the fixed images to; None: as drawn
@@ -189,30 +213,67 @@ class RssSampler:
         self.peak = max(self.peak, self.rss())
 
 
-def measure_memory(device: torch.device, run_all) -> dict:
-    """Peak memory of `run_all()` (see the module docstring for the method per device)."""
-    mb = 1024.0 * 1024.0
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        run_all()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-        return {"method": "torch.cuda.max_memory_allocated (peak of the caching allocator's allocated bytes)",
-                "peak_mb": peak / mb, "delta_mb": (peak - before) / mb, "before_mb": before / mb}
-    if RssSampler.available():
-        with RssSampler() as sampler:
-            run_all()
-        return {"method": "CPU resident set size sampled every 1 ms from /proc/self/statm during an untimed pass",
-                "peak_mb": sampler.peak / mb, "delta_mb": (sampler.peak - sampler.before) / mb,
-                "before_mb": sampler.before / mb}
-    unit = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
-    run_all()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
-    return {"method": "resource.getrusage ru_maxrss delta (process lifetime peak; 0 if below an earlier peak)",
-            "peak_mb": peak / mb, "delta_mb": (peak - before) / mb, "before_mb": before / mb}
+@functools.cache
+def _glibc():
+    """glibc, for malloc_trim; None elsewhere (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+class MemoryProbe:
+    """The peak memory a run adds over what was allocated before it, on `device` (the module docstring says how).
+    On CUDA it wraps the timed runs themselves (`in_timed_runs`); on CPU it needs runs of its own."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.rss = not self.cuda and RssSampler.available()
+        self.trim = self.rss and _glibc() is not None
+
+    @property
+    def in_timed_runs(self) -> bool:
+        return self.cuda
+
+    @property
+    def method(self) -> str:
+        if self.cuda:
+            return ("torch.cuda.max_memory_allocated over memory_allocated before, around every timed generation "
+                    "(the caching allocator's allocated bytes) + the setting's weights")
+        if self.rss:
+            return ("CPU resident set size over the RSS before, sampled every 1 ms from /proc/self/statm during an "
+                    f"untimed pass{' after malloc_trim(0)' if self.trim else ''} + the setting's weights")
+        return "resource.getrusage ru_maxrss delta (process lifetime peak; 0 if below an earlier peak) + the weights"
+
+    def measure(self, run):
+        """(run(), bytes of its peak over what was allocated before it)."""
+        if self.cuda:
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            result = run()
+            torch.cuda.synchronize()
+            return result, torch.cuda.max_memory_allocated() - before
+        if self.rss:
+            if self.trim:
+                _glibc().malloc_trim(0)
+            with RssSampler() as sampler:
+                result = run()
+            return result, sampler.peak - sampler.before
+        unit = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
+        result = run()
+        return result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit - before
+
+
+def weights_bytes(runner) -> int:
+    """Bytes of the parameters and buffers `runner` runs: its model and, for VISOR, its modules (each tensor once)."""
+    modules = [runner.model] + [m for m in (getattr(runner, "visor", None),) if isinstance(m, torch.nn.Module)]
+    sizes = {}
+    for module in modules:
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            sizes[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+    return sum(sizes.values())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -229,6 +290,15 @@ def stats(values) -> dict:
     return {"median": float(median), "q25": float(q25), "q75": float(q75), "iqr": float(q75 - q25),
             "mean": float(values.mean()), "min": float(values.min()), "max": float(values.max()),
             "n": int(values.size)}
+
+
+def repeat_stats(per_repeat, measurements) -> dict:
+    """A timing of one setting: the median of its per-repeat values with their 95% CI (`median_interval`), the
+    per-repeat values themselves, and the spread (`stats`) over all sample x repeat `measurements`."""
+    median, low, high = median_interval(per_repeat)
+    spread = stats(measurements)
+    return {"median": median, "ci_low": low, "ci_high": high, "per_repeat": [float(v) for v in per_repeat],
+            **{key: spread[key] for key in ("q25", "q75", "iqr", "mean", "min", "max", "n")}}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -286,64 +356,132 @@ def run_sample(runner, sample: PreparedSample, max_new_tokens: int, clock: Clock
     return timing, tokens
 
 
+def run_all(runner, samples: list[PreparedSample], max_new_tokens: int, clock: Clock) -> None:
+    """One untimed pass over `samples` (the CPU memory pass)."""
+    for sample in samples:
+        run_sample(runner, sample, max_new_tokens, clock)
+
+
 def prefill_flops(record: dict, lm_head_one: int) -> int:
     """FLOPs up to the first token: everything but the decode steps and their LM-head calls."""
     return (record["flops_vision"] + record["flops_projector"] + record["flops_selection"]
             + record["flops_llm_prefill"] + lm_head_one)
 
 
-def measure_latency(runner, accountant: FlopAccountant, inputs: list[tuple[Image.Image, str]],
-                    config: LatencyConfig = LatencyConfig(), label: str | None = None) -> dict:
-    """The latency record of `runner` (a `VisionLanguageRunner` or `VisorRunner`) on `inputs`; its "method" is
-    `label` (a plugin's `label`, e.g. visor[sa=2]), by default the name of the runner's reducer."""
+# ----------------------------------------------------------------------------------------------------------
+# the settings of one model, side by side
+
+
+@dataclass
+class TimedSetting:
+    """One setting to time: `name` (unique in the run, e.g. "hired/budget-0.2"), the runner of its method (a
+    plugin's `runner`: `VisionLanguageRunner` or `VisorRunner`), its FLOP accountant and a `label` for the log
+    (a plugin's `label`, e.g. visor[sa=2]; by default the runner's reducer name)."""
+
+    name: str
+    runner: object
+    accountant: FlopAccountant
+    label: str | None = None
+
+
+def measure_latency(settings: list[TimedSetting], inputs: list[tuple[Image.Image, str]],
+                    config: LatencyConfig = LatencyConfig()) -> dict:
+    """The latency record of `settings` (of one model, on one device) timed side by side on `inputs`, under the
+    schedule of the module docstring: the run's config, environment and schedule, and a record per setting (in
+    the given order) with its timings, peak memory, FLOPs and per-sample token counts."""
+    names = [setting.name for setting in settings]
+    if not settings or len(set(names)) != len(names):
+        raise ValueError(f"measure_latency needs settings with unique names, got {names}")
+    devices = {str(setting.runner.device) for setting in settings}
+    if len(devices) != 1:
+        raise ValueError(f"the settings of one latency run must share a device, got {sorted(devices)}")
     if config.threads:
         torch.set_num_threads(int(config.threads))
-    device = runner.device
-    clock = Clock(device)
-    samples = [prepare(runner, image, question, f"latency/{i}") for i, (image, question) in enumerate(inputs)]
-    n_tokens = config.max_new_tokens
+    device = settings[0].runner.device
+    clock, probe = Clock(device), MemoryProbe(device)
+    n_tokens, n_samples, repeats = config.max_new_tokens, len(inputs), config.repeats
+    prepared = [[prepare(s.runner, image, question, f"latency/{i}") for i, (image, question) in enumerate(inputs)]
+                for s in settings]
 
     for _ in range(config.warmup):
-        for sample in samples:
-            run_sample(runner, sample, n_tokens, clock)
+        for setting, samples in zip(settings, prepared):
+            for sample in samples:
+                run_sample(setting.runner, sample, n_tokens, clock)
 
-    per_sample = [{"prefill_s": [], "decode_per_token_s": [], "generate_s": []} for _ in samples]
-    tokens: list[SampleTokens | None] = [None] * len(samples)
-    for _ in range(config.repeats):
-        for i, sample in enumerate(samples):
-            timing, tokens[i] = run_sample(runner, sample, n_tokens, clock)
-            per_sample[i]["prefill_s"].append(timing.prefill_s)
-            per_sample[i]["generate_s"].append(timing.total_s)
-            per_sample[i]["decode_per_token_s"].extend(timing.decode_steps_s)
-            if len(timing.decode_steps_s) != n_tokens - 1:
-                raise RuntimeError(f"expected {n_tokens - 1} decode steps, timed {len(timing.decode_steps_s)}")
+    generator = torch.Generator().manual_seed(config.seed)
+    timings = [[[] for _ in range(repeats)] for _ in settings]  # [setting][repeat] -> CallTiming per sample
+    deltas = [[0] * repeats for _ in settings]  # [setting][repeat] -> peak bytes over the memory before
+    tokens: list[list[SampleTokens | None]] = [[None] * n_samples for _ in settings]
+    orders = []
+    for r in range(repeats):
+        for i in range(n_samples):
+            order = torch.randperm(len(settings), generator=generator).tolist()
+            orders.append(order)
+            for j in order:
+                generate = functools.partial(run_sample, settings[j].runner, prepared[j][i], n_tokens, clock)
+                if probe.in_timed_runs:
+                    (timing, tokens[j][i]), delta = probe.measure(generate)
+                    deltas[j][r] = max(deltas[j][r], delta)
+                else:
+                    timing, tokens[j][i] = generate()
+                if len(timing.decode_steps_s) != n_tokens - 1:
+                    raise RuntimeError(f"expected {n_tokens - 1} decode steps, timed {len(timing.decode_steps_s)}")
+                timings[j][r].append(timing)
+        if not probe.in_timed_runs:
+            for j in torch.randperm(len(settings), generator=generator).tolist():
+                deltas[j][r] = probe.measure(functools.partial(run_all, settings[j].runner, prepared[j], n_tokens,
+                                                               clock))[1]
 
-    memory = measure_memory(device, lambda: [run_sample(runner, s, n_tokens, clock) for s in samples])
-
-    flop_records = [accountant.record(t) for t in tokens]
-    lm_head_one = 2 * accountant.shape.llm.hidden * accountant.shape.llm.vocab
-    for record in flop_records:
-        record["flops_prefill"] = prefill_flops(record, lm_head_one)
-    keys = flop_records[0].keys()
-    timings = {name: stats([v for s in per_sample for v in s[name]])
-               for name in ("prefill_s", "decode_per_token_s", "generate_s")}
-    timings["preprocess_s"] = stats([s.preprocess_s for s in samples])
     env = environment(str(device))
     env.update(torch_threads=torch.get_num_threads(), clock=clock.description,
                cuda=torch.version.cuda if torch.cuda.is_available() else None)
     return {
-        "config": {**asdict(config), "dtype": str(next(runner.model.parameters()).dtype).replace("torch.", ""),
-                   "device": str(device)},
+        "config": {**asdict(config), "dtype": str(next(settings[0].runner.model.parameters()).dtype).replace(
+            "torch.", ""), "device": str(device)},
         "environment": env,
-        "method": label if label is not None else getattr(runner.reducer, "name", None),
-        "timings": timings,
-        "memory": memory,
-        "flops": {"mean": {k: float(np.mean([r[k] for r in flop_records])) for k in keys},
+        "schedule": {"description": "warm-up per setting in order; then per repeat and sample every setting once, "
+                                    "in a seeded shuffled order (orders[repeat * samples + sample])",
+                     "orders": orders},
+        "settings": [setting_record(setting, timings[j], deltas[j], tokens[j], prepared[j], probe.method)
+                     for j, setting in enumerate(settings)],
+    }
+
+
+def setting_record(setting: TimedSetting, timings: list[list[CallTiming]], deltas: list[int],
+                   tokens: list[SampleTokens], samples: list[PreparedSample], memory_method: str) -> dict:
+    """One setting's part of the latency record: timings per repeat ([repeat][sample]), memory deltas per repeat."""
+    per_repeat = {
+        "prefill_s": [[t.prefill_s for t in repeat] for repeat in timings],
+        "generate_s": [[t.total_s for t in repeat] for repeat in timings],
+        "decode_per_token_s": [[step for t in repeat for step in t.decode_steps_s] for repeat in timings],
+    }
+    record_timings = {name: repeat_stats([np.median(values) if values else float("nan") for values in repeats],
+                                         [v for values in repeats for v in values])
+                      for name, repeats in per_repeat.items()}
+    record_timings["preprocess_s"] = stats([s.preprocess_s for s in samples])
+    weights_mb = weights_bytes(setting.runner) / MB
+    delta_mb = [d / MB for d in deltas]
+    peak_mb = [weights_mb + d for d in delta_mb]
+    peak, peak_low, peak_high = median_interval(peak_mb)
+
+    flop_records = [setting.accountant.record(t) for t in tokens]
+    lm_head_one = 2 * setting.accountant.shape.llm.hidden * setting.accountant.shape.llm.vocab
+    for record in flop_records:
+        record["flops_prefill"] = prefill_flops(record, lm_head_one)
+    return {
+        "name": setting.name,
+        "label": setting.label if setting.label is not None else getattr(setting.runner.reducer, "name", None),
+        "timings": record_timings,
+        "memory": {"method": memory_method, "weights_mb": weights_mb, "peak_mb": peak, "ci_low": peak_low,
+                   "ci_high": peak_high, "delta_mb": float(np.median(delta_mb)), "per_repeat_peak_mb": peak_mb,
+                   "per_repeat_delta_mb": delta_mb},
+        "flops": {"mean": {k: float(np.mean([r[k] for r in flop_records])) for k in flop_records[0]},
                   "per_sample": flop_records},
         "samples": [{"n_text": t.n_text, "n_visual": t.n_visual, "n_crops": t.n_crops,
                      "roles": list(t.roles) if t.roles else None,
-                     "prefill_s_median": stats(s["prefill_s"])["median"],
-                     "decode_per_token_s_median": stats(s["decode_per_token_s"])["median"],
+                     "prefill_s_median": float(np.median([repeat[i].prefill_s for repeat in timings])),
+                     "decode_per_token_s_median": float(np.median([step for repeat in timings
+                                                                   for step in repeat[i].decode_steps_s] or [np.nan])),
                      "preprocess_s": sample.preprocess_s}
-                    for t, s, sample in zip(tokens, per_sample, samples)],
+                    for i, (t, sample) in enumerate(zip(tokens, samples))],
     }

@@ -1,41 +1,60 @@
-# Efficiency: synchronised latency of every configured model x method x setting on fixed inputs, measured
-# outside lmms-eval (visor_model.efficiency.latency). FLOPs need no rule: every evaluation records them per sample.
+# Efficiency: synchronised latency on fixed inputs, measured outside lmms-eval (visor_model.efficiency.latency).
+# One job per model times all of that model's settings side by side in one process, interleaved over repeats,
+# and takes every core Snakemake has (threads: workflow.cores), so no other job runs beside it and whatever load
+# the machine has falls on all settings alike. FLOPs need no rule: every evaluation records them per sample.
+from types import SimpleNamespace
+
+
+def latency_runs(model):
+    """The runs of `model` to time, [{method, setting_id, setting, checkpoint}]: its configured runs, then the
+    viable VISOR configurations (known after train_visor: viable_sa_layers; none before, and the job, a direct
+    dependent of the universal VISOR checkpoint through latency_inputs, is evaluated again once it exists).
+    `checkpoint` is the record the run's plugin loads, as for `evaluate` (evaluation_checkpoint)."""
+    runs = [(method, setting) for m, method, setting in RUNS if m == model]
+    for m, method, template in VIABLE_RUNS:
+        if m != model:
+            continue
+        for k in viable_sa_layers(model) or []:
+            run = (method, setting_id({**template, "sa_layers": k}))
+            if run not in runs:
+                runs.append(run)
+    return [{"method": method, "setting_id": setting, "setting": setting_of(method, setting),
+             "checkpoint": evaluation_checkpoint(SimpleNamespace(model=model, method=method, setting=setting))}
+            for method, setting in runs]
+
+
+def latency_inputs(wildcards):
+    """The checkpoint records the runs load and, for a model with viable VISOR configurations, the universal
+    VISOR checkpoint that decides them (train_visor's output: latency_runs reads it)."""
+    inputs = {"checkpoints": list(dict.fromkeys(run["checkpoint"] for run in latency_runs(wildcards.model)))}
+    if any(m == wildcards.model for m, _, _ in VIABLE_RUNS):
+        inputs["viable"] = universal_visor(wildcards.model)
+    return inputs
 
 
 rule measure_latency:
     input:
-        checkpoint=evaluation_checkpoint,
+        unpack(latency_inputs),
     output:
-        "results/latency/{model}/{method}/{setting}.json",
+        "results/latency/{model}.json",
     params:
-        setting=lambda wildcards: setting_of(wildcards.method, wildcards.setting),
+        runs=lambda wildcards: latency_runs(wildcards.model),
         latency=config["latency"],
         evaluation=config["evaluation"],
     log:
-        "logs/measure_latency/{model}/{method}/{setting}.log",
+        "logs/measure_latency/{model}.log",
     benchmark:
-        "benchmarks/measure_latency/{model}/{method}/{setting}.tsv"
-    threads: config["latency"]["threads"]
+        "benchmarks/measure_latency/{model}.tsv"
+    threads: workflow.cores
     resources:
-        mem_mb=lambda wildcards, input: model_mem_mb("measure_latency", input.checkpoint),
+        # every checkpoint the job loads, each once (the base model; VISOR's for a VISOR host)
+        mem_mb=lambda wildcards, input: sum(model_mem_mb("measure_latency", path) for path in input.checkpoints),
         gpu=GPU_PER_JOB,
     script:
         "../scripts/measure_latency.py"
 
 
 def latency_outputs():
-    """One latency record per configured run, plus those of the viable VISOR configurations (derived from
-    viable_evaluation_outputs, whose not-yet-trained placeholders pass through unchanged)."""
-    return [f"results/latency/{model}/{method}/{setting}.json" for model, method, setting in RUNS] + [
-        viable_latency_outputs]
-
-
-def viable_latency_outputs(wildcards):
-    outputs = []
-    for path in viable_evaluation_outputs(wildcards):
-        parts = Path(path).parts
-        if len(parts) == 6 and parts[:2] == ("results", "eval"):
-            path = f"results/latency/{parts[2]}/{parts[3]}/{parts[4]}.json"
-        if path not in outputs:
-            outputs.append(path)
-    return outputs
+    """One latency record per model with a configured run (or viable VISOR configurations)."""
+    models = {model for model, _, _ in RUNS} | {model for model, _, _ in VIABLE_RUNS}
+    return [f"results/latency/{model}.json" for model in MODELS if model in models]

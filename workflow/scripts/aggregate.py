@@ -1,6 +1,6 @@
 """Gather every evaluation record into results/summary.csv (a row per model x method x setting x benchmark)
-and results/samples.csv (a row per sample), and every latency record into results/latency.csv (a row per
-model x method x setting)."""
+and results/samples.csv (a row per sample), and the latency records (one per model, its settings timed side by
+side) into results/latency.csv (a row per model x method x setting)."""
 
 import json
 import sys
