@@ -7,14 +7,15 @@ from types import SimpleNamespace
 
 def latency_runs(model):
     """The runs of `model` to time, [{method, setting_id, setting, checkpoint}]: its configured runs, then the
-    viable VISOR configurations (known after train_visor: viable_sa_layers; none before, and the job, a direct
-    dependent of the universal VISOR checkpoint through latency_inputs, is evaluated again once it exists).
+    viable VISOR configurations of each training budget (known after provide_visor: viable_sa_layers; none before,
+    and the job, a direct dependent of the VISOR checkpoint records through latency_inputs, is evaluated again once
+    they exist).
     `checkpoint` is the record the run's plugin loads, as for `evaluate` (evaluation_checkpoint)."""
     runs = [(method, setting) for m, method, setting in RUNS if m == model]
     for m, method, template in VIABLE_RUNS:
         if m != model:
             continue
-        for k in viable_sa_layers(model) or []:
+        for k in viable_sa_layers(model, workflow_config.visor_budget(template)) or []:
             run = (method, setting_id({**template, "sa_layers": k}))
             if run not in runs:
                 runs.append(run)
@@ -24,11 +25,12 @@ def latency_runs(model):
 
 
 def latency_inputs(wildcards):
-    """The checkpoint records the runs load and, for a model with viable VISOR configurations, the universal
-    VISOR checkpoint that decides them (train_visor's output: latency_runs reads it)."""
+    """The checkpoint records the runs load and, for a model with viable VISOR configurations, the VISOR checkpoint
+    records that decide them (provide_visor's outputs: latency_runs reads them)."""
     inputs = {"checkpoints": list(dict.fromkeys(run["checkpoint"] for run in latency_runs(wildcards.model)))}
-    if any(m == wildcards.model for m, _, _ in VIABLE_RUNS):
-        inputs["viable"] = universal_visor(wildcards.model)
+    viable = [visor_record(m, workflow_config.visor_budget(t)) for m, _, t in VIABLE_RUNS if m == wildcards.model]
+    if viable:
+        inputs["viable"] = list(dict.fromkeys(viable))
     return inputs
 
 
