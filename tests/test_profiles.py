@@ -49,7 +49,8 @@ def jobs(output: str) -> list[tuple[str, dict]]:
 PAPER_RUNS = {
     # model x method x setting evaluations configured in config/paper.yaml (VISOR's viable fixed
     # configurations come from the trained checkpoint, after train_visor, so a dry run does not list them)
-    "llava_full": 2, "random_drop": 2 * 2, "hired": 3 * 2 + 2 + 3, "visor": 5 + 2,
+    "llava_full": 2, "random_drop": 2 * 2, "hired": 3 * 2 + 2 + 3, "visionzip": 3 + 2, "downsample": 2 * 2,
+    "visor": 5 + 2,
 }
 PAPER_BENCHMARKS = 12 + 3  # the lmms-eval tasks + the synthetic tasks VISOR trains on
 
@@ -74,7 +75,7 @@ def test_paper_profile_resolves_the_whole_dag_offline(tmp_path):
     assert job_counts(result.stdout) == {
         "generate_benchmark": 3, "provide_checkpoint": 2, "evaluate": runs * PAPER_BENCHMARKS,
         "measure_latency": runs, "train_visor": 1, "label_policy": 1, "train_policy": 1, "aggregate": 1,
-        "audit_claims": 1, "report_section": 6, "report": 1, "all": 1, "total": 401 + 1}
+        "audit_claims": 1, "report_section": 6, "report": 1, "all": 1, "total": 545 + 1}
     assert "train_reference" not in result.stdout  # hub checkpoints are fetched, not trained
 
 

@@ -28,7 +28,7 @@ def test_paper_profile_job_counts():
     rows = sizing.estimate(config)
     # VISOR on the 24-layer Qwen2 host: 8 SA candidates, a family of 9 configurations (the most that are viable)
     assert sizing.visor_family_size(sizing.SHAPES["llava_onevision"]) == 9 and len(viable) == 1
-    assert rows["evaluate"]["jobs"] == (len(runs) + 9) * len(config["benchmarks"]) == 33 * 15
+    assert rows["evaluate"]["jobs"] == (len(runs) + 9) * len(config["benchmarks"]) == 42 * 15
     assert rows["measure_latency"]["jobs"] == len(runs) + 9
     assert {rule: rows[rule]["jobs"] for rule in ("provide_checkpoint", "train_reference", "generate_benchmark",
                                                   "train_visor", "label_policy", "train_policy")} == {
@@ -77,7 +77,7 @@ def test_measured_seconds_from_snakemake_benchmark_files(tmp_path):
     assert sizing.measured_seconds(tmp_path) == {"evaluate": (2, 20.0)}
     text = sizing.report(load(REPO / "config" / "config.yaml"), sizing.Assumptions(), tmp_path)
     evaluate = next(line for line in text.splitlines() if line.startswith("evaluate"))
-    assert evaluate.split()[1:] == ["108", evaluate.split()[2], "20", "(n=2)", f"{108 * 20 / 3600:.2f}"]
+    assert evaluate.split()[1:] == ["138", evaluate.split()[2], "20", "(n=2)", f"{138 * 20 / 3600:.2f}"]
 
 
 @pytest.mark.parametrize("config", ["config/config.yaml", "config/paper.yaml"])

@@ -16,12 +16,15 @@ import pandas as pd
 
 # --- series and colours -----------------------------------------------------------------------------------
 
-SERIES = ("full", "random_drop", "hired_paper", "hired_code", "visor_fixed", "visor_policy", "visor_tr")
+SERIES = ("full", "random_drop", "downsample", "hired_paper", "hired_code", "visionzip", "visor_fixed",
+          "visor_policy", "visor_tr")
 SERIES_LABELS = {
     "full": "full model",
     "random_drop": "random drop",
+    "downsample": "downsample (lower resolution)",
     "hired_paper": "HiRED (paper)",
     "hired_code": "HiRED (official code)",
+    "visionzip": "VisionZip",
     "visor_fixed": "VISOR (fixed configuration)",
     "visor_policy": "VISOR (policy)",
     "visor_tr": "VISOR-TR (VISOR + token reduction)",
@@ -30,14 +33,17 @@ SERIES_LABELS = {
 PALETTE = {
     "full model": "#000000",
     "random drop": "#999999",
+    "downsample (lower resolution)": "#8C6D31",
     "HiRED (paper)": "#E69F00",
     "HiRED (official code)": "#D55E00",
+    "VisionZip": "#CC79A7",
     "VISOR (fixed configuration)": "#56B4E9",
     "VISOR (policy)": "#0072B2",
     "VISOR-TR (VISOR + token reduction)": "#009E73",
 }
-MARKERS = {"full model": "*", "random drop": "x", "HiRED (paper)": "o", "HiRED (official code)": "s",
-           "VISOR (fixed configuration)": "D", "VISOR (policy)": "^", "VISOR-TR (VISOR + token reduction)": "v"}
+MARKERS = {"full model": "*", "random drop": "x", "downsample (lower resolution)": "P", "HiRED (paper)": "o",
+           "HiRED (official code)": "s", "VisionZip": "X", "VISOR (fixed configuration)": "D", "VISOR (policy)": "^",
+           "VISOR-TR (VISOR + token reduction)": "v"}
 # the per-sample column behind a summary column: `score`, the sample's score under its benchmark's primary
 # metric (visor_model.audit.tables), is what `accuracy` averages
 METRIC_SAMPLE_COLUMN = {"accuracy": "score"}
@@ -86,16 +92,22 @@ def series_order(table: pd.DataFrame) -> list[str]:
     return known + [s for s in present if s not in known]
 
 
+UNKNOWN_COLOUR = "#555555"  # a series without a PALETTE entry
+
+
 def colour(label: str) -> str:
-    return PALETTE.get(label, "#CC79A7")
+    return PALETTE.get(label, UNKNOWN_COLOUR)
 
 
 def setting_label(row) -> str:
-    """A short human label of a setting: 'budget 0.2', 'SA layers 2', 'tau 0.9, tokens 0.5', 'full'."""
+    """A short human label of a setting: 'budget 0.2', 'SA layers 2', 'tau 0.9, tokens 0.5', 'scale 0.5',
+    'base crop only', 'full'."""
+    if row.get("mode") == "base_only":  # downsample's setting without a number
+        return "base crop only"
     parts = []
     for field, name in (("budget", "budget"), ("sa_layers", "SA layers"), ("threshold", "tau"),
-                        ("token_budget", "tokens"), ("mode", "mode"), ("alpha", "alpha"), ("score", "score"),
-                        ("seed", "seed")):
+                        ("token_budget", "tokens"), ("scale", "scale"), ("mode", "mode"), ("alpha", "alpha"),
+                        ("score", "score"), ("seed", "seed")):
         value = row.get(field)
         if _missing(value) or field in ("mode", "score", "seed", "alpha"):
             continue
@@ -280,7 +292,8 @@ def nearest_by_flops(candidates: pd.DataFrame, flops: float, column: str = "mean
 
 
 def matched_comparisons(summary: pd.DataFrame, samples: pd.DataFrame, anchors=("visor_fixed", "visor_policy",
-                        "visor_tr", "hired_paper"), competitors=("hired_paper", "hired_code", "random_drop"),
+                        "visor_tr", "hired_paper"), competitors=("hired_paper", "hired_code", "visionzip",
+                                                                 "downsample", "random_drop"),
                         max_flop_ratio: float = 1.5, metric: str = "accuracy", seed: int = 0,
                         resamples: int = BOOTSTRAP_RESAMPLES) -> pd.DataFrame:
     """Every setting of an anchor series against the competitor setting nearest in LLM-prefill FLOPs, on the

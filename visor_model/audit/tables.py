@@ -32,7 +32,10 @@ import pandas as pd
 
 from visor_model.audit.analysis import bootstrap_mean
 
-SETTING_FIELDS = ("budget", "alpha", "mode", "score", "threshold", "sa_layers", "token_budget", "seed")
+SETTING_FIELDS = ("budget", "alpha", "mode", "score", "threshold", "sa_layers", "token_budget", "seed",
+                  "dominant_ratio", "scale")
+
+
 def sample_table(records: list[dict]) -> pd.DataFrame:
     rows = []
     for record in records:
