@@ -324,16 +324,23 @@ class HiredLlava(EfficientLlava):
 class VisionZipLlava(EfficientLlava):
     """`visionzip`: VisionZip's dominant + merged contextual tokens (visor_model.methods.visionzip); args budget=
     (required), dominant_ratio= (default 54/64, the official settings' share), score=cls|mean_received (default:
-    cls if the encoder has a CLS token)."""
+    cls if the encoder has a CLS token), merge=official|mean (default official)."""
 
-    def build_reducer(self, budget: float | str | None = None, dominant_ratio: float | str | None = None,
-                      score: str | None = None) -> TokenReducer:
-        from visor_model.methods.visionzip import DOMINANT_RATIO, VisionZip
+    def check_args(self, budget: float | str | None = None, dominant_ratio: float | str | None = None,
+                   score: str | None = None, merge: str = "official") -> None:
+        from visor_model.methods.visionzip import DOMINANT_RATIO, VisionZipSettings
 
         if budget is None:
             raise ValueError("visionzip needs a budget, e.g. --model_args pretrained=DIR,budget=0.2")
+        VisionZipSettings(budget, DOMINANT_RATIO if dominant_ratio is None else dominant_ratio, score, str(merge))
+
+    def build_reducer(self, budget: float | str | None = None, dominant_ratio: float | str | None = None,
+                      score: str | None = None, merge: str = "official") -> TokenReducer:
+        from visor_model.methods.visionzip import DOMINANT_RATIO, VisionZip
+
         ratio = DOMINANT_RATIO if dominant_ratio is None else dominant_ratio
-        return VisionZip(budget=budget, dominant_ratio=ratio, score=score, model=self.checkpoint.model)
+        return VisionZip(budget=budget, dominant_ratio=ratio, score=score, merge=str(merge),
+                         model=self.checkpoint.model)
 
 
 @dataclass

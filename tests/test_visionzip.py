@@ -16,7 +16,14 @@ from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
 from visor_model.llava.visual import encode_images, pack_crop_features, select_vision_features
 from visor_model.methods.base import FullTokens, tokens_for_budget
 from visor_model.methods.hired import encoder_layers
-from visor_model.methods.visionzip import DOMINANT_RATIO, VisionZip, crop_budgets, merge_work, target_positions
+from visor_model.methods.visionzip import (
+    DOMINANT_RATIO,
+    VisionZip,
+    crop_budgets,
+    merge,
+    merge_work,
+    target_positions,
+)
 from visor_model.reference.models import build_reference_model, build_tokenizer
 
 BUDGETS = (0.05, 0.1, 0.2, 0.4, 0.6, 1.0)
@@ -150,7 +157,8 @@ def test_tokens_match_a_recomputation_from_the_encoders_eager_attention(tiny):
 def test_substitute_score_on_siglip_and_cls_refused(tokenizer):
     model, _ = build_reference_model(tiny_config("llava_onevision"), tokenizer, seed=0)
     assert VisionZip(0.2, model=model).settings() == {
-        "method": "visionzip", "budget": 0.2, "dominant_ratio": DOMINANT_RATIO, "score": "mean_received"}
+        "method": "visionzip", "budget": 0.2, "dominant_ratio": DOMINANT_RATIO, "score": "mean_received",
+        "merge": "official"}
     with pytest.raises(ValueError, match="score='cls' needs an encoder with a CLS token"):
         VisionZip(0.2, score="cls", model=model)
     clip, _ = build_reference_model(tiny_config("llava_next"), tokenizer, seed=0)
@@ -165,6 +173,7 @@ def test_substitute_score_on_siglip_and_cls_refused(tokenizer):
     ({"dominant_ratio": 1.2}, r"dominant_ratio must be in \[0, 1\], got 1.2"),
     ({"dominant_ratio": "most"}, "dominant_ratio must be a number"),
     ({"score": "max"}, "score must be one of"),
+    ({"merge": "sum"}, r"merge must be one of \('official', 'mean'\), got 'sum'"),
 ])
 def test_bad_settings_name_the_setting(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -178,9 +187,9 @@ def test_lmms_plugin_arguments(tokenizer):
     plugin = object.__new__(VisionZipLlava)  # skip checkpoint loading; build_reducer only needs the model
     plugin.checkpoint = SimpleNamespace(model=model)
     assert plugin.build_reducer(budget=0.25, score="auto").settings() == {
-        "method": "visionzip", "budget": 0.25, "dominant_ratio": DOMINANT_RATIO, "score": "cls"}
+        "method": "visionzip", "budget": 0.25, "dominant_ratio": DOMINANT_RATIO, "score": "cls", "merge": "official"}
     assert plugin.build_reducer(budget="0.5", dominant_ratio="0.75").settings()["dominant_ratio"] == 0.75
-    with pytest.raises(ValueError, match="visionzip needs a budget"):
+    with pytest.raises(ValueError, match="budget must be a number"):
         plugin.build_reducer()
 
 
@@ -210,6 +219,19 @@ def test_crop_budgets_are_exact_and_proportional(present, budget):
     assert projected == sum(c for p, (d, c) in zip(present, budgets) if p - d - c and c)
     if budget == 1.0:
         assert (pairs, projected) == (0, 0)
+
+
+def test_merge_rules_on_known_vectors():
+    """Tokens 0 and 3 are the targets; 1 is nearest 0, 2 and 4 nearest 3 (keys = their directions)."""
+    encoder_out = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 5.0], [0.0, 1.0], [0.0, 3.0]])
+    keys = torch.nn.functional.normalize(encoder_out, dim=-1)
+    patch, targets, others = torch.arange(5), torch.tensor([0, 3]), torch.tensor([1, 2, 4])
+    official = merge(encoder_out, keys, patch, targets, others)
+    assert torch.equal(official, torch.tensor([[1.0 + 3.0, 0.0], [0.0, 1.0 + (5.0 + 3.0) / 2]]))  # target + mean
+    mean = merge(encoder_out, keys, patch, targets, others, "mean")
+    assert torch.equal(mean, torch.tensor([[(1.0 + 3.0) / 2, 0.0], [0.0, (1.0 + 5.0 + 3.0) / 3]]))
+    alone = merge(encoder_out, keys, patch, torch.tensor([0, 3]), torch.tensor([1]))  # target 3 gets nothing
+    assert torch.equal(alone[1], encoder_out[3])
 
 
 def test_targets_are_spread_like_the_official_code():
@@ -257,3 +279,13 @@ def test_latency_path_counts_what_the_evaluation_counts(tiny_checkpoint):
     timed, evaluated = plugin.accountant.record(tokens), plugin.accountant.record(SampleTokens.from_record(record, 2))
     assert {k: timed[k] for k in PREFILL_TERMS} == {k: evaluated[k] for k in PREFILL_TERMS}
     assert timed["flops_selection"] > 0
+
+
+def test_plugin_rejects_bad_arguments_before_loading(tmp_path):
+    from lmms_plugins.models import VisionZipLlava
+
+    missing = str(tmp_path / "missing")  # would fail to load: the argument check comes first
+    with pytest.raises(ValueError, match="visionzip needs a budget"):
+        VisionZipLlava(pretrained=missing)
+    with pytest.raises(ValueError, match=r"dominant_ratio must be in \[0, 1\], got 2"):
+        VisionZipLlava(pretrained=missing, budget=0.2, dominant_ratio=2)

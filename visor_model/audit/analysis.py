@@ -4,7 +4,7 @@ paired bootstrap comparisons at matched FLOPs. Pure pandas/numpy over the tidy t
 
 A *series* is what the report draws as one curve with one colour: a method, split where one method has
 variants that the papers report as different rows (HiRED as published vs the official code's behaviour; VISOR's
-fixed configurations, its policy, and VISOR-TR).
+fixed configurations, its policy, and VISOR-TR) or that the audit adds (VisionZip's mean-merge ablation).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pandas as pd
 
 # --- series and colours -----------------------------------------------------------------------------------
 
-SERIES = ("full", "random_drop", "downsample", "hired_paper", "hired_code", "visionzip", "visor_fixed",
-          "visor_policy", "visor_tr")
+SERIES = ("full", "random_drop", "downsample", "hired_paper", "hired_code", "visionzip", "visionzip_mean",
+          "visor_fixed", "visor_policy", "visor_tr")
 SERIES_LABELS = {
     "full": "full model",
     "random_drop": "random drop",
@@ -25,6 +25,7 @@ SERIES_LABELS = {
     "hired_paper": "HiRED (paper)",
     "hired_code": "HiRED (official code)",
     "visionzip": "VisionZip",
+    "visionzip_mean": "VisionZip (mean merge)",
     "visor_fixed": "VISOR (fixed configuration)",
     "visor_policy": "VISOR (policy)",
     "visor_tr": "VISOR-TR (VISOR + token reduction)",
@@ -37,13 +38,14 @@ PALETTE = {
     "HiRED (paper)": "#E69F00",
     "HiRED (official code)": "#D55E00",
     "VisionZip": "#CC79A7",
+    "VisionZip (mean merge)": "#E7B8D6",
     "VISOR (fixed configuration)": "#56B4E9",
     "VISOR (policy)": "#0072B2",
     "VISOR-TR (VISOR + token reduction)": "#009E73",
 }
 MARKERS = {"full model": "*", "random drop": "x", "downsample (lower resolution)": "P", "HiRED (paper)": "o",
-           "HiRED (official code)": "s", "VisionZip": "X", "VISOR (fixed configuration)": "D", "VISOR (policy)": "^",
-           "VISOR-TR (VISOR + token reduction)": "v"}
+           "HiRED (official code)": "s", "VisionZip": "X", "VisionZip (mean merge)": "h",
+           "VISOR (fixed configuration)": "D", "VISOR (policy)": "^", "VISOR-TR (VISOR + token reduction)": "v"}
 # the per-sample column behind a summary column: `score`, the sample's score under its benchmark's primary
 # metric (visor_model.audit.tables), is what `accuracy` averages
 METRIC_SAMPLE_COLUMN = {"accuracy": "score"}
@@ -61,6 +63,8 @@ def series_key(row) -> str:
         return "full"
     if method == "hired":
         return "hired_code" if row.get("mode") == "reference_code" else "hired_paper"
+    if method == "visionzip":
+        return "visionzip_mean" if row.get("merge") == "mean" else "visionzip"
     if method == "visor":
         if not _missing(row.get("token_budget")):
             return "visor_tr"
@@ -77,7 +81,7 @@ def add_series(table: pd.DataFrame) -> pd.DataFrame:
         table["series"] = pd.Series(dtype=str)
         table["series_label"] = pd.Series(dtype=str)
         return table
-    for column in ("mode", "token_budget", "threshold"):
+    for column in ("mode", "merge", "token_budget", "threshold"):
         if column not in table:
             table[column] = np.nan
     table["series"] = [series_key(row) for row in table.to_dict("records")]

@@ -33,7 +33,7 @@ import pandas as pd
 from visor_model.audit.analysis import bootstrap_mean
 
 SETTING_FIELDS = ("budget", "alpha", "mode", "score", "threshold", "sa_layers", "token_budget", "seed",
-                  "dominant_ratio", "scale")
+                  "dominant_ratio", "scale", "merge")
 
 
 def sample_table(records: list[dict]) -> pd.DataFrame:

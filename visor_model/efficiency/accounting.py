@@ -2,8 +2,8 @@
 
 Every evaluated sample gets a record of the form (keys of `SampleFlops.as_record`)::
 
-    flops_vision            vision tower on every crop (all layers: what HF runs)
-    flops_projector         multi_modal_projector on every crop's tokens (before un-padding / dropping), plus
+    flops_vision            vision tower on every encoded crop (all layers: what HF runs; downsample encodes fewer)
+    flops_projector         multi_modal_projector on every encoded crop's tokens (before un-padding / dropping), plus
                             VisionZip's merged contextual tokens, which it projects once more
     flops_selection         method overhead outside the LLM: HiRED's and VisionZip's attention scores and
                             VisionZip's key comparisons (0 for other methods)

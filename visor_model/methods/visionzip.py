@@ -20,7 +20,8 @@ What the official code does (github.com/dvlab-research/VisionZip, `visionzip/cli
   projector), the CLS row summed over heads; the keys of the same layer, averaged over heads, normalised;
 - `dominant` counts the CLS token: "54 dominant" are the CLS token and the top 53 patches;
 - the contextual token is `target + mean(assigned)`, not a mean that includes the target (a target nothing is
-  assigned to stays itself);
+  assigned to stays itself): its norm is about twice a patch's. `merge="mean"` (the mean of the target and
+  its tokens) is offered as an ablation of this choice; the default is the official code's;
 - merging happens on the encoder output (`hidden_states[-2]`, before the projector), and the projector then
   runs on the kept tokens only;
 - AnyRes: every crop is reduced to dominant + contextual tokens before packing, over all of its patches
@@ -57,7 +58,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from visor_model.llava.visual import NEWLINE, ImageTokens, VisionOutputs, pack_crop_features, select_vision_features
+from visor_model.llava.visual import ImageTokens, VisionOutputs, pack_crop_features, select_vision_features
 from visor_model.methods.base import TokenReducer, check_budget, tokens_for_budget
 from visor_model.methods.hired import (
     SCORES,
@@ -71,6 +72,7 @@ from visor_model.methods.hired import (
 )
 
 DOMINANT_RATIO = 54 / 64  # the official LLaVA settings: 54 + 10, 108 + 20, 162 + 30
+MERGES = ("official", "mean")
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,14 @@ class VisionZipSettings:
     dominant_ratio: share in [0, 1] of each crop's tokens that are dominant (the rest are contextual)
     score:          "cls" (CLS->patch attention) or "mean_received" (CLS-free encoders); None: "cls" if the
                     encoder has a CLS token
+    merge:          "official" (a contextual token is its target + the mean of the tokens assigned to it, as the
+                    official code computes it) or "mean" (the mean of the target and its tokens; an ablation)
     """
 
     budget: float
     dominant_ratio: float = DOMINANT_RATIO
     score: str | None = None
+    merge: str = "official"
 
     def __post_init__(self):
         object.__setattr__(self, "budget", check_budget(self.budget))
@@ -99,6 +104,8 @@ class VisionZipSettings:
         object.__setattr__(self, "score", None if is_auto(self.score) else self.score)
         if self.score is not None and self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES} (or None for the encoder's default), got {self.score!r}")
+        if self.merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, got {self.merge!r}")
 
     def resolve(self, model) -> VisionZipSettings:
         has_cls = encoder_has_cls(model)
@@ -179,8 +186,9 @@ class VisionZip(TokenReducer):
 
     name = "visionzip"
 
-    def __init__(self, budget: float, dominant_ratio: float = DOMINANT_RATIO, score: str | None = None, model=None):
-        self.config = VisionZipSettings(budget, dominant_ratio, score)
+    def __init__(self, budget: float, dominant_ratio: float = DOMINANT_RATIO, score: str | None = None,
+                 merge: str = "official", model=None):
+        self.config = VisionZipSettings(budget, dominant_ratio, score, merge)
         self._resolved: tuple[int, VisionZipSettings] | None = None
         if model is not None:
             self.bind(model)
@@ -202,7 +210,7 @@ class VisionZip(TokenReducer):
     def settings(self) -> dict:
         config = self._resolved[1] if self._resolved is not None else self.config
         return {"method": self.name, "budget": config.budget, "dominant_ratio": config.dominant_ratio,
-                "score": config.score or "auto"}
+                "score": config.score or "auto", "merge": config.merge}
 
     def reduce(self, model, vision: VisionOutputs, sample_keys: list[str]) -> list[ImageTokens]:
         return self.reduce_with_allocations(model, vision, sample_keys)[0]
@@ -213,85 +221,105 @@ class VisionZip(TokenReducer):
         config = self.resolved(model)
         if vision.hidden_states is None:
             raise ValueError("VisionZip needs the tower's hidden states: encode_images(..., return_hidden_states=True)")
-        has_cls = encoder_has_cls(model)
-        first = int(has_cls)  # index of the first patch token in the encoder sequence
-        layer_index = feature_layer(model)
-        layer = encoder_layers(model)[layer_index]
-        hidden = vision.hidden_states[layer_index]  # [n_crops, seq, d_v], the input of the feature layer
-        n_patches = vision.images[0].patches_per_side ** 2
-        if hidden.shape[1] != n_patches + first:
-            raise ValueError(f"encoder sequence of {hidden.shape[1]} tokens != {n_patches} patches + {first} CLS")
-
-        scores, keys = [], []
-        for start in range(0, hidden.shape[0], 4):  # bounded memory, as hired.attention_scores
-            q, k = attention_queries_keys(layer, hidden[start : start + 4])  # [c, H, seq, d_h]
-            scores.append(scores_from_queries_keys(q, k, config.score, has_cls).cpu())  # [c, P]
-            keys.append(k.mean(dim=1)[:, first:])  # [c, P, d_h] the official metric: keys averaged over heads
-        scores = torch.cat(scores)
-        keys = torch.cat(keys)
-        keys = keys / keys.norm(dim=-1, keepdim=True)
-
+        scores, keys = self.scores_and_keys(model, vision, config.score)
         counts = torch.bincount(vision.crop_owner.cpu(), minlength=len(vision.images))  # [B] crops per image
         first_crop = (torch.cumsum(counts, 0) - counts).tolist()
-        encoder_out = None  # the packed encoder outputs, only when something is merged
-        kept, allocations, pending = [], [], []  # pending: (image, target positions, contextual vectors)
+        encoder_out = None  # the packed encoder outputs, made when something is merged
+        keeps, allocations, merges = [], [], []  # merges: (image, target positions [C], contextual vectors [C, d])
         for b, image in enumerate(vision.images):
             partition, patch = image.partition.cpu(), image.patch_index.cpu()
-            n_crops = int(counts[b])
-            present = torch.bincount(partition[partition != NEWLINE], minlength=n_crops).tolist()
+            present = image.crop_patches(int(counts[b]))
             budgets = crop_budgets(present, config.budget, config.dominant_ratio)
-            keep = image.is_newline.cpu().clone()
-            targets_of_image, contextual_of_image = [], []
-            merged, dropped = [0] * n_crops, [0] * n_crops
-            for k, (n_dominant, n_contextual) in enumerate(budgets):
-                members = torch.nonzero(partition == k).squeeze(1)  # packed positions of crop k's tokens
-                members = members[torch.argsort(patch[members], stable=True)]  # the crop's raster order
-                crop = first_crop[b] + k
+            keep = image.is_newline.cpu().clone()  # every newline stays
+            merged, dropped = [0] * len(budgets), [0] * len(budgets)
+            for j, (n_dominant, n_contextual) in enumerate(budgets):
+                crop = first_crop[b] + j
+                members = torch.nonzero(partition == j).squeeze(1)  # packed positions of crop j's tokens
+                members = members[torch.argsort(patch[members], stable=True)]  # in the crop's raster order
                 dominant = top_k_mask(scores[crop][patch[members]], n_dominant, patch[members])
                 keep[members[dominant]] = True
                 rest = members[~dominant]
                 if n_contextual == 0:
-                    dropped[k] = rest.numel()
+                    dropped[j] = rest.numel()
                     continue
-                chosen = torch.zeros(rest.numel(), dtype=torch.bool)
-                chosen[target_positions(rest.numel(), n_contextual)] = True
-                targets, others = rest[chosen], rest[~chosen]
+                is_target = torch.zeros(rest.numel(), dtype=torch.bool)
+                is_target[target_positions(rest.numel(), n_contextual)] = True
+                targets, others = rest[is_target], rest[~is_target]
                 keep[targets] = True
                 if others.numel() == 0:  # every remaining token is a target: nothing to merge
                     continue
                 if encoder_out is None:
                     encoder_out = pack_crop_features(model, vision, select_vision_features(model, vision.hidden_states))
-                crop_keys = keys[crop].to(torch.float32)  # [P, d_h]
-                device = crop_keys.device
-                similarity = crop_keys[patch[others].to(device)] @ crop_keys[patch[targets].to(device)].T  # [M, C]
-                assign = similarity.argmax(dim=1)  # the first most similar target
-                vectors = encoder_out[b].to(torch.float32)  # [n, d_in]
-                sums = torch.zeros(n_contextual, vectors.shape[1], device=vectors.device)
-                sums.index_add_(0, assign.to(vectors.device), vectors[others.to(vectors.device)])
-                assigned = torch.bincount(assign, minlength=n_contextual).clamp(min=1).to(vectors.device)
-                contextual_of_image.append(vectors[targets.to(vectors.device)] + sums / assigned[:, None])
-                targets_of_image.append(targets)
-                merged[k] = others.numel()
-            if targets_of_image:
-                pending.append((b, torch.cat(targets_of_image), torch.cat(contextual_of_image)))
-            kept.append(keep)
-            allocations.append(VisionZipAllocation(
-                present=present, dominant=[d for d, _ in budgets], contextual=[c for _, c in budgets],
-                merged=merged, dropped=dropped))
-
-        features = [image.features for image in vision.images]
-        if pending:  # one projector call for every contextual token of the batch that merged something
-            projector = model.model.multi_modal_projector
-            dtype = next(projector.parameters()).dtype
-            projected = projector(torch.cat([vectors for _, _, vectors in pending]).to(dtype))
-            start = 0
-            for b, targets, vectors in pending:
-                features[b] = features[b].clone()
-                features[b][targets.to(features[b].device)] = projected[start : start + len(targets)].to(
-                    features[b].dtype)
-                start += len(targets)
+                contextual = merge(encoder_out[b], keys[crop], patch, targets, others, config.merge)
+                merges.append((b, targets, contextual))
+                merged[j] = others.numel()
+            keeps.append(keep)
+            allocations.append(VisionZipAllocation(present=list(present), dominant=[d for d, _ in budgets],
+                                                   contextual=[c for _, c in budgets], merged=merged, dropped=dropped))
+        features = self.project_merges(model, vision, merges)
         out = []
-        for image, feats, keep in zip(vision.images, features, kept):
+        for image, feats, keep in zip(vision.images, features, keeps):
             merged_image = ImageTokens(feats, image.partition, image.patch_index, image.grid, image.patches_per_side)
             out.append(merged_image.select(keep.to(image.partition.device)))
         return out, allocations
+
+    @staticmethod
+    def scores_and_keys(model, vision: VisionOutputs, score: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The feature layer's per-patch `score` [n_crops, P] (CPU) and its keys averaged over heads, normalised
+        [n_crops, P, d_h] (the official metric), from the hidden states entering it."""
+        has_cls = encoder_has_cls(model)
+        first = int(has_cls)  # index of the first patch token in the encoder sequence
+        layer_index = feature_layer(model)
+        hidden = vision.hidden_states[layer_index]  # [n_crops, seq, d_v]
+        n_patches = vision.images[0].patches_per_side ** 2
+        if hidden.shape[1] != n_patches + first:
+            raise ValueError(f"encoder sequence of {hidden.shape[1]} tokens != {n_patches} patches + {first} CLS")
+        scores, keys = [], []
+        for start in range(0, hidden.shape[0], 4):  # bounded memory, as hired.attention_scores
+            q, k = attention_queries_keys(encoder_layers(model)[layer_index], hidden[start : start + 4])
+            scores.append(scores_from_queries_keys(q, k, score, has_cls).cpu())  # [c, P]
+            keys.append(k.mean(dim=1)[:, first:])  # [c, P, d_h]
+        keys = torch.cat(keys)
+        return torch.cat(scores), keys / keys.norm(dim=-1, keepdim=True)
+
+    @staticmethod
+    def project_merges(model, vision: VisionOutputs, merges) -> list[torch.Tensor]:
+        """Every image's packed features with its merged contextual tokens projected in place of their targets
+        (one projector call for the batch)."""
+        features = [image.features for image in vision.images]
+        if not merges:
+            return features
+        projector = model.model.multi_modal_projector
+        dtype = next(projector.parameters()).dtype
+        projected = projector(torch.cat([vectors for _, _, vectors in merges]).to(dtype))  # [sum C, d]
+        start = 0
+        for b, targets, vectors in merges:
+            if features[b] is vision.images[b].features:
+                features[b] = features[b].clone()
+            rows = projected[start : start + len(targets)].to(features[b].dtype)
+            features[b][targets.to(features[b].device)] = rows
+            start += len(targets)
+        return features
+
+
+def merge(encoder_out: torch.Tensor, keys: torch.Tensor, patch: torch.Tensor, targets: torch.Tensor,
+          others: torch.Tensor, rule: str = "official") -> torch.Tensor:
+    """The contextual tokens of one crop: each of the `others` goes to the target whose key is most similar
+    (cosine; ties: the earlier target); a contextual token is its target's encoder output plus the mean of those
+    assigned to it ("official", the official code's), or the mean of the target and them ("mean"). float32.
+
+    encoder_out: [n, d_in] the image's packed encoder outputs; keys: [P, d_h] the crop's normalised keys;
+    patch: [n] patch index of every packed token; targets [C], others [M]: packed positions.
+    returns [C, d_in]
+    """
+    device = keys.device
+    similarity = keys[patch[others].to(device)] @ keys[patch[targets].to(device)].T  # [M, C]
+    assign = similarity.argmax(dim=1).to(encoder_out.device)  # [M]
+    vectors = encoder_out.to(torch.float32)
+    sums = torch.zeros(len(targets), vectors.shape[1], device=vectors.device)
+    sums.index_add_(0, assign, vectors[others.to(vectors.device)])
+    assigned = torch.bincount(assign, minlength=len(targets))  # [C]
+    target = vectors[targets.to(vectors.device)]
+    if rule == "mean":
+        return (target + sums) / (1 + assigned)[:, None]
+    return target + sums / assigned.clamp(min=1)[:, None]
