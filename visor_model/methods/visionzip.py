@@ -20,14 +20,18 @@ What the official code does (github.com/dvlab-research/VisionZip, `visionzip/cli
   projector), the CLS row summed over heads; the keys of the same layer, averaged over heads, normalised;
 - `dominant` counts the CLS token: "54 dominant" are the CLS token and the top 53 patches;
 - the contextual token is `target + mean(assigned)`, not a mean that includes the target (a target nothing is
-  assigned to stays itself): its norm is about twice a patch's. `merge="mean"` (the mean of the target and
-  its tokens) is offered as an ablation of this choice; the default is the official code's;
+  assigned to stays itself): when its tokens resemble their target, it is about twice as long as a patch's
+  vector. `merge="mean"` (the mean of the target and its tokens) is an ablation of this choice; the default is
+  the official code's;
 - merging happens on the encoder output (`hidden_states[-2]`, before the projector), and the projector then
   runs on the kept tokens only;
 - AnyRes: every crop is reduced to dominant + contextual tokens before packing, over all of its patches
   (no un-padding: padding patches can be kept); the LLM gets the base crop's [CLS, dominant in score order,
   contextual], then the sub-images' dominant tokens in canvas raster order without newline tokens, then the
   sub-images' CLS tokens, then all their contextual tokens.
+
+The paper's text was not at hand when this was written; the official code is followed (its numbers come
+from it), and every departure below is ours, for the stated reason.
 
 What this module does, and why it differs:
 - Budgets count patch tokens only; no CLS token enters the LLM (transformers' LLaVA-NeXT drops it,
