@@ -18,6 +18,14 @@ def hired() -> ModelManifest:
     return ModelManifest(model_id="hired", simple_class_path=f"{MODELS}.HiredLlava")
 
 
+def visionzip() -> ModelManifest:
+    return ModelManifest(model_id="visionzip", simple_class_path=f"{MODELS}.VisionZipLlava")
+
+
+def downsample() -> ModelManifest:
+    return ModelManifest(model_id="downsample", simple_class_path=f"{MODELS}.DownsampleLlava")
+
+
 def visor() -> ModelManifest:
     return ModelManifest(model_id="visor", simple_class_path="lmms_plugins.visor.VisorLlava")
 

@@ -319,3 +319,61 @@ class HiredLlava(EfficientLlava):
             newlines=newlines,
             model=self.checkpoint.model,
         )
+
+
+class VisionZipLlava(EfficientLlava):
+    """`visionzip`: VisionZip's dominant + merged contextual tokens (visor_model.methods.visionzip); args budget=
+    (required), dominant_ratio= (default 54/64, the official settings' share), score=cls|mean_received (default:
+    cls if the encoder has a CLS token), merge=official|mean (default official)."""
+
+    def check_args(self, budget: float | str | None = None, dominant_ratio: float | str | None = None,
+                   score: str | None = None, merge: str = "official") -> None:
+        from visor_model.methods.visionzip import DOMINANT_RATIO, VisionZipSettings
+
+        if budget is None:
+            raise ValueError("visionzip needs a budget, e.g. --model_args pretrained=DIR,budget=0.2")
+        VisionZipSettings(budget, DOMINANT_RATIO if dominant_ratio is None else dominant_ratio, score, str(merge))
+
+    def build_reducer(self, budget: float | str | None = None, dominant_ratio: float | str | None = None,
+                      score: str | None = None, merge: str = "official") -> TokenReducer:
+        from visor_model.methods.visionzip import DOMINANT_RATIO, VisionZip
+
+        ratio = DOMINANT_RATIO if dominant_ratio is None else dominant_ratio
+        return VisionZip(budget=budget, dominant_ratio=ratio, score=score, merge=str(merge),
+                         model=self.checkpoint.model)
+
+
+@dataclass
+class DownsampleTokenCounts(VisualTokenCounts):
+    """VisualTokenCounts plus the factor the image was resized by (`input_scale`; base_only: 1.0, one crop)."""
+
+    input_scale: float | None = None
+
+    FIELDS = ("input_scale",)
+
+    @classmethod
+    def from_record(cls, record, tokens=None, flops=None) -> DownsampleTokenCounts:
+        base = VisualTokenCounts.from_record(record, tokens, flops)
+        return cls(**{k: getattr(base, k) for k in base.__dataclass_fields__}, input_scale=record.input_scale)
+
+
+class DownsampleLlava(EfficientLlava):
+    """`downsample`: the base model on a lower-resolution input (visor_model.methods.downsample); args
+    mode=base_only (the base crop only) or mode=scale with scale=S (a fixed factor) or budget=B (per image the
+    largest size with at most B x the visual tokens)."""
+
+    counts_class = DownsampleTokenCounts
+
+    def check_args(self, mode: str | None = None, scale: float | str | None = None,
+                   budget: float | str | None = None) -> None:
+        from visor_model.methods.downsample import DownsampleSettings
+
+        if mode is None:
+            raise ValueError("downsample needs a mode: mode=base_only, or mode=scale with scale=S or budget=B")
+        DownsampleSettings(str(mode), scale, budget)  # every bad combination fails before the checkpoint loads
+
+    def build_reducer(self, mode: str | None = None, scale: float | str | None = None,
+                      budget: float | str | None = None) -> TokenReducer:
+        from visor_model.methods.downsample import Downsample
+
+        return Downsample(mode=str(mode), scale=scale, budget=budget)

@@ -34,10 +34,12 @@ from visor_model.efficiency.accounting import (
     llm_prefill_flops,
     produced_tokens,
 )
-from visor_model.efficiency.flops import LLMShape, fastv_layer_macs, llm_layer_flops
+from visor_model.efficiency.flops import LLMShape, fastv_layer_macs, llm_layer_flops, projector_flops
 from visor_model.llava.runner import VisionLanguageRunner
 from visor_model.methods.base import FullTokens, RandomDrop
+from visor_model.methods.downsample import Downsample
 from visor_model.methods.hired import HiRED
+from visor_model.methods.visionzip import VisionZip
 from visor_model.methods.visor.modeling import VisorConfig, VisorModel
 from visor_model.methods.visor.runner import VisorRunner
 from visor_model.reference.models import build_reference_model
@@ -80,7 +82,7 @@ def image(seed=0):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# host-model methods: full, random_drop, hired
+# host-model methods: full, random_drop, hired, visionzip, downsample
 
 
 METHODS = {
@@ -88,7 +90,12 @@ METHODS = {
     "random_drop": lambda model: RandomDrop(0.3, seed=0),
     "hired_paper": lambda model: HiRED(0.3, mode="paper", model=model),
     "hired_reference_code": lambda model: HiRED(0.3, mode="reference_code", model=model),
+    "visionzip": lambda model: VisionZip(0.3, model=model),  # merges: key comparisons, contextual re-projected
+    "visionzip_dominant_only": lambda model: VisionZip(0.3, dominant_ratio=1.0, model=model),
+    "downsample_base_only": lambda model: Downsample("base_only"),  # one crop encoded
+    "downsample_budget": lambda model: Downsample("scale", budget=0.5),  # a smaller image: 3 crops of 5
 }
+SELECTING = ("hired", "visionzip")  # methods with work outside the model's modules
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "llava_next"])
@@ -116,12 +123,19 @@ def test_dense_accounting_equals_flop_counter_term_by_term(hosts, family, method
     assert counts[f"{root}.model.language_model"] == dense.llm_prefill.total + dense.llm_decode.total
     assert counts[f"{root}.lm_head"] == dense.lm_head.total
     assert counts["Global"] == dense.total
-    # HiRED's attention scores are the only work outside those modules
+    # HiRED's and VisionZip's attention scores (and VisionZip's key comparisons) are the only work outside those
+    # modules
     outside = counts["Global"] - sum(counts[f"{root}.{m}"] for m in
                                      ("model.vision_tower", "model.multi_modal_projector", "model.language_model",
                                       "lm_head"))
     assert outside == dense.selection.total
-    assert (dense.selection.total > 0) == method.startswith("hired")
+    assert (dense.selection.total > 0) == method.startswith(SELECTING)
+    if method == "visionzip":  # the merge happened: its comparisons and re-projected tokens are charged
+        assert dense.selection["merge.similarity"] > 0
+        every_patch = projector_flops(accountant.shape.projector, 5 * accountant.shape.projector_tokens_per_crop)
+        assert dense.projector.total > every_patch.total
+    if method.startswith("downsample"):  # the tower ran on fewer crops than the image's 5
+        assert tokens.n_crops == 1 if method == "downsample_base_only" else 1 < tokens.n_crops < 5
     # the per-sample record: visual tokens that entered the LLM, essential decode steps
     assert tokens.n_visual == record.visual_tokens_kept + record.newline_tokens_kept
     assert tokens.produced == produced_tokens(record.generated_tokens, LIMIT, record.finish_reason)
@@ -291,9 +305,10 @@ def requests_for(images, questions, limit=LIMIT):
 
 
 def test_plugins_log_flops_per_sample_in_request_order(visor, benchmark_tokenizer, tmp_path):
-    """EfficientLlava.token_counts (hired) and VisorLlava (counts_class + build_accountant): every per-sample
-    entry carries the FLOP terms of its own sample, in request order (batches are sorted by prompt length)."""
-    from lmms_plugins.models import HiredLlava
+    """EfficientLlava.token_counts (hired, visionzip), DownsampleLlava (counts_class) and VisorLlava (counts_class +
+    build_accountant): every per-sample entry carries the FLOP terms of its own sample, in request order (batches
+    are sorted by prompt length)."""
+    from lmms_plugins.models import DownsampleLlava, HiredLlava, VisionZipLlava
     from lmms_plugins.visor import VisorLlava
     from visor_model.methods.visor.modeling import save_visor
 
@@ -303,6 +318,8 @@ def test_plugins_log_flops_per_sample_in_request_order(visor, benchmark_tokenize
     images = noise_images([(84, 112), (48, 48), (96, 96)], seed=3)
     questions = [QUESTION, "what colour is the background of this picture", "which shape"]
     for plugin in (HiredLlava(pretrained=str(folder), device="cpu", batch_size=2, budget=0.5),
+                   VisionZipLlava(pretrained=str(folder), device="cpu", batch_size=2, budget=0.3),
+                   DownsampleLlava(pretrained=str(folder), device="cpu", batch_size=2, mode="scale", budget=0.5),
                    VisorLlava(pretrained=str(folder), device="cpu", batch_size=2, sa_layers=1)):
         plugin.task_dict, requests = requests_for(images, questions)
         results = plugin.generate_until(requests)
@@ -317,8 +334,11 @@ def test_plugins_log_flops_per_sample_in_request_order(visor, benchmark_tokenize
                 assert plugin.label == "visor[sa=1]" and plugin.reducer.name == "full"  # label, not a renamed reducer
                 assert counts["roles"] == list(plugin.visor.config.roles(plugin.runner.active))
                 assert counts["layers_sa"] == counts["sa_layers"] == 1 and counts["flops_llm_prefill_ca"] > 0
+            elif isinstance(plugin, DownsampleLlava):
+                assert plugin.label == "downsample" and counts["input_scale"] == single.input_scale
+                assert counts["crops"] == single.crops and counts["flops_selection"] == 0
             else:
-                assert plugin.label == "hired"
+                assert plugin.label == plugin.reducer.name in ("hired", "visionzip")
                 assert counts["flops_selection"] > 0 and counts["layers_sa"] == 6
 
 

@@ -27,7 +27,8 @@ def test_entry_points_register_every_model_id():
     from lmms_eval.models import get_model
 
     for model_id, class_name in [("llava_full", "LlavaFull"), ("random_drop", "RandomDropLlava"),
-                                 ("hired", "HiredLlava"), ("visor", "VisorLlava"), ("fastv", "FastVLlava")]:
+                                 ("hired", "HiredLlava"), ("visionzip", "VisionZipLlava"),
+                                 ("downsample", "DownsampleLlava"), ("visor", "VisorLlava"), ("fastv", "FastVLlava")]:
         assert get_model(model_id).__name__ == class_name
 
 
@@ -125,6 +126,28 @@ def test_random_drop_reports_kept_tokens_per_sample(cli_runs):
     for sample in cli_runs["drop"].samples:
         counts = sample["token_counts"][0]
         assert counts["visual_tokens_kept"] == tokens_for_budget(0.2, counts["visual_tokens"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, args", [("visionzip", {"budget": 0.2}), ("downsample", {"mode": "base_only"}),
+                                         ("downsample", {"mode": "scale", "budget": 0.5})],
+                         ids=["visionzip", "downsample-base_only", "downsample-budget"])
+def test_visionzip_and_downsample_through_the_evaluator(tiny_checkpoint, task_dir, tmp_path, model, args):
+    """lmms-eval's evaluator with each plugin: the task's metrics, and per sample the kept tokens and FLOPs."""
+    run = run_lmms_eval(model, {"pretrained": str(tiny_checkpoint), "device": "cpu", **args}, "synth_marker",
+                        tmp_path / "out", tmp_path / "log", include_path=task_dir, batch_size=4, expected_samples=8,
+                        max_empty_fraction=1.0)
+    assert "exact_match,none" in run.results["results"]["synth_marker"]
+    for sample in run.samples:
+        counts = sample["token_counts"][0]
+        assert counts["flops_total"] > counts["flops_llm_prefill"] > 0
+        if model == "visionzip":
+            assert counts["visual_tokens_kept"] == tokens_for_budget(0.2, counts["visual_tokens"])
+            assert counts["flops_selection"] > 0
+        elif args["mode"] == "base_only":
+            assert counts["crops"] == 1 and counts["visual_tokens_kept"] == 36 and counts["newline_tokens_kept"] == 1
+        else:
+            assert counts["visual_tokens_kept"] <= counts["visual_tokens"] and 0 < counts["input_scale"] <= 1
 
 
 @pytest.mark.slow

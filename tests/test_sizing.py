@@ -28,7 +28,7 @@ def test_paper_profile_job_counts():
     rows = sizing.estimate(config)
     # VISOR on the 24-layer Qwen2 host: 8 SA candidates, a family of 9 configurations (the most that are viable)
     assert sizing.visor_family_size(sizing.SHAPES["llava_onevision"]) == 9 and len(viable) == 1
-    assert rows["evaluate"]["jobs"] == len(runs) + 9 == 37  # one per run, for all 15 benchmarks
+    assert rows["evaluate"]["jobs"] == len(runs) + 9 == 46  # one per run, for all 15 benchmarks
     assert rows["measure_latency"]["jobs"] == len(config["models"]) == 2  # one per model: its settings side by side
     assert {rule: rows[rule]["jobs"] for rule in ("provide_checkpoint", "train_reference", "generate_benchmark",
                                                   "train_visor", "label_policy", "train_policy")} == {

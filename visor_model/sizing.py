@@ -134,9 +134,15 @@ def benchmark_profile(name: str, spec: dict, limit: int | None) -> BenchmarkProf
 
 
 def kept_fraction(method: str, setting: dict) -> float:
-    """Share of visual tokens the LLM sees: the budget of random_drop / hired, VISOR-TR's token_budget."""
-    if method in ("random_drop", "hired"):
+    """Share of visual tokens the LLM sees: the budget of random_drop / hired / visionzip, VISOR-TR's token_budget;
+    downsample: its budget, the square of its scale, or one crop of a 2 x 2 grid's five (base_only). The vision
+    tower's saving of downsample is not estimated (every crop is charged)."""
+    if method in ("random_drop", "hired", "visionzip"):
         return setting.get("budget", 1.0)
+    if method == "downsample":
+        if setting.get("mode") == "base_only":
+            return 1 / 5
+        return setting["budget"] if setting.get("budget") is not None else setting.get("scale", 1.0) ** 2
     return setting.get("token_budget", 1.0)
 
 

@@ -5,7 +5,7 @@ extrapolated). Pure pandas/numpy over the tidy tables of
 
 A *series* is what the report draws as one curve with one colour: a method, split where one method has
 variants that the papers report as different rows (HiRED as published vs the official code's behaviour; VISOR's
-fixed configurations, its policy, and VISOR-TR).
+fixed configurations, its policy, and VISOR-TR) or that the audit adds (VisionZip's mean-merge ablation).
 """
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ import pandas as pd
 
 # --- series and colours -----------------------------------------------------------------------------------
 
-SERIES = ("full", "random_drop", "hired_paper", "hired_code", "fastv", "visor_fixed", "visor_policy", "visor_tr")
+SERIES = ("full", "random_drop", "downsample", "hired_paper", "hired_code", "visionzip", "visionzip_mean", "fastv",
+          "visor_fixed", "visor_policy", "visor_tr")
 SERIES_LABELS = {
     "full": "full model",
     "random_drop": "random drop",
+    "downsample": "downsample (lower resolution)",
     "hired_paper": "HiRED (paper)",
     "hired_code": "HiRED (official code)",
     "fastv": "FastV",
+    "visionzip": "VisionZip",
+    "visionzip_mean": "VisionZip (mean merge)",
     "visor_fixed": "VISOR (fixed configuration)",
     "visor_policy": "VISOR (policy)",
     "visor_tr": "VISOR-TR (VISOR + token reduction)",
@@ -32,14 +36,18 @@ SERIES_LABELS = {
 PALETTE = {
     "full model": "#000000",
     "random drop": "#999999",
+    "downsample (lower resolution)": "#8C6D31",
     "HiRED (paper)": "#E69F00",
     "HiRED (official code)": "#D55E00",
+    "VisionZip": "#CC79A7",
+    "VisionZip (mean merge)": "#E7B8D6",
     "FastV": "#882255",
     "VISOR (fixed configuration)": "#56B4E9",
     "VISOR (policy)": "#0072B2",
     "VISOR-TR (VISOR + token reduction)": "#009E73",
 }
-MARKERS = {"full model": "*", "random drop": "x", "HiRED (paper)": "o", "HiRED (official code)": "s", "FastV": "P",
+MARKERS = {"full model": "*", "random drop": "x", "downsample (lower resolution)": "P", "HiRED (paper)": "o",
+           "HiRED (official code)": "s", "VisionZip": "X", "VisionZip (mean merge)": "h", "FastV": "p",
            "VISOR (fixed configuration)": "D", "VISOR (policy)": "^", "VISOR-TR (VISOR + token reduction)": "v"}
 # the per-sample column behind a summary column: `score`, the sample's score under its benchmark's primary
 # metric (visor_model.audit.tables), is what `accuracy` averages
@@ -58,6 +66,8 @@ def series_key(row) -> str:
         return "full"
     if method == "hired":
         return "hired_code" if row.get("mode") == "reference_code" else "hired_paper"
+    if method == "visionzip":
+        return "visionzip_mean" if row.get("merge") == "mean" else "visionzip"
     if method == "visor":
         if not _missing(row.get("token_budget")):
             return "visor_tr"
@@ -74,7 +84,7 @@ def add_series(table: pd.DataFrame) -> pd.DataFrame:
         table["series"] = pd.Series(dtype=str)
         table["series_label"] = pd.Series(dtype=str)
         return table
-    for column in ("mode", "token_budget", "threshold"):
+    for column in ("mode", "merge", "token_budget", "threshold"):
         if column not in table:
             table[column] = np.nan
     table["series"] = [series_key(row) for row in table.to_dict("records")]
@@ -89,17 +99,22 @@ def series_order(table: pd.DataFrame) -> list[str]:
     return known + [s for s in present if s not in known]
 
 
+UNKNOWN_COLOUR = "#555555"  # a series without a PALETTE entry
+
+
 def colour(label: str) -> str:
-    return PALETTE.get(label, "#CC79A7")
+    return PALETTE.get(label, UNKNOWN_COLOUR)
 
 
 def setting_label(row) -> str:
     """A short human label of a setting: 'budget 0.2', 'budget 0.05, newlines none', 'SA layers 2',
-    'tau 0.9, tokens 0.5', 'K 2, R 0.5', 'full'."""
+    'tau 0.9, tokens 0.5', 'K 2, R 0.5', 'scale 0.5', 'base crop only', 'full'."""
+    if row.get("mode") == "base_only":  # downsample's setting without a number
+        return "base crop only"
     parts = []
     for field, name in (("budget", "budget"), ("newlines", "newlines"), ("sa_layers", "SA layers"),
-                        ("threshold", "tau"), ("token_budget", "tokens"), ("k", "K"), ("ratio", "R"), ("mode", "mode"),
-                        ("alpha", "alpha"),
+                        ("threshold", "tau"), ("token_budget", "tokens"), ("k", "K"), ("ratio", "R"),
+                        ("scale", "scale"), ("mode", "mode"), ("alpha", "alpha"),
                         ("score", "score"), ("seed", "seed")):
         value = row.get(field)
         if _missing(value) or field in ("mode", "score", "seed", "alpha"):
@@ -350,7 +365,8 @@ def curve_label(partners: list) -> str:
 
 
 def matched_comparisons(summary: pd.DataFrame, samples: pd.DataFrame, anchors=("visor_fixed", "visor_policy",
-                        "visor_tr", "hired_paper"), competitors=("hired_paper", "hired_code", "random_drop"),
+                        "visor_tr", "hired_paper"), competitors=("hired_paper", "hired_code", "visionzip",
+                                                                 "downsample", "fastv", "random_drop"),
                         metric: str = "accuracy", seed: int = 0,
                         resamples: int = BOOTSTRAP_RESAMPLES) -> pd.DataFrame:
     """Every setting of an anchor series against each competitor's accuracy-FLOP curve interpolated at its

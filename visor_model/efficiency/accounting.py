@@ -2,9 +2,11 @@
 
 Every evaluated sample gets a record of the form (keys of `SampleFlops.as_record`)::
 
-    flops_vision            vision tower on every crop (all layers: what HF runs)
-    flops_projector         multi_modal_projector on every crop's tokens (before un-padding / dropping)
-    flops_selection         method overhead outside the LLM: HiRED's attention scores (0 for other methods)
+    flops_vision            vision tower on every encoded crop (all layers: what HF runs; downsample encodes fewer)
+    flops_projector         multi_modal_projector on every encoded crop's tokens (before un-padding / dropping), plus
+                            VisionZip's merged contextual tokens, which it projects once more
+    flops_selection         method overhead outside the LLM: HiRED's and VisionZip's attention scores and
+                            VisionZip's key comparisons (0 for other methods)
     flops_llm_prefill       LLM prefill, **causal** (the headline; the papers' quantity)
       flops_llm_prefill_sa      layers that see text + visual tokens (every layer for non-VISOR methods)
       flops_llm_prefill_text    VISOR text-only layers and the host layer of every CA layer
@@ -89,6 +91,7 @@ __all__ = [
     "fastv_prefill_macs",
     "fastv_rank_flops",
     "hired_selection_flops",
+    "visionzip_merge_flops",
     "llm_decode_flops",
     "llm_prefill_flops",
     "produced_tokens",
@@ -315,7 +318,8 @@ def fastv_rank_flops(shape: LLMShape, n_tokens: int, score: str, causal_mode: st
 def hired_selection_flops(vshape: VisionShape, n_crops: int, score: str, n_images: int = 1) -> FlopTerms:
     """HiRED's attention scores (`visor_model.methods.hired.attention_scores`), which recompute q and k of two
     encoder layers from their input hidden states: the distribution layer on each image's full-image crop
-    (n_images crops) and the selection layer on all n_crops crops. Per crop of seq tokens (P patches):
+    (n_images crops) and the selection layer on all n_crops crops (VisionZip: its one scoring layer on all
+    crops, n_images = 0). Per crop of seq tokens (P patches):
 
         q_proj, k_proj   2 * seq * d * d each
         scores           "cls": 2 * seq * d (one query row);  "mean_received": 2 * P * seq * d
@@ -332,6 +336,16 @@ def hired_selection_flops(vshape: VisionShape, n_crops: int, score: str, n_image
         "k_proj": 2 * seq * d * d * crops,
         "scores": 2 * queries * seq * d * crops,
     })
+
+
+def visionzip_merge_flops(vshape: VisionShape, pairs: int) -> FlopTerms:
+    """VisionZip's contextual merge (`visor_model.methods.visionzip`): `pairs` (merged token, target) cosine
+    similarities of head-averaged keys, one d_h-dim dot product each, as one matmul per crop. The head average,
+    the normalisation and the averaging of the merged vectors are elementwise (not counted); the attention
+    scores are `hired_selection_flops` on the feature layer (n_images = 0), the re-projection of the contextual
+    tokens the projector term."""
+    pairs = _count("pairs", pairs, allow_zero=True)
+    return FlopTerms.of({"similarity": 2 * pairs * (vshape.hidden // vshape.n_heads)})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -374,6 +388,7 @@ class SampleTokens:
     routed:      the VISOR policy ran (routing token + router)
     visual_per_layer: FastV's visual tokens in each LLM layer's sequence; None = n_visual in every layer
     decode_steps: default produced - 1; set it to charge a loop that runs more steps (tests)
+    crop_patches: patch tokens of each encoded crop present after packing (VisionZip's merge work depends on it)
     """
 
     n_text: int
@@ -384,6 +399,7 @@ class SampleTokens:
     routed: bool = False
     decode_steps: int | None = None
     visual_per_layer: tuple[int, ...] | None = None
+    crop_patches: tuple[int, ...] | None = None
 
     def __post_init__(self):
         _count("n_text", self.n_text)
@@ -394,6 +410,11 @@ class SampleTokens:
             object.__setattr__(self, "roles", tuple(self.roles))
         if self.visual_per_layer is not None:
             object.__setattr__(self, "visual_per_layer", tuple(self.visual_per_layer))
+        if self.crop_patches is not None:
+            object.__setattr__(self, "crop_patches", tuple(_count("crop_patches", p, allow_zero=True)
+                                                           for p in self.crop_patches))
+            if len(self.crop_patches) != self.n_crops:
+                raise ValueError(f"crop_patches has {len(self.crop_patches)} entries for {self.n_crops} crops")
         if self.decode_steps is None:
             object.__setattr__(self, "decode_steps", self.produced - 1)
         _count("decode_steps", self.decode_steps, allow_zero=True)
@@ -418,6 +439,7 @@ class SampleTokens:
             roles=roles,
             routed=getattr(record, "router_probabilities", None) is not None,
             visual_per_layer=getattr(record, "visual_per_layer", None) or None,
+            crop_patches=getattr(record, "crop_patches", None),
         )
 
 
@@ -463,11 +485,12 @@ class FlopAccountant:
     """Everything about a model + method that fixes the cost of a sample, given its `SampleTokens`.
 
     shape:           the LLaVA model's sizes
-    selection_score: HiRED's score ("cls" | "mean_received") when HiRED runs, else None
+    selection_score: HiRED's or VisionZip's score ("cls" | "mean_received") when one runs, else None
     conv_kernel:     VISOR's positional conv kernel (0: none)
     router_layer / router_sizes: VISOR's policy (used for samples with ``routed=True``)
     fastv_k / fastv_score: FastV's K and score when FastV runs (its ranking at layer K-1; every sample then
                      needs `visual_per_layer`)
+    merge:           VisionZip's (budget, dominant_ratio): it scores one layer (not HiRED's two) and merges
     """
 
     shape: LlavaShape
@@ -477,16 +500,22 @@ class FlopAccountant:
     router_sizes: tuple[int, ...] | None = None
     fastv_k: int | None = None
     fastv_score: str | None = None
+    merge: tuple[float, float] | None = None
 
     @classmethod
     def for_model(cls, model, reducer=None, visor=None, fastv=None) -> FlopAccountant:
-        """From a loaded LLaVA model, its `TokenReducer` (HiRED adds its scoring cost), for VISOR the
-        `VisorModel` (positional conv; router widths when it has a trained router), for FastV its `FastVConfig`
-        (K and score)."""
+        """From a loaded LLaVA model, its `TokenReducer` (HiRED and VisionZip add their scoring and merging
+        cost), for VISOR the `VisorModel` (positional conv; router widths when it has a trained router), for FastV
+        its `FastVConfig` (K and score)."""
         from visor_model.methods.hired import HiRED
+        from visor_model.methods.visionzip import VisionZip
 
         shape = LlavaShape.from_config(model.config)
-        score = reducer.resolved(model).score if isinstance(reducer, HiRED) else None
+        score, merge = None, None
+        if isinstance(reducer, (HiRED, VisionZip)):
+            score = reducer.resolved(model).score
+        if isinstance(reducer, VisionZip):
+            merge = (reducer.config.budget, reducer.config.dominant_ratio)
         conv, router_layer, router_sizes = 0, None, None
         if visor is not None:
             conv = visor.config.conv_kernel if visor.config.ca_layers else 0
@@ -495,7 +524,7 @@ class FlopAccountant:
                 router_layer = visor.config.router_layer
                 router_sizes = (router[0].in_features, router[0].out_features, router[-1].out_features)
         return cls(shape, score, conv, router_layer, router_sizes, fastv.k if fastv is not None else None,
-                   fastv.score if fastv is not None else None)
+                   fastv.score if fastv is not None else None, merge)
 
     def sample(self, tokens: SampleTokens, causal_mode: str = "causal") -> SampleFlops:
         llm = self.shape.llm
@@ -514,11 +543,22 @@ class FlopAccountant:
             n_ranked = tokens.n_text + per_layer[self.fastv_k - 1]
             prefill = prefill + fastv_rank_flops(llm, n_ranked, self.fastv_score, causal_mode).prefixed("rank.")
         n_proj = tokens.n_crops * self.shape.projector_tokens_per_crop
+        selection = FlopTerms()
+        if self.selection_score and tokens.n_crops:
+            selection = hired_selection_flops(self.shape.vision, tokens.n_crops, self.selection_score,
+                                              n_images=0 if self.merge else 1)
+        if self.merge:
+            if tokens.crop_patches is None:
+                raise ValueError("VisionZip's merge FLOPs need the sample's crop_patches (SampleTokens.from_record)")
+            from visor_model.methods.visionzip import merge_work
+
+            pairs, reprojected = merge_work(tokens.crop_patches, *self.merge)
+            selection = selection + visionzip_merge_flops(self.shape.vision, pairs).prefixed("merge.")
+            n_proj += reprojected
         return SampleFlops(
             vision=vision_encoder_flops(self.shape.vision, tokens.n_crops) if tokens.n_crops else FlopTerms(),
             projector=projector_flops(self.shape.projector, n_proj) if n_proj else FlopTerms(),
-            selection=(hired_selection_flops(self.shape.vision, tokens.n_crops, self.selection_score)
-                       if self.selection_score and tokens.n_crops else FlopTerms()),
+            selection=selection,
             llm_prefill=prefill,
             llm_decode=llm_decode_flops(llm, tokens.n_text, tokens.n_visual, tokens.decode_steps, roles, per_layer),
             lm_head=lm_head_flops(llm, tokens.produced),

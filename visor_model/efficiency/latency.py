@@ -347,12 +347,14 @@ def run_sample(runner, sample: PreparedSample, max_new_tokens: int, clock: Clock
         batch = runner.splice([sample.prompt], kept)
         ids, roles, routed, visual_per_layer = generate_ids(runner, batch, max_new_tokens)
         info.update(n_visual=int(kept[0].features.shape[0]), n_crops=int(vision.crop_owner.numel()),
-                    produced=len(ids), roles=roles, routed=routed, visual_per_layer=visual_per_layer)
+                    produced=len(ids), roles=roles, routed=routed, visual_per_layer=visual_per_layer,
+                    image=vision.images[0])
 
     timing, _ = timed_generation(runner.model.lm_head, clock, run)
     tokens = SampleTokens(n_text=len(sample.prompt) - 1, n_visual=info["n_visual"], n_crops=info["n_crops"],
                           produced=info["produced"], roles=info["roles"], routed=info["routed"],
-                          visual_per_layer=info["visual_per_layer"])
+                          visual_per_layer=info["visual_per_layer"],
+                          crop_patches=info["image"].crop_patches(info["n_crops"]))
     return timing, tokens
 
 

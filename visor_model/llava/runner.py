@@ -16,7 +16,15 @@ from PIL import Image
 
 from visor_model.llava.checkpoints import LoadedCheckpoint
 from visor_model.llava.generation import GreedyOutput, greedy_generate, trim_at_stop
-from visor_model.llava.visual import ImageTokens, SplicedBatch, VisionOutputs, encode_images, splice_prompts
+from visor_model.llava.visual import (
+    ImageTokens,
+    SplicedBatch,
+    VisionOutputs,
+    crops_per_image,
+    encode_images,
+    patch_token_count,
+    splice_prompts,
+)
 from visor_model.methods.base import TokenReducer
 
 
@@ -25,13 +33,15 @@ class SampleRecord:
     """What one sample cost and produced."""
 
     answer: str
-    visual_tokens: int  # patch tokens the image produced (newlines excluded)
+    visual_tokens: int  # patch tokens the image gives the base model (newlines excluded)
     visual_tokens_kept: int  # patch tokens that entered the LLM
     newline_tokens_kept: int
     prompt_tokens: int  # LLM prefill length of this sample (text + kept visual tokens)
     generated_tokens: int  # tokens the model produced for the answer (eos excluded, stop string included)
-    crops: int
+    crops: int  # crops the vision tower encoded
     finish_reason: str  # "eos", "stop" (a stop string) or "length" (max_new_tokens)
+    crop_patches: tuple[int, ...]  # patch tokens of each encoded crop present after packing (un-padding)
+    input_scale: float  # long side the image processor got / the image's own long side (1.0 but for downsample)
 
 
 CONTENT_PROBE = "visor-content-probe"
@@ -82,11 +92,20 @@ def eos_token_ids(tokenizer, model) -> frozenset[int]:
     return frozenset(ids)
 
 
+MIN_SIDE = 2  # pixels: smaller images are enlarged (the image processors need at least 2 x 2)
+
+
+def rgb_size(image: Image.Image) -> tuple[int, int]:
+    """The (height, width) of `to_rgb(image)`."""
+    return max(MIN_SIDE, image.height), max(MIN_SIDE, image.width)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode (L, RGBA, P, ...) as RGB; tiny images are enlarged to at least 2 x 2 pixels."""
     image = image.convert("RGB")
-    if min(image.size) < 2:
-        image = image.resize((max(2, image.size[0]), max(2, image.size[1])))
+    if min(image.size) < MIN_SIDE:
+        height, width = rgb_size(image)
+        image = image.resize((width, height))
     return image
 
 
@@ -102,8 +121,19 @@ class VisionLanguageRunner:
     def model(self):
         return self.loaded.model
 
+    def input_image(self, image: Image.Image) -> Image.Image:
+        """`image` as RGB at the size the method gives it (`TokenReducer.input_size`; bicubic, as the processors
+        resize), what the image processor gets."""
+        image = to_rgb(image)
+        height, width = self.reducer.input_size(self.model, (image.height, image.width))
+        if min(height, width) < MIN_SIDE:
+            raise ValueError(f"{self.reducer.name} resized an image to {height} x {width} px, below {MIN_SIDE} px")
+        if (height, width) != (image.height, image.width):
+            image = image.resize((width, height), Image.Resampling.BICUBIC)
+        return image
+
     def process_images(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        processed = self.loaded.image_processor([to_rgb(image) for image in images], return_tensors="pt")
+        processed = self.loaded.image_processor([self.input_image(image) for image in images], return_tensors="pt")
         pixel_values = processed["pixel_values"].to(self.device, self.model.dtype)
         return pixel_values, processed["image_sizes"]
 
@@ -111,9 +141,23 @@ class VisionLanguageRunner:
         self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, sample_keys: list[str]
     ) -> tuple[VisionOutputs, list[ImageTokens]]:
         vision = encode_images(
-            self.model, pixel_values, image_sizes, return_hidden_states=self.reducer.needs_vision_hidden_states
+            self.model, pixel_values, image_sizes, return_hidden_states=self.reducer.needs_vision_hidden_states,
+            crops=self.reducer.encoded_crops(self.model, image_sizes),
         )
         return vision, self.reducer.reduce(self.model, vision, sample_keys)
+
+    def base_visual_tokens(self, images: list[Image.Image], vision: VisionOutputs) -> list[int]:
+        """Patch tokens each image gives the base model: what the vision side produced, or, where the method
+        changed the input (a smaller size, fewer crops), the count at the image's own size (the model's packing)."""
+        encoded = vision.crop_owner.bincount(minlength=len(images)).tolist()
+        all_crops = crops_per_image(self.model, vision.image_sizes)
+        counts = []
+        for image, produced, size, n_crops, n_all in zip(images, vision.images, vision.image_sizes.tolist(),
+                                                          encoded, all_crops):
+            own = rgb_size(image)
+            unchanged = tuple(size) == own and n_crops == n_all
+            counts.append(produced.num_patch_tokens if unchanged else patch_token_count(self.model, own))
+        return counts
 
     def splice(self, prompts: list[list[int]], kept: list[ImageTokens], targets=None) -> SplicedBatch:
         return splice_prompts(
@@ -146,23 +190,26 @@ class VisionLanguageRunner:
         pixel_values, image_sizes = self.process_images(images)
         prompts = [prompt_ids(self.loaded.tokenizer, self.model.config.image_token_id, q) for q in questions]
         vision, kept = self.visual_tokens(pixel_values, image_sizes, sample_keys)
+        base_tokens = self.base_visual_tokens(images, vision)
         batch = self.splice(prompts, kept)
         until = until or [[] for _ in questions]
         decoded = self.decode(batch, list(max_new_tokens), until)
         records = []
-        for i, (full, reduced, prompt, ids, reason, n_crops, stops) in enumerate(zip(
+        for i, (full, reduced, prompt, ids, reason, n_crops, stops, n_base, image, size) in enumerate(zip(
             vision.images, kept, prompts, decoded.token_ids, decoded.finish_reasons,
-            vision.crop_owner.bincount().tolist(), until,
+            vision.crop_owner.bincount().tolist(), until, base_tokens, images, image_sizes.tolist(),
         )):
             fields = dict(
                 answer=trim_at_stop(self.decode_text(ids), stops).strip(),
-                visual_tokens=full.num_patch_tokens,
+                visual_tokens=n_base,
                 visual_tokens_kept=reduced.num_patch_tokens,
                 newline_tokens_kept=int(reduced.is_newline.sum()),
                 prompt_tokens=len(prompt) - 1 + reduced.features.shape[0],
                 generated_tokens=len(ids),
                 crops=n_crops,
                 finish_reason=reason,
+                crop_patches=full.crop_patches(n_crops),
+                input_scale=max(size) / max(rgb_size(image)),
             )
             records.append(self.record(i, fields, decoded))
         return records

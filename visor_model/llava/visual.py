@@ -50,6 +50,10 @@ class ImageTokens:
     def num_patch_tokens(self) -> int:
         return int((~self.is_newline).sum())
 
+    def crop_patches(self, n_crops: int) -> tuple[int, ...]:
+        """Patch tokens of each of the image's `n_crops` crops present here (after un-padding)."""
+        return tuple(torch.bincount(self.partition[~self.is_newline].cpu(), minlength=n_crops).tolist())
+
     def select(self, keep: torch.Tensor) -> "ImageTokens":
         """Keep the tokens where the boolean mask `keep` [n] is true, in their original order."""
         return ImageTokens(
@@ -65,11 +69,13 @@ class ImageTokens:
 class VisionOutputs:
     """What the vision side produced for a batch: packed tokens per image and, on request, the tower's
     hidden states for every crop (`hidden_states[l]` is the input of encoder layer l, [n_crops, seq, d_v])
-    with `crop_owner[c]` the batch index of crop c (crops of one image are contiguous, base image first)."""
+    with `crop_owner[c]` the batch index of crop c (crops of one image are contiguous, base image first);
+    `image_sizes` [B, 2] the (height, width) the image processor got (what the packing un-pads to)."""
 
     images: list[ImageTokens]
     hidden_states: tuple[torch.Tensor, ...] | None
     crop_owner: torch.Tensor
+    image_sizes: torch.Tensor | None = None
 
 
 def crops_per_image(model, image_sizes: torch.Tensor) -> list[int]:
@@ -154,14 +160,22 @@ def select_vision_features(model, hidden_states: tuple[torch.Tensor, ...]) -> to
 
 
 def encode_images(
-    model, pixel_values: torch.Tensor, image_sizes: torch.Tensor, return_hidden_states: bool = False
+    model, pixel_values: torch.Tensor, image_sizes: torch.Tensor, return_hidden_states: bool = False,
+    crops: list[int] | None = None,
 ) -> VisionOutputs:
     """Vision tower + projector + packing for a batch of single-image samples.
 
     pixel_values: [B, max_crops, 3, H, W] as the LLaVA image processors return it (padded over crops)
     image_sizes:  [B, 2] original (height, width)
+    crops:        crops to encode per image: None = all the processor made; 1 = the base image only, which
+                  the model's packing treats as a single-crop image (its patches, then one newline token)
     """
     counts = crops_per_image(model, image_sizes)
+    if crops is not None:
+        if len(crops) != len(counts) or any(n not in (1, full) for n, full in zip(crops, counts)):
+            raise ValueError(f"crops must give, per image, 1 (the base image) or all of its {counts} crops, "
+                             f"got {crops}")
+        counts = list(crops)
     crops = torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)], dim=0)  # [n_crops, 3, H, W]
     tower_out = model.model.vision_tower(crops, output_hidden_states=True, return_dict=True)
     selected = select_vision_features(model, tower_out.hidden_states)  # [n_crops, h*w, d_v]
@@ -183,7 +197,29 @@ def encode_images(
         )
     crop_owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     hidden = tower_out.hidden_states if return_hidden_states else None
-    return VisionOutputs(images=images, hidden_states=hidden, crop_owner=crop_owner)
+    return VisionOutputs(images=images, hidden_states=hidden, crop_owner=crop_owner, image_sizes=image_sizes)
+
+
+def pack_crop_features(model, vision: VisionOutputs, per_crop: torch.Tensor) -> list[torch.Tensor]:
+    """Any per-patch crop features [n_crops, P, c] packed exactly as `encode_images` packed the projector outputs
+    (un-padding, OneVision's anyres_max interpolation), with zeros in place of the newline tokens: row i of
+    image b's result belongs to token i of `vision.images[b]`. returns [n_b, c] per image."""
+    counts = torch.bincount(vision.crop_owner.cpu(), minlength=len(vision.images)).tolist()
+    per_image = list(torch.split(per_crop, counts, dim=0))
+    newline = torch.zeros(per_crop.shape[-1], dtype=per_crop.dtype, device=per_crop.device)
+    return _pack(model, per_image, vision.image_sizes, newline)
+
+
+def patch_token_count(model, image_size) -> int:
+    """Patch tokens (newlines excluded) the model packs for an image the processor gets at (height, width)
+    `image_size`: its own packing applied to a placeholder per patch, without running the encoder."""
+    config = model.config.vision_config
+    side = config.image_size // config.patch_size
+    sizes = torch.tensor([list(image_size)])
+    n_crops = crops_per_image(model, sizes)[0]
+    placeholder = torch.zeros(n_crops, side * side, 1)
+    packed = _pack(model, [placeholder], sizes, torch.full((1,), float(NEWLINE)))[0]  # [n, 1]
+    return int((packed[:, 0] != NEWLINE).sum())
 
 
 @dataclass

@@ -40,7 +40,11 @@ def stable_seed(*parts) -> int:
 
 
 class TokenReducer(ABC):
-    """Decides which visual tokens of each sample enter the LLM."""
+    """Decides which visual tokens of each sample enter the LLM.
+
+    Two optional hooks change what the vision tower sees (`visor_model.methods.downsample`); by default the
+    base model's input: `input_size` (the size each image is resized to before the image processor) and
+    `encoded_crops` (how many of its crops the tower encodes)."""
 
     name: str
 
@@ -51,6 +55,14 @@ class TokenReducer(ABC):
     @property
     def needs_vision_hidden_states(self) -> bool:
         return False
+
+    def input_size(self, model, size: tuple[int, int]) -> tuple[int, int]:
+        """The (height, width) an image of (height, width) `size` is resized to before the image processor."""
+        return size
+
+    def encoded_crops(self, model, image_sizes: torch.Tensor) -> list[int] | None:
+        """Crops per image the vision tower encodes (see `encode_images`); None: every crop the processor made."""
+        return None
 
     def settings(self) -> dict:
         """The method's settings as recorded in every result."""

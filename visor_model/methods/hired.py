@@ -112,7 +112,7 @@ def _as_int(value, name: str) -> int:
     return int(number)
 
 
-def _auto(value) -> bool:
+def is_auto(value) -> bool:
     """None, "", "none", "auto" all mean "derive from the model"."""
     return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "auto"))
 
@@ -156,13 +156,13 @@ class HiREDSettings:
         set_("alpha", alpha)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        set_("score", None if _auto(self.score) else self.score)
+        set_("score", None if is_auto(self.score) else self.score)
         if self.score is not None and self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES} (or None for the encoder's default), got {self.score!r}")
         set_("distribution_layer", _as_int(self.distribution_layer, "distribution_layer"))
         if self.distribution_layer < 0:
             raise ValueError(f"distribution_layer must be >= 0, got {self.distribution_layer}")
-        if not _auto(self.selection_layer):
+        if not is_auto(self.selection_layer):
             set_("selection_layer", _as_int(self.selection_layer, "selection_layer"))
             if self.selection_layer < 0:
                 raise ValueError(f"selection_layer must be >= 0, got {self.selection_layer}")
@@ -228,6 +228,34 @@ def feature_layer(model) -> int:
 
 
 @torch.no_grad()
+def attention_queries_keys(layer, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The queries and keys of one encoder layer's self-attention, recomputed from the hidden states entering it.
+
+    layer:  a CLIP/SigLIP encoder layer (`layer_norm1`, `self_attn.q_proj/k_proj`)
+    hidden: [c, seq, d_v]
+    returns q, k: [c, H, seq, d_h] float32 (the projections run in the model's dtype)
+    """
+    attn = layer.self_attn
+    heads, head_dim = attn.num_heads, attn.head_dim
+    x = layer.layer_norm1(hidden)  # [c, seq, d_v]
+    c, seq, _ = x.shape
+    q = attn.q_proj(x).view(c, seq, heads, head_dim).transpose(1, 2).float()
+    k = attn.k_proj(x).view(c, seq, heads, head_dim).transpose(1, 2).float()
+    return q, k
+
+
+def scores_from_queries_keys(q: torch.Tensor, k: torch.Tensor, score: str, has_cls: bool) -> torch.Tensor:
+    """Per-patch importance [c, P] from a layer's q, k [c, H, seq, d_h], summed over heads (see `attention_scores`)."""
+    first = 1 if has_cls else 0  # index of the first patch token
+    if score == "cls":
+        logits = q[:, :, :1] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [c, H, 1, seq]
+        return logits.softmax(dim=-1)[:, :, 0, first:].sum(dim=1)  # [c, P]
+    logits = q[:, :, first:] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [c, H, P, seq]
+    probs = logits.softmax(dim=-1)[..., first:]  # [c, H, P (queries), P (keys)]
+    return probs.mean(dim=2).sum(dim=1)  # [c, P]
+
+
+@torch.no_grad()
 def attention_scores(layer, hidden: torch.Tensor, score: str, has_cls: bool, chunk: int = 4) -> torch.Tensor:
     """Per-patch importance from one encoder layer's self-attention, summed over heads.
 
@@ -238,23 +266,10 @@ def attention_scores(layer, hidden: torch.Tensor, score: str, has_cls: bool, chu
       "mean_received": sum_h mean_{i in patches} softmax(q_i k^T / sqrt(d_h))[patches]
     Softmax runs over the whole sequence (CLS key included), exactly as in the layer's own attention.
     """
-    attn = layer.self_attn
-    heads, head_dim = attn.num_heads, attn.head_dim
-    first = 1 if has_cls else 0  # index of the first patch token
     out = []
     for start in range(0, hidden.shape[0], chunk):  # bounded memory: the mean-received map is [c, H, P, seq]
-        x = layer.layer_norm1(hidden[start : start + chunk])  # [c, seq, d_v]
-        c, seq, _ = x.shape
-        q = attn.q_proj(x).view(c, seq, heads, head_dim).transpose(1, 2).float()  # [c, H, seq, d_h]
-        k = attn.k_proj(x).view(c, seq, heads, head_dim).transpose(1, 2).float()  # [c, H, seq, d_h]
-        if score == "cls":
-            logits = q[:, :, :1] @ k.transpose(-1, -2) / math.sqrt(head_dim)  # [c, H, 1, seq]
-            probs = logits.softmax(dim=-1)[:, :, 0, first:]  # [c, H, P]
-            out.append(probs.sum(dim=1))
-        else:
-            logits = q[:, :, first:] @ k.transpose(-1, -2) / math.sqrt(head_dim)  # [c, H, P, seq]
-            probs = logits.softmax(dim=-1)[..., first:]  # [c, H, P (queries), P (keys)]
-            out.append(probs.mean(dim=2).sum(dim=1))  # [c, P]
+        q, k = attention_queries_keys(layer, hidden[start : start + chunk])
+        out.append(scores_from_queries_keys(q, k, score, has_cls))
     return torch.cat(out, dim=0)
 
 
