@@ -354,13 +354,14 @@ def test_plugin_works_through_the_latency_path(checkpoint):
     """What measure_latency gets from a plugin (runner, accountant, label) times FastV's own generation and
     charges its FLOPs: the prefill equals the evaluation's for the same input."""
     from lmms_plugins.fastv import FastVLlava
-    from visor_model.efficiency.latency import LatencyConfig, fixed_inputs, measure_latency
+    from visor_model.efficiency.latency import LatencyConfig, TimedSetting, fixed_inputs, measure_latency
 
     plugin = FastVLlava(pretrained=str(checkpoint), device="cpu", k=2, ratio=0.5)
     inputs = fixed_inputs(2)
-    record = measure_latency(plugin.runner, plugin.accountant, inputs,
-                             LatencyConfig(samples=2, warmup=0, repeats=1, max_new_tokens=2), label=plugin.label)
-    assert record["method"] == "fastv[K=2,R=0.5]"
+    timed = TimedSetting("fastv/k-2_ratio-0.5", plugin.runner, plugin.accountant, plugin.label)
+    (record,) = measure_latency([timed], inputs, LatencyConfig(samples=2, warmup=0, repeats=1,
+                                                                max_new_tokens=2))["settings"]
+    assert record["label"] == "fastv[K=2,R=0.5]"
     for (image, question), flops in zip(inputs, record["flops"]["per_sample"]):
         evaluated = plugin.runner.generate([image], [question], ["x"], [2])[0]
         expected = plugin.accountant.record(SampleTokens.from_record(evaluated, 2))

@@ -243,8 +243,8 @@ def _flop_column(summary: pd.DataFrame, column: str = "mean_flops_llm_prefill") 
 
 
 def _spec(spec) -> dict:
-    """A run spec of a claim: a series name, or {series, setting}."""
-    if isinstance(spec, str):
+    """A run spec of a claim: a series name (or a list of them), or {series, setting}."""
+    if isinstance(spec, (str, list, tuple)):
         return {"series": spec, "setting": {}}
     return {"series": spec["series"], "setting": dict(spec.get("setting") or {})}
 
