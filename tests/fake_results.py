@@ -191,19 +191,21 @@ def training_table(gaps: dict | None = None, model: str = "reference_ov", host: 
     rows = []
     for training, gap in (gaps or {"full": 1.0}).items():
         for benchmark in BENCHMARKS:
-            rows.append({"model": model, "training": training, "stage": 0, "step": 0, "metric": "val_accuracy",
-                         "configuration": "host", "benchmark": benchmark, "value": host, "n": 100})
+            rows.append({"model": model, "training": training, "order": "paper", "batch_size": 16, "stage": 0,
+                         "step": 0, "metric": "val_accuracy", "configuration": "host", "benchmark": benchmark,
+                         "value": host, "n": 100})
             for step in steps:
                 for k in range(SA_MAX + 1):
                     progress = step / steps[-1]
                     value = host - gap / 100 - 0.1 * (SA_MAX - k) - 0.2 * (1 - progress)
-                    rows.append({"model": model, "training": training, "stage": 1 + (step > steps[-1] / 2),
+                    rows.append({"model": model, "training": training, "order": "paper", "batch_size": 16,
+                                 "stage": 1 + (step > steps[-1] / 2),
                                  "step": step, "metric": "val_accuracy", "configuration": f"sa{k}",
                                  "benchmark": benchmark, "value": value, "n": 100})
         for step in steps:
-            rows.append({"model": model, "training": training, "stage": 1 + (step > steps[-1] / 2), "step": step,
-                         "metric": "loss", "configuration": f"sa{SA_MAX}", "benchmark": "",
-                         "value": 2.0 - step / steps[-1], "n": None})
+            rows.append({"model": model, "training": training, "order": "paper", "batch_size": 16,
+                         "stage": 1 + (step > steps[-1] / 2), "step": step, "metric": "loss",
+                         "configuration": f"sa{SA_MAX}", "benchmark": "", "value": 2.0 - step / steps[-1], "n": None})
     return pd.DataFrame(rows)
 
 

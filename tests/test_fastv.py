@@ -402,24 +402,28 @@ def test_series_and_setting_label():
     assert "FastV" in analysis.PALETTE and "FastV" in analysis.MARKERS
 
 
-def fastv_latency(prefill_s: float) -> pd.DataFrame:
-    """The fake tables' latency records of reference_ov plus a FastV K=2 R=0.5 one with the given prefill time."""
+def fastv_latency(factor: float) -> pd.DataFrame:
+    """The fake tables' latency record of reference_ov (its llava_full setting) plus a FastV K=2 R=0.5 setting
+    timed beside it whose prefill takes `factor` times llava_full's in every (interleaved) repeat."""
     _, latencies = fake_results.records(n=2)
-    own = [r for r in latencies if r["model"] == "reference_ov" and r["method"] == "llava_full"]
-    fastv = copy.deepcopy(own[0])
-    fastv.update(method="fastv", setting_id="k-2_ratio-0.5", setting={"k": 2, "ratio": 0.5})
-    fastv["timings"]["prefill_s"] = {"median": prefill_s, "q25": 0.95 * prefill_s, "q75": 1.05 * prefill_s,
-                                     "iqr": 0.1 * prefill_s, "n": 40}
-    return latency_table(own + [fastv])
+    record = copy.deepcopy(next(r for r in latencies if r["model"] == "reference_ov"))
+    full = next(s for s in record["settings"] if s["method"] == "llava_full")
+    fastv = copy.deepcopy(full)
+    fastv.update(name="fastv/k-2_ratio-0.5", label="fastv[K=2,R=0.5]", method="fastv", setting_id="k-2_ratio-0.5",
+                 setting={"k": 2, "ratio": 0.5})
+    prefill = full["timings"]["prefill_s"]
+    fastv["timings"]["prefill_s"].update({key: factor * prefill[key] for key in ("median", "ci_low", "ci_high")},
+                                         per_repeat=[factor * v for v in prefill["per_repeat"]])
+    record["settings"] = [full, fastv]
+    return latency_table([record])
 
 
 @pytest.mark.parametrize("factor,verdict", [(0.7, "reproduced"), (1.2, "not reproduced")])
 def test_the_prefill_speed_up_claim_can_fail(factor, verdict):
     summary, samples, _ = fake_results.tables(n=4)
     base = summary[(summary["model"] == "reference_ov") & (summary["method"] == "llava_full")]
-    full_prefill = fastv_latency(1.0).set_index("method").loc["llava_full", "prefill_s_median"]
     claims = [c for c in load_claims(CLAIMS) if c["id"] == "fastv_prefill_faster_sdpa_cache"]
-    row = audit(claims, Tables(base, samples, fastv_latency(factor * full_prefill)), "offline").iloc[0]
+    row = audit(claims, Tables(base, samples, fastv_latency(factor)), "offline").iloc[0]
     assert row["verdict"] == verdict, row["reason"]
     assert row["reproduced_value"] == pytest.approx(1 / factor)
     missing = audit(claims, Tables(base, samples, fastv_latency(1.0).iloc[:1]), "offline").iloc[0]

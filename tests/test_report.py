@@ -272,22 +272,25 @@ def test_summary_in_words(tables):
 
 # --- notebooks ----------------------------------------------------------------------------------------
 
-SECTIONS = ("report", "tradeoffs", "policy", "hired", "paired", "results")
+SECTIONS = ("report", "tradeoffs", "visor", "policy", "hired", "paired", "results")
 HEADINGS = ("Summary: what held and what did not", "The claims audit", "Accuracy against LLM-prefill FLOPs",
-            "Easy and hard clusters", "Latency against FLOPs", "VISOR's policy", "HiRED: the published algorithm",
+            "Easy and hard clusters", "Latency against FLOPs", "VISOR's training, its quality gate and its controls",
+            "VISOR's policy", "HiRED: the published algorithm",
             "Paired comparisons at matched FLOPs", "Results table", "Provenance")
 
 
-def render(folder: Path, summary, samples, latency, sections=SECTIONS) -> tuple[str, list]:
+def render(folder: Path, summary, samples, latency, sections=SECTIONS, training=None) -> tuple[str, list]:
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {name: folder / f"{name}.csv" for name in ("summary", "samples", "latency", "claims")}
+    paths = {name: folder / f"{name}.csv" for name in ("summary", "samples", "latency", "claims", "training")}
     summary.to_csv(paths["summary"], index=False)
     samples.to_csv(paths["samples"], index=False)
     latency.to_csv(paths["latency"], index=False)
-    audit(load_claims(CLAIMS), Tables.read(paths["summary"], paths["samples"], paths["latency"], resamples=100),
-          "offline").to_csv(paths["claims"], index=False)
+    (training if training is not None else pd.DataFrame()).to_csv(paths["training"], index=False)
+    audit(load_claims(CLAIMS), Tables.read(paths["summary"], paths["samples"], paths["latency"], paths["training"],
+                                           resamples=100), "offline").to_csv(paths["claims"], index=False)
     parameters = {f"{name}_path": str(path) for name, path in paths.items()}
-    parameters.update(profile="offline", config_sha256="ab" * 32, seed=0, resamples=100)
+    parameters.update(profile="offline", config_sha256="ab" * 32, seed=0, resamples=100, gate_points=3.0,
+                      controls={})
     executed, errors = [], []
     for section in sections:
         notebook = render_report.execute_section(str(REPO / "notebooks" / f"{section}.ipynb"),
@@ -312,8 +315,9 @@ def test_notebooks_have_a_parameters_cell_and_read_result_tables_only():
 
 def test_report_renders_every_section_without_code(tmp_path):
     summary, samples, latency = fake_results.tables(n=40)
-    html, errors = render(tmp_path / "full", summary, samples, latency)
+    html, errors = render(tmp_path / "full", summary, samples, latency, training=fake_results.training_table())
     assert not errors, errors
+    assert "passed: its largest configuration" in html and "converge by the test" in html
     for heading in HEADINGS:
         assert heading in html, heading
     assert "Not shown" not in html
@@ -332,7 +336,8 @@ def test_report_degrades_gracefully_without_methods_latency_or_flops(tmp_path):
         assert heading in html, heading
     for sentence in ("no LLM-prefill FLOP counts", "no latency table", "no VISOR policy evaluations",
                      "no model evaluated with both HiRED modes",
-                     "no setting of one method lies inside another's LLM-prefill FLOP range"):
+                     "no setting of one method lies inside another's LLM-prefill FLOP range",
+                     "this run has no VISOR training records"):
         assert sentence in html, sentence
 
 

@@ -42,7 +42,7 @@ def test_training_table_has_the_loss_curves_and_the_host():
 def test_convergence_reads_the_last_quarter_of_training():
     steady = convergence(visor_training_table([("m", "full", record())]))
     assert steady["converged"].all() and steady["from_step"].tolist() == [6, 6]
-    assert "converged by this test" in convergence_sentence(steady)
+    assert "converged by the test" in convergence_sentence(steady)
     moving = convergence(visor_training_table([("m", "full", record(moving=True))]))
     largest = moving[moving["configuration"] == "sa2"].iloc[0]
     assert not largest["converged"] and largest["moved"] == pytest.approx(5.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -53,14 +54,36 @@ def test_micro_run_renders_the_report_with_the_results_table(micro_run):
 
 
 @pytest.mark.slow
+def test_micro_run_trains_visor_at_both_budgets_and_the_control(micro_run):
+    """The retrain path of VISOR's study: VISOR at the full and the half budget (training curves in
+    results/visor_training.csv, half-budget verdicts in the claims table) and the host's continued-training
+    control, trained from the host for VISOR's steps and evaluated as llava_full."""
+    summary = pd.read_csv(micro_run / "results" / "summary.csv")
+    visor = summary[summary["method"] == "visor"]
+    assert set(visor["visor_training"]) == {"full", "half"}
+    assert (summary[summary["model"] == "reference_ov_continued"]["method"] == "llava_full").all()
+    control = json.loads((micro_run / "resources/trained/reference_ov_continued/training.json").read_text())
+    assert control["train_config"]["steps"] == 4 and control["control_of"].endswith("reference_ov")
+    training = pd.read_csv(micro_run / "results" / "visor_training.csv")
+    loss = training[training["metric"] == "loss"]
+    assert loss.groupby("training")["step"].max().to_dict() == {"full": 4, "half": 2}
+    assert {"host", "sa0"} <= set(training[training["metric"] == "val_accuracy"]["configuration"])
+    claims = pd.read_csv(micro_run / "results" / "claims.csv", keep_default_na=False)
+    assert (claims[claims["id"] == "visor_saving_without_loss"]["at_half_budget"] != "").all()
+    for budget in ("full", "half"):  # the paper's router: cross-entropy on the cheapest configuration that suffices
+        final = json.loads((micro_run / f"resources/visor/reference_ov/{budget}/final/visor_config.json").read_text())
+        assert final["router_output"] == "cumulative_softmax" and final["training"]["policy"]["router_loss"] == "ce"
+
+
+@pytest.mark.slow
 def test_micro_run_times_every_run_of_a_model_in_one_job(micro_run):
     """One latency record per model, a row per evaluated run (VISOR's viable configurations included), with CIs
     over the repeats and speed-ups paired against llava_full."""
     summary = pd.read_csv(micro_run / "results" / "summary.csv")
     latency = pd.read_csv(micro_run / "results" / "latency.csv")
     key = ["model", "method", "setting_id"]
-    assert sorted(p.name for p in (micro_run / "results" / "latency").iterdir()) == ["reference_next.json",
-                                                                                    "reference_ov.json"]
+    assert sorted(p.name for p in (micro_run / "results" / "latency").iterdir()) == [
+        "reference_next.json", "reference_ov.json", "reference_ov_continued.json"]
     assert set(map(tuple, latency[key].to_numpy())) == set(map(tuple, summary[key].to_numpy()))
     assert len(latency) == len(latency.drop_duplicates(key))
     assert latency["setting_id"].str.startswith("sa_layers-").any()

@@ -52,9 +52,9 @@ def convergence_sentence(table: pd.DataFrame, points: float = CONVERGENCE_POINTS
         worst = part.loc[part["moved"].abs().idxmax()]
         state = "converged" if part["converged"].all() else "did not converge"
         sentences.append(
-            f"VISOR on {model} ({budget} budget, {int(part['steps'].max()):,} steps) {state} by this test (every "
+            f"VISOR on {model} ({budget} budget, {int(part['steps'].max()):,} steps) {state} by the test that every "
             f"configuration's validation accuracy moves less than {points:g} point over the last {window:.0%} of "
-            f"training); the largest move: {worst['configuration']} {worst['moved']:+.1f} points from step "
+            f"training; the largest move: {worst['configuration']} {worst['moved']:+.1f} points from step "
             f"{int(worst['from_step']):,}")
     return ". ".join(sentences) + ("." if sentences else "")
 
@@ -115,8 +115,9 @@ def against_hosts(summary: pd.DataFrame, samples: pd.DataFrame, controls: dict[s
     if summary.empty or "visor" not in set(summary["method"]):
         return pd.DataFrame()
     full = summary[summary["method"] == "llava_full"]
-    visor = summary[(summary["method"] == "visor") & (summary["visor_training"].fillna("full") == "full")
-                    & summary["token_budget"].isna()]
+    budget = summary["visor_training"].fillna("full") if "visor_training" in summary else "full"
+    token_budget = summary["token_budget"] if "token_budget" in summary else pd.Series(float("nan"), summary.index)
+    visor = summary[(summary["method"] == "visor") & (budget == "full") & token_budget.isna()]
     control_of = {base: control for control, base in controls.items()}
     rows = []
     for _, row in visor.iterrows():

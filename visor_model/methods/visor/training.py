@@ -399,7 +399,7 @@ def routing_features_batches(loaded, model: VisorModel, examples: list[Example],
 
 
 def train_router(loaded, model: VisorModel, examples: list[Example], labels: torch.Tensor, steps: int = 200,
-                 lr: float = 3e-3, batch_size: int = 32, seed: int = 0, loss: str = "bce") -> dict:
+                 lr: float = 3e-3, batch_size: int = 32, seed: int = 0, loss: str = "ce") -> dict:
     """Training of the routing token and router MLP on the labels [N, n_viable], host and VISOR layers frozen:
     BCE on every configuration's sufficiency (`loss="bce"`), or cross-entropy on the cheapest sufficing one
     (`"ce"`); `model.router_output` is set to match (how `route` turns logits into probabilities)."""
@@ -616,7 +616,7 @@ def train_policy(universal_dir: Path, labels_path: Path, task_dirs: list[Path], 
         record["policy"] = {"label_split": "val", "label_examples": len(examples), "labels": str(labels_path),
                             "label_reference": policy.label_reference, "label_tolerance": policy.label_tolerance,
                             **train_router(loaded, model, examples, labels, policy.router_steps, policy.router_lr,
-                                           policy.router_batch_size, seed)}
+                                           policy.router_batch_size, seed, policy.router_loss)}
     else:
         reason = "no router layer" if model.config.router_layer is None else "a single viable configuration"
         record["policy"] = {"router": None, "reason": reason}
