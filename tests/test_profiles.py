@@ -75,7 +75,8 @@ def test_paper_profile_resolves_the_whole_dag_offline(tmp_path):
     assert job_counts(result.stdout) == {
         "generate_benchmark": 3, "provide_checkpoint": 2, "evaluate": runs,  # each on all PAPER_BENCHMARKS
         "measure_latency": 2, "train_visor": 1, "label_policy": 1, "train_policy": 1, "aggregate": 1,
-        "audit_claims": 1, "report_section": 6, "report": 1, "all": 1, "total": runs + 20}
+        "audit_claims": 1, "report_section": 7, "report": 1, "all": 1, "provide_visor": 1, "visor_training_table": 1,
+        "total": runs + 24}
     assert "train_reference" not in result.stdout  # hub checkpoints are fetched, not trained
 
 
@@ -137,7 +138,8 @@ def test_slurm_profile_dry_run(tmp_path):
 
 def complete_fake_run(workdir: Path, rounds: int = 4) -> None:
     """Make `workdir` look like a finished run without running anything: write a placeholder for every missing
-    output a dry run lists (a trained VISOR with viable configurations of 0 and 2 SA layers), let Snakemake
+    output a dry run lists (a trained VISOR with viable configurations of 0 and 2 SA layers, its record naming its
+    final folder), let Snakemake
     record its metadata (--touch), and repeat until no output is missing. The dry runs force `aggregate`, so
     that the evaluations of the viable configurations (known once the VISOR checkpoint exists) are listed."""
     stamp = time.time()
@@ -152,8 +154,12 @@ def complete_fake_run(workdir: Path, rounds: int = 4) -> None:
         for output in missing:
             path = workdir / output
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"viable": [[], [1, 4]]}) if output.endswith("universal/visor_config.json")
-                            else "{}\n")
+            if output.endswith("/visor_config.json"):  # universal and final VISOR checkpoints
+                path.write_text(json.dumps({"viable": [[], [1, 4]]}))
+            elif output.startswith("resources/visor/") and output.endswith("/checkpoint.json"):  # provide_visor's
+                path.write_text(json.dumps({"path": str(path.parent / "final")}))
+            else:
+                path.write_text("{}\n")
         for folder in ("resources", "results", "reports"):
             for path in (workdir / folder).rglob("*"):
                 if path.is_file():

@@ -123,14 +123,15 @@ def test_visor_jobs_declare_the_data_they_hold(tmp_path):
 
 
 def test_offline_default_jobs_stay_small():
-    """The reference models (about 0.2 M parameters): a job's runtime dominates; the measured peaks of the
-    default run were 650 MB (evaluate) and 2.3 GB (train_visor, with the old float32 pixel cache)."""
+    """The reference models (0.2-0.6 M parameters): a job's runtime dominates; the measured peaks were 650 MB
+    (evaluate) and 1.3 GB (train_visor on the 12-layer host, 3,000 + 3,000 steps of batch 16); the bounds stay
+    under 3.5 GB."""
     config = load_config(REPO / "config" / "config.yaml")
     config["evaluation"]["device"] = config["visor"]["device"] = "cpu"
     shape = wc.ModelShape.read(REPO / "checkpoints" / "reference_ov")
     sizes = {rule: wc.job_mem_mb(rule, config, shape)
              for rule in ("evaluate", "measure_latency", "train_visor", "label_policy", "train_policy")}
-    assert all(wc.RUNTIME_MB < mb < 3000 for mb in sizes.values()), sizes
+    assert all(wc.RUNTIME_MB < mb < 3500 for mb in sizes.values()), sizes
     assert wc.job_mem_mb("train_reference", config) == wc.RUNTIME_MB + math.ceil(
         9000 * wc.SYNTHETIC_IMAGE_BYTES / MB) + 500
 

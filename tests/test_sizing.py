@@ -38,8 +38,8 @@ def test_paper_profile_job_counts():
     assert 10 < rows["evaluate"]["gpu_hours"] < 200  # tens of GPU-hours, not GPU-days
     config["evaluation"]["group_benchmarks"] = False  # a job per benchmark: 15 start-ups per run, not one
     per_benchmark = sizing.estimate(config)["evaluate"]
-    assert per_benchmark["jobs"] == 37 * 15
-    assert per_benchmark["gpu_hours"] - rows["evaluate"]["gpu_hours"] == pytest.approx(37 * 14 * 2.0 / 60)
+    assert per_benchmark["jobs"] == 46 * 15
+    assert per_benchmark["gpu_hours"] - rows["evaluate"]["gpu_hours"] == pytest.approx(46 * 14 * 2.0 / 60)
 
 
 def test_evaluation_hours_are_the_flop_model_over_the_assumed_throughput():

@@ -85,22 +85,22 @@ def test_bad_config_names_the_key(edit, message):
 
 BAD_VISOR_CONFIGS = [
     (lambda c: c["methods"]["visor"].append({"models": ["reference_next"], "grid": {"threshold": [0.5]}}),
-     "config error at methods.visor[3].models: VISOR is not trained for 'reference_next'; add it to visor.models"),
+     "config error at methods.visor[4].models: VISOR is not trained for 'reference_next'; add it to visor.models"),
     (lambda c: c["visor"].update(label_per_task=10),
      "config error at benchmarks.synth_background.val: VISOR needs 14 val rows per benchmark"),
     (lambda c: c["methods"]["visor"].append({"grid": {"sa_layers": "all"}}),
-     "config error at methods.visor[3].grid.sa_layers: 'all' is not valid under any of the given schemas"),
+     "config error at methods.visor[4].grid.sa_layers: 'all' is not valid under any of the given schemas"),
     (lambda c: c["methods"]["random_drop"].append({"grid": {"sa_layers": "viable"}}),
      "config error at methods.random_drop[1].grid.sa_layers: 'viable' (the viable configurations of a trained "
      "VISOR) is for method visor only"),
     (lambda c: c["visor"].update(models=["reference_ov", "tiny"]),
      "config error at visor.models: unknown model 'tiny'; configured models: reference_ov, reference_next"),
     (lambda c: c["methods"]["visor"].append({"grid": {"threshold": [0.5], "training": ["quarter"]}}),
-     "config error at methods.visor[3]: training 'quarter' is not a VISOR budget; visor.budgets has full"),
+     "config error at methods.visor[4]: training 'quarter' is not a VISOR budget; visor.budgets has full, half"),
     (lambda c: c["visor"].update(shipped={"reference_next": {"full": "checkpoints/x"}}),
      "config error at visor.shipped.reference_next: VISOR is not trained for 'reference_next' (visor.models)"),
-    (lambda c: c["visor"].update(shipped={"reference_ov": {"half": "checkpoints/x"}}),
-     "config error at visor.shipped.reference_ov.half: not a VISOR budget; visor.budgets has full"),
+    (lambda c: c["visor"].update(shipped={"reference_ov": {"quarter": "checkpoints/x"}}),
+     "config error at visor.shipped.reference_ov.quarter: not a VISOR budget; visor.budgets has full, half"),
     (lambda c: c["visor"].update(budgets={"half": 0.5}),
      "config error at visor.budgets: 'full' is a required property"),
     (lambda c: c["models"].update(control={"family": "llava_onevision", "control_of": "reference_next",
@@ -199,10 +199,12 @@ def test_configured_runs_of_the_micro_config():
     runs, settings, viable_runs = workflow_config.configured_runs(config)
     assert runs == [
         ("reference_ov", "llava_full", "default"), ("reference_next", "llava_full", "default"),
+        ("reference_ov_continued", "llava_full", "default"),
         ("reference_ov", "random_drop", "budget-0.2_seed-0"), ("reference_next", "random_drop", "budget-0.2_seed-0"),
         ("reference_next", "hired", "budget-0.2_mode-paper"),
         ("reference_next", "hired", "budget-0.2_mode-reference_code"),
         ("reference_ov", "visor", "threshold-0.9"), ("reference_ov", "visor", "threshold-0.9_token_budget-0.5"),
+        ("reference_ov", "visor", "threshold-0.9_training-half"),
     ]
     assert settings[("hired", "budget-0.2_mode-paper")] == {"budget": 0.2, "mode": "paper"}
     assert viable_runs == [("reference_ov", "visor", {})]

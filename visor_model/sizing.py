@@ -214,7 +214,7 @@ def estimate(config: dict, a: Assumptions = Assumptions()) -> dict[str, dict]:
             "train_reference": sources.count("train"), "provide_checkpoint": len(config["models"]),
             "evaluate": len(runs) * evaluate_jobs, "measure_latency": len(latency_models),
             "train_visor": len(visor_models), "label_policy": len(visor_models), "train_policy": len(visor_models),
-            "aggregate": 1, "audit_claims": 1, "report_section": 6, "report": 1}
+            "aggregate": 1, "audit_claims": 1, "report_section": 7, "report": 1}
     return {rule: {"jobs": n, "gpu_hours": hours.get(rule, 0.0)} for rule, n in jobs.items()}
 
 
