@@ -138,7 +138,7 @@ def read_table(path) -> pd.DataFrame:
     if path is None or not Path(path).exists() or Path(path).stat().st_size == 0:
         return pd.DataFrame()
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, low_memory=False)  # one pass: a column mixing blanks and words keeps one type
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
 
