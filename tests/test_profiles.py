@@ -76,7 +76,7 @@ def test_paper_profile_resolves_the_whole_dag_offline(tmp_path):
         "generate_benchmark": 3, "provide_checkpoint": 2, "evaluate": runs,  # each on all PAPER_BENCHMARKS
         "measure_latency": 2, "train_visor": 1, "label_policy": 1, "train_policy": 1, "aggregate": 1,
         "audit_claims": 1, "report_section": 7, "report": 1, "all": 1, "provide_visor": 1, "visor_training_table": 1,
-        "total": runs + 24}
+        "total": runs + 23}
     assert "train_reference" not in result.stdout  # hub checkpoints are fetched, not trained
 
 
