@@ -68,7 +68,7 @@ def test_default_dag_provides_the_shipped_visor_and_trains_it_without(tmp_path):
     counts = job_counts(result.stdout + result.stderr)
     assert {rule: counts[rule] for rule in ("train_visor", "label_policy", "train_policy", "provide_visor")} == {
         rule: len(budgets) for rule in ("train_visor", "label_policy", "train_policy", "provide_visor")}
-    graph = snakemake(workdir, "reports/final.html", "--rulegraph", "dot")
+    graph = snakemake(workdir, "reports/final.html", "--cores", "2", "--rulegraph", "dot")
     assert graph.returncode == 0, graph.stderr[-3000:]
     names = dict(re.findall(r'(\d+)\[label = "(\w+)"', graph.stdout))
     edges = {(names[a], names[b]) for a, b in re.findall(r"(\d+) -> (\d+)", graph.stdout)}
