@@ -28,6 +28,19 @@ def check_budget(budget: float, name: str = "budget") -> float:
     return value
 
 
+def check_integer(value, name: str) -> int:
+    """An integer argument: lmms-eval hands over "3", 3 or 3.0 (a bool or a fraction is an error naming `name`)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if not math.isfinite(number) or not number.is_integer():
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(number)
+
+
 def tokens_for_budget(budget: float, n_tokens: int) -> int:
     """floor(budget * n) tokens, at least one."""
     return max(1, min(n_tokens, math.floor(budget * n_tokens + 1e-9)))
@@ -67,6 +80,28 @@ class TokenReducer(ABC):
     def settings(self) -> dict:
         """The method's settings as recorded in every result."""
         return {"method": self.name}
+
+
+class ModelResolvedReducer(TokenReducer):
+    """A reducer whose settings (`self.config`, with a `resolve(model)` method) have fields derived from the model
+    it runs on (e.g. the attention score an encoder supports): resolved once per model and cached."""
+
+    config: object
+    _resolved: tuple | None = None
+
+    def bind(self, model):
+        """Derive the automatic settings from `model` and validate them now (else on the first `reduce`)."""
+        self._resolved = (id(model), self.config.resolve(model))
+        return self
+
+    def resolved(self, model):
+        if self._resolved is None or self._resolved[0] != id(model):
+            self.bind(model)
+        return self._resolved[1]
+
+    @property
+    def needs_vision_hidden_states(self) -> bool:
+        return True
 
 
 class FullTokens(TokenReducer):

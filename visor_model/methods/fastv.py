@@ -54,20 +54,7 @@ from visor_model.llava.checkpoints import LoadedCheckpoint
 from visor_model.llava.generation import GreedyOutput, GreedyRows, StoppingCriteria
 from visor_model.llava.runner import SampleRecord, VisionLanguageRunner, eos_token_ids
 from visor_model.llava.visual import SplicedBatch
-from visor_model.methods.base import FullTokens
-
-
-def _layer_count(value, name: str) -> int:
-    """An integer argument given as an int, a whole float or a string ("2")."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if not math.isfinite(number) or number != int(number):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return int(number)
+from visor_model.methods.base import FullTokens, check_integer
 
 
 @dataclass(frozen=True)
@@ -80,7 +67,7 @@ class FastVConfig:
     score: str = "last"
 
     def __post_init__(self):
-        k = _layer_count(self.k, "k")
+        k = check_integer(self.k, "k")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {self.k!r}: FastV ranks the visual tokens by the attention of "
                              "its K-th layer (the official code asserts K > 0); to drop tokens before the LLM use "

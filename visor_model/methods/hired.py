@@ -87,7 +87,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from visor_model.llava.visual import NEWLINE, ImageTokens, VisionOutputs
-from visor_model.methods.base import TokenReducer, check_budget, tokens_for_budget
+from visor_model.methods.base import ModelResolvedReducer, check_budget, check_integer, tokens_for_budget
 
 MODES = ("paper", "reference_code")
 SCORES = ("cls", "mean_received")
@@ -97,19 +97,6 @@ NEWLINE_RULES = ("all", "occupied_rows", "none")
 # ----------------------------------------------------------------------------------------------------------
 # settings
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _as_int(value, name: str) -> int:
-    """An integer setting; lmms-eval hands over "3", 3 or 3.0."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if not number.is_integer():
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return int(number)
 
 
 def is_auto(value) -> bool:
@@ -159,11 +146,11 @@ class HiREDSettings:
         set_("score", None if is_auto(self.score) else self.score)
         if self.score is not None and self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES} (or None for the encoder's default), got {self.score!r}")
-        set_("distribution_layer", _as_int(self.distribution_layer, "distribution_layer"))
+        set_("distribution_layer", check_integer(self.distribution_layer, "distribution_layer"))
         if self.distribution_layer < 0:
             raise ValueError(f"distribution_layer must be >= 0, got {self.distribution_layer}")
         if not is_auto(self.selection_layer):
-            set_("selection_layer", _as_int(self.selection_layer, "selection_layer"))
+            set_("selection_layer", check_integer(self.selection_layer, "selection_layer"))
             if self.selection_layer < 0:
                 raise ValueError(f"selection_layer must be >= 0, got {self.selection_layer}")
         else:
@@ -450,7 +437,7 @@ class HiREDAllocation:
     region_scores: list[float]  # s_i of every sub-image (attention mass or top-patch count)
 
 
-class HiRED(TokenReducer):
+class HiRED(ModelResolvedReducer):
     """HiRED token dropping; see the module docstring for the algorithm and the two fidelity modes.
 
     `reduce_with_allocations` also returns, per sample, the per-partition budgets and kept counts."""
@@ -472,20 +459,6 @@ class HiRED(TokenReducer):
         self._resolved: tuple[int, HiREDSettings] | None = None
         if model is not None:
             self.bind(model)
-
-    def bind(self, model) -> HiRED:
-        """Derive the automatic settings from `model` and validate them now (else on the first `reduce`)."""
-        self._resolved = (id(model), self.config.resolve(model))
-        return self
-
-    def resolved(self, model) -> HiREDSettings:
-        if self._resolved is None or self._resolved[0] != id(model):
-            self.bind(model)
-        return self._resolved[1]
-
-    @property
-    def needs_vision_hidden_states(self) -> bool:
-        return True
 
     def settings(self) -> dict:
         config = self._resolved[1] if self._resolved is not None else self.config

@@ -63,7 +63,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from visor_model.llava.visual import ImageTokens, VisionOutputs, pack_crop_features, select_vision_features
-from visor_model.methods.base import TokenReducer, check_budget, tokens_for_budget
+from visor_model.methods.base import ModelResolvedReducer, check_budget, tokens_for_budget
 from visor_model.methods.hired import (
     SCORES,
     attention_queries_keys,
@@ -184,7 +184,7 @@ class VisionZipAllocation:
     dropped: list[int]  # patch tokens neither kept nor merged (crops without contextual tokens)
 
 
-class VisionZip(TokenReducer):
+class VisionZip(ModelResolvedReducer):
     """VisionZip's dominant + contextual tokens; see the module docstring. `reduce_with_allocations` also
     returns each sample's per-crop counts."""
 
@@ -196,20 +196,6 @@ class VisionZip(TokenReducer):
         self._resolved: tuple[int, VisionZipSettings] | None = None
         if model is not None:
             self.bind(model)
-
-    def bind(self, model) -> VisionZip:
-        """Derive the score from `model` and validate it now (else on the first `reduce`)."""
-        self._resolved = (id(model), self.config.resolve(model))
-        return self
-
-    def resolved(self, model) -> VisionZipSettings:
-        if self._resolved is None or self._resolved[0] != id(model):
-            self.bind(model)
-        return self._resolved[1]
-
-    @property
-    def needs_vision_hidden_states(self) -> bool:
-        return True
 
     def settings(self) -> dict:
         config = self._resolved[1] if self._resolved is not None else self.config
