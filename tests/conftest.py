@@ -72,6 +72,19 @@ def save_checkpoint(model, tokenizer, image_processor, folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A word-level tokenizer for the tests' one question about a coloured square."""
+    return build_tokenizer(["what", "colour", "is", "the", "square", "red", "blue"])
+
+
+@pytest.fixture(scope="module", params=["llava_next", "llava_onevision"])
+def tiny(request, tokenizer):
+    """A tiny random model of each family (eval mode) with its image processor and the tokenizer."""
+    model, processor = build_reference_model(tiny_config(request.param), tokenizer, seed=0)
+    return SimpleNamespace(family=request.param, model=model.eval(), image_processor=processor, tokenizer=tokenizer)
+
+
 @pytest.fixture(scope="session")
 def benchmark_tokenizer():
     return build_tokenizer(tasks.vocabulary())

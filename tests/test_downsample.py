@@ -3,32 +3,18 @@ base model at full resolution, the crops actually encoded, the budget's size sea
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
-from conftest import llm_logits, noise_images, tiny_config
+from conftest import llm_logits, noise_images
 
 from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
 from visor_model.llava.visual import encode_images, patch_token_count
 from visor_model.methods.base import FullTokens, tokens_for_budget
 from visor_model.methods.downsample import Downsample, scaled_size
-from visor_model.reference.models import build_reference_model, build_tokenizer
 
 QUESTION = "what colour is the square"
 # (height, width): 2x2, 2x2 un-padded, 1x3, 2x1 of the reference geometry (48 px crops), tiny, very wide
 IMAGE_SIZES = ((96, 96), (60, 100), (60, 144), (120, 96), (10, 10), (40, 800))
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer(["what", "colour", "is", "the", "square", "red", "blue"])
-
-
-@pytest.fixture(scope="module", params=["llava_next", "llava_onevision"])
-def tiny(request, tokenizer):
-    model, processor = build_reference_model(tiny_config(request.param), tokenizer, seed=0)
-    return SimpleNamespace(family=request.param, model=model.eval(), image_processor=processor, tokenizer=tokenizer)
 
 
 @torch.no_grad()

@@ -22,23 +22,11 @@ from visor_model.methods.hired import (
     spatial_regions,
     top_k_mask,
 )
-from visor_model.reference.models import ReferenceConfig, build_reference_model, build_tokenizer
+from visor_model.reference.models import ReferenceConfig, build_reference_model
 
 BUDGETS = (0.05, 0.1, 0.2, 0.4, 0.6, 1.0)
 # (height, width): 2x2, 2x2 un-padded, 1x2, 2x1, tiny, very wide (sub-images fully un-padded away)
 IMAGE_SIZES = ((96, 96), (60, 100), (48, 100), (150, 40), (10, 10), (40, 800))
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer(["what", "colour", "is", "the", "square", "red", "blue"])
-
-
-@pytest.fixture(scope="module", params=["llava_next", "llava_onevision"])
-def tiny(request, tokenizer):
-    model, processor = build_reference_model(tiny_config(request.param), tokenizer, seed=0)
-    model.eval()
-    return SimpleNamespace(family=request.param, model=model, image_processor=processor, tokenizer=tokenizer)
 
 
 @pytest.fixture(scope="module")

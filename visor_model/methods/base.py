@@ -28,6 +28,17 @@ def check_budget(budget: float, name: str = "budget") -> float:
     return value
 
 
+def check_fraction(value, name: str) -> float:
+    """A number in [0, 1] (NaN and non-numbers are errors naming `name`)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= number <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return number
+
+
 def check_integer(value, name: str) -> int:
     """An integer argument: lmms-eval hands over "3", 3 or 3.0 (a bool or a fraction is an error naming `name`)."""
     if isinstance(value, bool):

@@ -87,7 +87,13 @@ from dataclasses import dataclass, replace
 import torch
 
 from visor_model.llava.visual import NEWLINE, ImageTokens, VisionOutputs
-from visor_model.methods.base import ModelResolvedReducer, check_budget, check_integer, tokens_for_budget
+from visor_model.methods.base import (
+    ModelResolvedReducer,
+    check_budget,
+    check_fraction,
+    check_integer,
+    tokens_for_budget,
+)
 
 MODES = ("paper", "reference_code")
 SCORES = ("cls", "mean_received")
@@ -134,13 +140,7 @@ class HiREDSettings:
             object.__setattr__(self, name, value)
 
         set_("budget", check_budget(self.budget))
-        try:
-            alpha = float(self.alpha)
-        except (TypeError, ValueError):
-            raise ValueError(f"alpha must be a number in [0, 1], got {self.alpha!r}") from None
-        if not 0.0 <= alpha <= 1.0:  # also rejects NaN
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        set_("alpha", alpha)
+        set_("alpha", check_fraction(self.alpha, "alpha"))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         set_("score", None if is_auto(self.score) else self.score)

@@ -63,7 +63,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from visor_model.llava.visual import ImageTokens, VisionOutputs, pack_crop_features, select_vision_features
-from visor_model.methods.base import ModelResolvedReducer, check_budget, tokens_for_budget
+from visor_model.methods.base import ModelResolvedReducer, check_budget, check_fraction, tokens_for_budget
 from visor_model.methods.hired import (
     SCORES,
     attention_queries_keys,
@@ -98,13 +98,7 @@ class VisionZipSettings:
 
     def __post_init__(self):
         object.__setattr__(self, "budget", check_budget(self.budget))
-        try:
-            ratio = float(self.dominant_ratio)
-        except (TypeError, ValueError):
-            raise ValueError(f"dominant_ratio must be a number in [0, 1], got {self.dominant_ratio!r}") from None
-        if not 0.0 <= ratio <= 1.0:  # also rejects NaN
-            raise ValueError(f"dominant_ratio must be in [0, 1], got {self.dominant_ratio!r}")
-        object.__setattr__(self, "dominant_ratio", ratio)
+        object.__setattr__(self, "dominant_ratio", check_fraction(self.dominant_ratio, "dominant_ratio"))
         object.__setattr__(self, "score", None if is_auto(self.score) else self.score)
         if self.score is not None and self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES} (or None for the encoder's default), got {self.score!r}")
