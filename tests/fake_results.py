@@ -8,8 +8,8 @@ Used by the report and claims tests and to render a full report for inspection:
 
     python tests/fake_results.py OUTDIR [paper]  # writes OUTDIR/{summary,samples,latency}.csv
 
-`PAPER_BENCHMARKS` are the 12 benchmarks of config/paper.yaml with their kinds and clusters, to render the
-report at the papers' scale (`tables(benchmarks=PAPER_BENCHMARKS)`).
+`PAPER_BENCHMARKS` are the lmms-eval benchmarks of config/paper.yaml with their kinds and clusters (and full
+FLOPs by kind), to render the report at the papers' scale (`tables(benchmarks=PAPER_BENCHMARKS)`).
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from visor_model.audit.analysis import median_interval
 from visor_model.audit.tables import latency_table, sample_table, summary_table
 
 BENCHMARKS = {"synth_background": ("coarse", "easy", 2.0e8), "synth_shape": ("medium", "easy", 2.1e8),
               "synth_marker": ("fine", "hard", 2.4e8)}
+FULL_FLOPS = {"coarse": 2.0e9, "medium": 2.2e9, "fine": 2.4e9}  # a paper benchmark's full prefill, by kind
 PAPER_BENCHMARKS = {
-    "docvqa_val": ("fine", "hard", 2.4e9), "chartqa": ("fine", "hard", 2.3e9), "infovqa_val": ("fine", "hard", 2.6e9),
-    "ocrbench": ("fine", "hard", 2.2e9), "textvqa_val": ("fine", None, 2.2e9), "gqa": ("coarse", "easy", 2.0e9),
-    "scienceqa_img": ("coarse", "easy", 2.0e9), "pope": ("coarse", "easy", 2.0e9), "mme": ("coarse", None, 2.1e9),
-    "mmbench_en_dev_static": ("coarse", None, 2.0e9), "ai2d": ("medium", None, 2.1e9),
-    "realworldqa": ("medium", None, 2.3e9)}
+    name: (spec["kind"], spec.get("cluster"), FULL_FLOPS[spec["kind"]])
+    for name, spec in yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "paper.yaml").read_text())[
+        "benchmarks"].items() if spec["source"] == "lmms_eval"}
 MODELS = {"reference_ov": "llava_onevision", "reference_next": "llava_next"}
 VERSIONS = {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.23.0", "lmms_eval": "0.7.3",
             "snakemake": "9.27.1", "pandas": "3.1.1", "seaborn": "0.13.2", "papermill": "2.7.0"}

@@ -52,7 +52,6 @@ PAPER_RUNS = {
     "llava_full": 2, "random_drop": 2 * 2, "hired": 3 * 2 + 2 + 3, "visionzip": 3 + 2, "downsample": 2 * 2,
     "visor": 5 + 2, "fastv": 2 * 2,
 }
-PAPER_BENCHMARKS = 12 + 3  # the lmms-eval tasks + the synthetic tasks VISOR trains on
 
 
 @pytest.mark.slow
@@ -62,10 +61,10 @@ def test_paper_profile_resolves_the_whole_dag_offline(tmp_path):
     for model in config["models"].values():
         assert model["checkpoint"]["source"] == "hub" and re.fullmatch(r"[0-9a-f]{40}", model["checkpoint"]["revision"])
     lmms = {name for name, spec in config["benchmarks"].items() if spec["source"] == "lmms_eval"}
-    assert lmms == {"docvqa_val", "chartqa", "textvqa_val", "gqa", "scienceqa_img", "pope", "mme", "ocrbench", "ai2d",
-                    "infovqa_val", "mmbench_en_dev_static", "realworldqa"}
+    # VISOR's clusters (the papers'; the other benchmarks are reported per benchmark)
     assert {b for b in lmms if config["benchmarks"][b].get("cluster") == "hard"} == {"docvqa_val", "chartqa",
                                                                                      "infovqa_val", "ocrbench"}
+    assert {b for b in lmms if config["benchmarks"][b].get("cluster") == "easy"} == {"gqa", "scienceqa_img", "pope"}
     assert config["evaluation"]["device"] == "cuda" and config["evaluation"]["dtype"] == "bfloat16"
     assert config["audit"]["profile"] == "paper"
 
@@ -73,7 +72,7 @@ def test_paper_profile_resolves_the_whole_dag_offline(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sum(PAPER_RUNS.values())
     assert job_counts(result.stdout) == {
-        "generate_benchmark": 3, "provide_checkpoint": 2, "evaluate": runs,  # each on all PAPER_BENCHMARKS
+        "generate_benchmark": 3, "provide_checkpoint": 2, "evaluate": runs,  # each on every benchmark
         "measure_latency": 2, "train_visor": 1, "label_policy": 1, "train_policy": 1, "aggregate": 1,
         "audit_claims": 1, "report_section": 7, "report": 1, "all": 1, "provide_visor": 1, "visor_training_table": 1,
         "total": runs + 23}

@@ -12,11 +12,14 @@ import pytest
 import yaml
 from helpers import REPO, snakemake
 
+from lmms_plugins.metrics import sample_score
 from visor_model.rehearsal.checkpoints import GEOMETRIES, sha256, write_rehearsal_checkpoint
-from visor_model.rehearsal.tasks import TASKS, lmms_eval_tasks_dir, write_task
+from visor_model.rehearsal.tasks import task_definition, write_task
 
 REVISION = "ebc40e18ddc7f38b9b069b32e5f1cbf17642f654"
 OV, NEXT = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-v1.6-vicuna-7b-hf"
+BENCHMARKS = yaml.safe_load((REPO / "config" / "rehearsal.yaml").read_text())["benchmarks"]
+TASKS = [name for name, spec in BENCHMARKS.items() if spec["source"] == "rehearsal"]  # lmms-eval's, rehearsed
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +113,15 @@ def offline_datasets(tmp_path, monkeypatch):
     return tmp_path / "datasets_cache"
 
 
-@pytest.mark.parametrize("name", list(TASKS))
+@pytest.mark.parametrize("name", TASKS)
 def test_task_docs_load_through_lmms_eval(name, tmp_path, offline_datasets):
     from lmms_eval.tasks import TaskManager, get_task_dict
 
     documents = 2
-    manifest = write_task(name, tmp_path / name, documents, seed=0, datasets_cache=offline_datasets)
+    manifest = write_task(name, {**BENCHMARKS[name], "test": documents}, tmp_path / name, seed=0,
+                          datasets_cache=offline_datasets)
     task_yaml = yaml.safe_load((tmp_path / name / f"{name}.yaml").read_text())
-    assert task_yaml == {"include": str(lmms_eval_tasks_dir() / TASKS[name].task_yaml), "task": name,
+    assert task_yaml == {"include": str(task_definition(name).task_yaml), "task": name,
                          "dataset_path": manifest["dataset_path"]}
     manager = TaskManager("WARNING", include_path=str(tmp_path / name), include_defaults=False)
     task = get_task_dict([name], manager)[name]
@@ -128,16 +132,19 @@ def test_task_docs_load_through_lmms_eval(name, tmp_path, offline_datasets):
         assert task.doc_to_text(doc).strip()
     result = task.process_results(docs[0], ["A"])
     assert result and set(result) <= {metric["metric"] for metric in task.config.metric_list}
+    assert 0.0 <= sample_score(BENCHMARKS[name]["metric"], result) <= 1.0  # the primary metric reads its sample
 
 
 def test_docvqa_pages_have_the_real_sizes(tmp_path, offline_datasets):
-    manifest = write_task("docvqa_val", tmp_path, 4, seed=0, datasets_cache=offline_datasets)
+    manifest = write_task("docvqa_val", {**BENCHMARKS["docvqa_val"], "test": 4}, tmp_path, seed=0,
+                          datasets_cache=offline_datasets)
     assert manifest["image_sizes"] == [[1700, 2200], [2200, 1700], [1760, 2280], [2544, 3296]]
 
 
 def test_unknown_task_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="no rehearsal documents for lmms-eval task 'vqav2'"):
-        write_task("vqav2", tmp_path, 2, seed=0, datasets_cache=tmp_path)
+    spec = {**BENCHMARKS["docvqa_val"], "task": "vqav3"}
+    with pytest.raises(ValueError, match="lmms-eval task 'vqav3' is not one built-in task"):
+        write_task("docvqa_val", spec, tmp_path, seed=0, datasets_cache=tmp_path)
 
 
 def test_report_says_a_rehearsal_scores_randomly(tmp_path):
@@ -179,7 +186,7 @@ def small_rehearsal(benchmarks: list[str]) -> dict:
 def test_small_rehearsal_reaches_the_report(tmp_path):
     """Every benchmark of the paper profile through lmms-eval's own task definition, the aggregation and the report
     (the task-specific paths: textvqa_val and mmbench write submission files, mme scores question pairs, ...)."""
-    config = small_rehearsal(list(TASKS))
+    config = small_rehearsal(TASKS)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     run = snakemake(tmp_path, "--cores", "2", "--configfile", str(tmp_path / "config.yaml"),
                     "--replace-workflow-config", "reports/final.html", timeout=1500)
@@ -196,9 +203,9 @@ def test_rehearsal_config_mirrors_the_paper_profile():
                         for name in ("paper", "rehearsal"))
     assert rehearsal["rehearsal"] is True and rehearsal["audit"]["profile"] == "paper"
     assert list(rehearsal["benchmarks"]) == list(paper["benchmarks"])
-    for name, spec in paper["benchmarks"].items():
-        assert {k: rehearsal["benchmarks"][name].get(k) for k in ("kind", "cluster", "metric")} == {
-            k: spec.get(k) for k in ("kind", "cluster", "metric")}
+    for name, spec in paper["benchmarks"].items():  # the audit's keys and the typical sample the sizing tool costs
+        keys = ("kind", "cluster", "metric", "image", "text_tokens", "answer_tokens")
+        assert {k: rehearsal["benchmarks"][name].get(k) for k in keys} == {k: spec.get(k) for k in keys}, name
         expected_source = "synthetic" if spec["source"] == "synthetic" else "rehearsal"
         assert rehearsal["benchmarks"][name]["source"] == expected_source
     assert set(rehearsal["methods"]) == set(paper["methods"])
@@ -206,4 +213,3 @@ def test_rehearsal_config_mirrors_the_paper_profile():
     for model, spec in paper["models"].items():
         assert rehearsal["models"][model]["family"] == spec["family"]
         assert rehearsal["models"][model]["checkpoint"]["rehearsal_of"] == spec["checkpoint"]["repo"]
-    assert set(TASKS) == {name for name, spec in paper["benchmarks"].items() if spec["source"] == "lmms_eval"}

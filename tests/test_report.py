@@ -391,7 +391,7 @@ def test_gather_numbers_figures_through_the_report(tmp_path):
     assert captions == ["**Figure 1.** a plot", "**Figure 2.** a plot"]
 
 
-# --- the report at the papers' scale (12 benchmarks, two models) -----------------------------------------
+# --- the report at the papers' scale (paper.yaml's benchmarks, two models) ----------------------------------
 
 def test_verdict_table_is_one_row_per_claim_with_the_reason_in_details():
     from visor_model.reporting.notebook import shorten, verdict_html
@@ -430,13 +430,13 @@ def paper_report(tmp_path_factory):
 def test_report_at_paper_scale_renders_small_multiples_and_folds_the_claims(paper_report):
     _, html, errors = paper_report
     assert not errors, errors
-    assert "2 models, 12 benchmarks" in html
+    assert f"2 models, {len(fake_results.PAPER_BENCHMARKS)} benchmarks" in html
     claims_shown = len(load_claims(CLAIMS))
     table = html[html.index('<table class="verdicts">'):]
     table = table[:table.index("</table>")]
     assert table.count("<tr>") == claims_shown + 1  # the header and one row per claim
     assert table.count("<details>") == claims_shown and table.count("<b>Reason:</b>") == claims_shown
-    # accuracy against FLOPs: one figure of 24 panels, not one per benchmark
+    # accuracy against FLOPs: one figure of a panel per benchmark and model, not one figure per benchmark
     tradeoffs = html[html.index('id="Accuracy-against-LLM-prefill-FLOPs"'):html.index('id="Easy-and-hard-clusters')]
     assert tradeoffs.count("<img") == 1
     assert "one panel per benchmark and model" in tradeoffs

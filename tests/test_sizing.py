@@ -28,18 +28,21 @@ def test_paper_profile_job_counts():
     rows = sizing.estimate(config)
     # VISOR on the 24-layer Qwen2 host: 8 SA candidates, a family of 9 configurations (the most that are viable)
     assert sizing.visor_family_size(sizing.SHAPES["llava_onevision"]) == 9 and len(viable) == 1
-    assert rows["evaluate"]["jobs"] == len(runs) + 9 == 46  # one per run, for all 15 benchmarks
+    evaluations = len(runs) + 9
+    assert rows["evaluate"]["jobs"] == evaluations  # one per run, for every benchmark
     assert rows["measure_latency"]["jobs"] == len(config["models"]) == 2  # one per model: its settings side by side
     assert {rule: rows[rule]["jobs"] for rule in ("provide_checkpoint", "train_reference", "generate_benchmark",
                                                   "train_visor", "label_policy", "train_policy")} == {
-        "provide_checkpoint": 2, "train_reference": 0, "generate_benchmark": 3, "train_visor": 1,
-        "label_policy": 1, "train_policy": 1}
+        "provide_checkpoint": 2, "train_reference": 0, "train_visor": 1, "label_policy": 1, "train_policy": 1,
+        "generate_benchmark": sum(spec["source"] == "synthetic" for spec in config["benchmarks"].values())}
     assert rows["aggregate"]["gpu_hours"] == 0.0
     assert 10 < rows["evaluate"]["gpu_hours"] < 200  # tens of GPU-hours, not GPU-days
-    config["evaluation"]["group_benchmarks"] = False  # a job per benchmark: 15 start-ups per run, not one
+    config["evaluation"]["group_benchmarks"] = False  # a job per benchmark: a start-up per benchmark, not one
     per_benchmark = sizing.estimate(config)["evaluate"]
-    assert per_benchmark["jobs"] == 46 * 15
-    assert per_benchmark["gpu_hours"] - rows["evaluate"]["gpu_hours"] == pytest.approx(46 * 14 * 2.0 / 60)
+    benchmarks = len(config["benchmarks"])
+    assert per_benchmark["jobs"] == evaluations * benchmarks
+    assert per_benchmark["gpu_hours"] - rows["evaluate"]["gpu_hours"] == pytest.approx(
+        evaluations * (benchmarks - 1) * 2.0 / 60)
 
 
 def test_evaluation_hours_are_the_flop_model_over_the_assumed_throughput():
@@ -69,10 +72,14 @@ def test_evaluation_hours_are_the_flop_model_over_the_assumed_throughput():
     assert rows["evaluate"]["gpu_hours"] == pytest.approx(3.0 / 60 + 2 * 10 * seconds / 3600)
 
 
-def test_unknown_lmms_eval_task_names_the_table():
+def test_an_lmms_eval_task_without_its_size_names_the_missing_keys():
     config = load(REPO / "config" / "paper.yaml")
-    config["benchmarks"]["vqav2_val"] = {"source": "lmms_eval"}
-    with pytest.raises(ValueError, match="no size profile for lmms-eval task 'vqav2_val'; add it to"):
+    config["benchmarks"]["vqav2_val"] = {"source": "lmms_eval", "image": "photo", "metric": "exact_match"}
+    with pytest.raises(ValueError, match=r"^config error at benchmarks\.vqav2_val: the sizing tool needs documents "
+                                         r"\(the documents it evaluates\)$"):
+        sizing.estimate(config)
+    config["benchmarks"]["vqav2_val"] = {"source": "rehearsal", "test": 4}  # a rehearsal evaluates `test` documents
+    with pytest.raises(ValueError, match=r"benchmarks\.vqav2_val: the sizing tool needs image \(its typical image"):
         sizing.estimate(config)
 
 

@@ -5,7 +5,7 @@
 Counts come from the config as the workflow resolves it (visor_model.workflow_config.configured_runs), with each
 `sa_layers: viable` grid counted at its largest: every configuration of VISOR's family (n SA candidates + 1). The
 estimate is the FLOP model's (visor_model.efficiency.flops): per sample, the prefill of the vision tower, projector
-and LLM on the benchmark's typical image (crops and visual tokens of BENCHMARKS, per model family) at the
+and LLM on the benchmark's typical image (its entry's `image`: crops and visual tokens of IMAGES) at the
 setting's token budget, plus its decode steps; divided by an assumed achieved throughput (--tflops), plus decode
 steps bound by reading the weights (--bandwidth) and a fixed start-up per job (--startup-min; an evaluate job
 evaluates every benchmark of a model x method x setting, or one with evaluation.group_benchmarks: false). VISOR's
@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -95,23 +95,6 @@ class BenchmarkProfile:
     answer_tokens: int = 4
 
 
-# The lmms-eval tasks' evaluation splits (documents) and typical samples.
-BENCHMARKS = {
-    "docvqa_val": BenchmarkProfile(5349, "document", answer_tokens=8),
-    "infovqa_val": BenchmarkProfile(2801, "document", answer_tokens=8),
-    "chartqa": BenchmarkProfile(2500, "photo", answer_tokens=6),
-    "ocrbench": BenchmarkProfile(1000, "photo", answer_tokens=12),
-    "textvqa_val": BenchmarkProfile(5000, "large", answer_tokens=6),
-    "gqa": BenchmarkProfile(12578, "photo", answer_tokens=3),
-    "scienceqa_img": BenchmarkProfile(2017, "photo", text_tokens=160, answer_tokens=2),
-    "pope": BenchmarkProfile(9000, "photo", answer_tokens=2),
-    "mme": BenchmarkProfile(2374, "photo", answer_tokens=2),
-    "mmbench_en_dev_static": BenchmarkProfile(4329, "photo", text_tokens=160, answer_tokens=2),
-    "ai2d": BenchmarkProfile(3088, "photo", text_tokens=120, answer_tokens=2),
-    "realworldqa": BenchmarkProfile(765, "large", answer_tokens=4),
-}
-
-
 @dataclass(frozen=True)
 class Assumptions:
     """What the estimate assumes of the machine (an H100/H200 running these models through HF transformers)."""
@@ -123,14 +106,20 @@ class Assumptions:
 
 
 def benchmark_profile(name: str, spec: dict, limit: int | None) -> BenchmarkProfile:
-    task = spec.get("task", name)
+    """Benchmark `name`'s size and typical sample, from its config entry `spec`: a synthetic task's `test` split of
+    small scenes; an lmms-eval task's (source lmms_eval: `documents`, rehearsal: `test`) with its `image` class
+    and, where given, `text_tokens` and `answer_tokens`; at most `limit` (evaluation.limit) documents."""
     if spec["source"] == "synthetic":
         profile = BenchmarkProfile(spec["test"], "synthetic", text_tokens=16, answer_tokens=2)
-    elif task in BENCHMARKS:
-        profile = BENCHMARKS[task]
     else:
-        raise ValueError(f"no size profile for lmms-eval task {task!r}; add it to visor_model.sizing.BENCHMARKS")
-    return BenchmarkProfile(min(profile.samples, limit or profile.samples), *list(profile.__dict__.values())[1:])
+        size = "documents" if spec["source"] == "lmms_eval" else "test"
+        needed = {size: "the documents it evaluates", "image": "its typical image class, e.g. photo or document"}
+        missing = [f"{key} ({what})" for key, what in needed.items() if key not in spec]
+        if missing:
+            raise ValueError(f"config error at benchmarks.{name}: the sizing tool needs {'; '.join(missing)}")
+        profile = BenchmarkProfile(spec[size], spec["image"],
+                                   **{key: spec[key] for key in ("text_tokens", "answer_tokens") if key in spec})
+    return replace(profile, samples=min(profile.samples, limit or profile.samples))
 
 
 def kept_fraction(method: str, setting: dict) -> float:

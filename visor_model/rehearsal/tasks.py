@@ -1,6 +1,6 @@
 """lmms-eval's own task definitions on a few local documents in each task's real schema.
 
-For each of the paper's benchmarks this writes, into one folder:
+For a benchmark of the rehearsal (config/rehearsal.yaml: source rehearsal) this writes, into one folder:
   - `data/`: a local dataset in the layout of the task's hub dataset repository (parquet files per config and
     split, and a README.md whose YAML header declares the configs), with documents whose columns and types are
     the ones the task's `utils.py` reads and whose images have the sizes the benchmark really has (DocVQA pages
@@ -8,19 +8,23 @@ For each of the paper's benchmarks this writes, into one folder:
   - `<task>.yaml`: three lines, `include:` of the installed task YAML, the task name, and `dataset_path:` the
     local folder. Indexed alone (TaskManager(include_path=<folder>, include_defaults=False)) this runs the task's
     prompts, generation kwargs, `process_results`, filters and metrics unchanged (research/TOOLING.md).
-No task code is copied. The documents are synthetic (drawn page-like images, made-up questions and answers);
-scores on them are meaningless.
+No task code is copied. What lmms-eval defines is read from the installed task YAML (`task_definition`: the file,
+the dataset config and split the task loads, its metrics); the documents are the benchmark's config entry's
+(`rehearsal`: rows in the task's schema and the image sizes, schema-validated) with drawn page-like images.
+They are synthetic (made-up questions and answers): scores on them are meaningless.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 from datasets.naming import camelcase_to_snakecase
@@ -29,131 +33,99 @@ from visor_model.files import sha256_file
 
 
 @dataclass(frozen=True)
-class RehearsalTask:
-    """Where lmms-eval defines the task and what its dataset looks like."""
+class TaskDefinition:
+    """Where lmms-eval defines a task and what it loads, read from the installed task YAML (its includes
+    resolved, `!function` tags left unread)."""
 
-    task_yaml: str  # relative to lmms_eval/tasks
+    task_yaml: Path
     config_name: str  # the dataset config the task loads (its dataset_name, or "default")
     split: str  # the task's test_split
-    sizes: tuple  # (width, height) of the documents' images, cycled
-    rows: Callable[[int, random.Random], dict]  # document i's columns, images excluded
-    # images kept in a second hub dataset that the task's process_docs loads by id (GQA): (repo, config, split,
-    # the documents' column naming the image); these go into a prepared `datasets` cache instead
-    hub_images: tuple | None = None
+    metrics: tuple[str, ...]  # its metric_list
 
 
-def _docvqa(i, rng):
-    return {"questionId": str(50000 + i), "question": f"What is the date in line {i + 1}?",
-            "question_types": ["handwritten"], "docId": 1000 + i, "ucsf_document_id": f"doc{i:04d}",
-            "ucsf_document_page_no": "1", "answers": [f"{rng.randint(1, 28)} march 19{rng.randint(50, 99)}"],
-            "data_split": "val"}
+class _TaskYamlLoader(yaml.SafeLoader):
+    """A task YAML as data: `!function utils.x` stays the string it names (lmms-eval's own reader imports it)."""
 
 
-def _infovqa(i, rng):
-    return {"questionId": str(60000 + i), "question": f"What percentage of people chose option {i + 1}?",
-            "answers": [f"{rng.randint(1, 99)}%"], "answer_type": ["single span"], "image_url": f"info{i}.jpeg",
-            "operation/reasoning": [""], "ocr": "", "data_split": "val"}
-
-
-def _chartqa(i, rng):
-    return {"type": ["human_test", "augmented_test"][i % 2], "question": f"What is the value of bar {i + 1}?",
-            "answer": str(rng.randint(1, 90))}
-
-
-def _ocrbench(i, rng):
-    kinds = [("IIIT5K", "Regular Text Recognition"), ("HME100k", "Handwritten Mathematical Expression Recognition"),
-             ("ESTVQA", "Scene Text-centric VQA"), ("docVQA", "Doc-oriented VQA")]
-    dataset, question_type = kinds[i % len(kinds)]
-    return {"dataset": dataset, "question": "what is written in the image?", "question_type": question_type,
-            "answer": [f"word{rng.randint(0, 9)}"]}
-
-
-def _textvqa(i, rng):
-    answer = rng.choice(["stop", "coca cola", "7", "yes"])
-    return {"image_id": f"img{i:04d}", "question_id": 34602 + i, "question": "what does the sign say?",
-            "question_tokens": ["what", "does", "the", "sign", "say"], "image_width": 1024, "image_height": 768,
-            "flickr_original_url": "", "flickr_300k_url": "", "answers": [answer] * 10,
-            "image_classes": ["sign"], "set_name": "val", "ocr_tokens": [answer]}
-
-
-def _gqa(i, rng):
-    return {"id": str(20000000 + i), "imageId": f"n{i:06d}", "question": "Is the sky blue or white?",
-            "answer": rng.choice(["blue", "white"]), "fullAnswer": "The sky is blue.", "isBalanced": True,
-            "groups": {"global": None, "local": "10c-sky_color"}, "entailed": "", "equivalent": "",
-            "types": {"structural": "choose", "semantic": "attr", "detailed": "choose"},
-            "semanticStr": ""}
-
-
-def _scienceqa(i, rng):
-    choices = ["Asia", "Africa", "Europe", "South America"][: 2 + i % 3]
-    return {"question": "Which continent is highlighted?", "choices": choices, "answer": rng.randrange(len(choices)),
-            "hint": "" if i % 2 else "Look at the map.", "task": "closed choice", "grade": "grade4",
-            "subject": "social science", "topic": "geography", "category": "Geography", "skill": "Identify continents",
-            "lecture": "", "solution": ""}
-
-
-def _pope(i, rng):
-    return {"id": str(i), "question_id": str(i + 1), "question": f"Is there a {['dog', 'chair'][i % 2]} in the image?",
-            "answer": ["yes", "no"][i % 2], "image_source": f"COCO_val2014_{i:012d}",
-            "category": ["adversarial", "popular", "random"][i % 3]}
-
-
-def _mme(i, rng):
-    # MME scores images in pairs (one yes, one no question per image): documents 2k and 2k+1 share an image id
-    category = ["existence", "OCR", "commonsense_reasoning", "code_reasoning"][(i // 2) % 4]
-    return {"question_id": f"{category}/{i // 2:012d}.jpg", "question": "Is there a car in this image? Please "
-            "answer yes or no.", "answer": ["Yes", "No"][i % 2], "category": category}
-
-
-def _mmbench(i, rng):
-    return {"index": i, "question": "Which object is on the left?", "hint": "" if i % 2 else "A picture of a room.",
-            "A": "a table", "B": "a lamp", "C": "a chair", "D": "a sofa", "answer": "ABCD"[rng.randrange(4)],
-            "category": ["object_localization", "image_scene"][i % 2], "source": "rehearsal",
-            "L2-category": ["finegrained_perception (instance-level)", "coarse_perception"][i % 2], "comment": "",
-            "split": "dev"}
-
-
-def _ai2d(i, rng):
-    options = ["leaf", "stem", "root", "flower"]
-    return {"question": "Which label points to the root?", "options": options, "answer": str(rng.randrange(4))}
-
-
-def _realworldqa(i, rng):
-    return {"question": "How many cars are in front of the truck?\nPlease answer directly with a single word or "
-            "number.", "answer": str(rng.randint(0, 4))}
-
-
-TASKS = {
-    # pages of the UCSF industry documents: mostly 1700 x 2200 (200 dpi letter), some larger
-    "docvqa_val": RehearsalTask("docvqa/docvqa_val.yaml", "DocVQA", "validation",
-                                ((1700, 2200), (2200, 1700), (1760, 2280), (2544, 3296)), _docvqa),
-    # infographics: narrow and very tall
-    "infovqa_val": RehearsalTask("infovqa/infovqa_val.yaml", "InfographicVQA", "validation",
-                                 ((1080, 3000), (800, 2400), (1200, 5000), (1600, 1200)), _infovqa),
-    "chartqa": RehearsalTask("chartqa/chartqa.yaml", "default", "test", ((800, 600), (850, 567), (1200, 700)),
-                             _chartqa),
-    "ocrbench": RehearsalTask("ocrbench/ocrbench.yaml", "default", "test",
-                              ((120, 40), (600, 150), (1024, 768), (1700, 2200)), _ocrbench),
-    "textvqa_val": RehearsalTask("textvqa/textvqa_val.yaml", "default", "validation", ((1024, 768), (768, 1024)),
-                                 _textvqa),
-    "gqa": RehearsalTask("gqa/gqa.yaml", "testdev_balanced_instructions", "testdev", ((640, 480), (500, 375)), _gqa,
-                         hub_images=("lmms-lab-encoder/GQA", "testdev_balanced_images", "testdev", "imageId")),
-    "scienceqa_img": RehearsalTask("scienceqa/scienceqa_img.yaml", "ScienceQA-IMG", "test",
-                                   ((302, 232), (640, 360), (180, 120)), _scienceqa),
-    "pope": RehearsalTask("pope/pope.yaml", "default", "test", ((640, 480), (480, 640), (640, 427)), _pope),
-    "mme": RehearsalTask("mme/mme.yaml", "default", "test", ((1024, 683), (1024, 683), (512, 512), (512, 512)), _mme),
-    "mmbench_en_dev_static": RehearsalTask("mmbench/mmbench_en_dev_static.yaml", "en", "dev",
-                                           ((512, 384), (800, 600)), _mmbench),
-    "ai2d": RehearsalTask("ai2d/ai2d.yaml", "default", "test", ((800, 600), (1500, 1000)), _ai2d),
-    "realworldqa": RehearsalTask("realworldqa/realworldqa.yaml", "default", "test", ((1080, 1920), (1920, 1080)),
-                                 _realworldqa),
-}
+_TaskYamlLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
 
 
 def lmms_eval_tasks_dir() -> Path:
-    import lmms_eval
+    """lmms-eval's built-in task folder (found without importing lmms-eval: its import takes seconds)."""
+    return Path(importlib.util.find_spec("lmms_eval").origin).parent / "tasks"
 
-    return Path(lmms_eval.__file__).parent / "tasks"
+
+def _read_task_yaml(path: Path) -> dict:
+    """A task YAML with its `include`s under it, as lmms_eval.utils.load_yaml_config reads them (an include is a
+    path or relative to the YAML's folder; a later include and the YAML itself win)."""
+    config = yaml.load(path.read_text(), Loader=_TaskYamlLoader)
+    includes = config.pop("include", [])
+    merged = {}
+    for include in [includes] if isinstance(includes, str) else includes:
+        included = Path(include) if Path(include).is_file() else path.parent / include
+        merged.update(_read_task_yaml(included))
+    return {**merged, **config}
+
+
+_TASK_LINE = re.compile(r"""^task:\s*["']?([^"'\s#]+)["']?\s*$""", re.M)
+
+
+@functools.cache
+def _task_index() -> dict[str, list[Path]]:
+    """lmms-eval's built-in task names -> the YAMLs that name them (`task: <name>`)."""
+    index = {}
+    for path in sorted(lmms_eval_tasks_dir().rglob("*.yaml")):
+        for name in _TASK_LINE.findall(path.read_text()):
+            index.setdefault(name, []).append(path)
+    return index
+
+
+def task_definition(task: str) -> TaskDefinition:
+    """lmms-eval's definition of built-in task `task`: the YAML that names it, its dataset config, test split and
+    metrics. ValueError naming the task where lmms-eval has none of that name or it has no test split."""
+    found = _task_index().get(task, [])
+    if len(found) != 1:
+        where = ", ".join(str(path) for path in found) or f"no YAML under {lmms_eval_tasks_dir()}"
+        raise ValueError(f"lmms-eval task {task!r} is not one built-in task ({where} names it)")
+    config = _read_task_yaml(found[0])
+    if "test_split" not in config:
+        raise ValueError(f"lmms-eval task {task!r} ({found[0]}) has no test_split: the rehearsal writes that split")
+    return TaskDefinition(found[0], str(config.get("dataset_name", "default")), str(config["test_split"]),
+                          tuple(metric["metric"] for metric in config.get("metric_list", [])))
+
+
+def _fill(value, i: int, image: int):
+    """A row's value for document i of image `image`: strings formatted with {i} and {image}, containers
+    item by item."""
+    if isinstance(value, str):
+        return value.format(i=i, image=image)
+    if isinstance(value, list):
+        return [_fill(item, i, image) for item in value]
+    if isinstance(value, dict):
+        return {key: _fill(item, i, image) for key, item in value.items()}
+    return value
+
+
+def document_rows(benchmark: str, rehearsal: dict, documents: int) -> list[tuple[dict, int]]:
+    """(columns, image index) of each of `documents` documents from a benchmark's `rehearsal` entry (its
+    `rows` cycled, `numbered` columns counted up, `documents_per_image` documents to an image)."""
+    per_image = rehearsal.get("documents_per_image", 1)
+    out = []
+    for i in range(documents):
+        k = i % len(rehearsal["rows"])
+        template = rehearsal["rows"][k]
+        try:
+            row = _fill(template, i, i // per_image)
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"config error at benchmarks.{benchmark}.rehearsal.rows[{k}]: {error!r} in a string: "
+                             "a string may name {i} and {image} (a literal brace is written twice)") from error
+        for column in rehearsal.get("numbered", []):
+            if not isinstance(template.get(column), int) or isinstance(template[column], bool):
+                raise ValueError(f"config error at benchmarks.{benchmark}.rehearsal.numbered: {column!r} is not an "
+                                 f"integer column of row {k}")
+            row[column] = template[column] + i
+        out.append((row, i // per_image))
+    return out
 
 
 def page_image(width: int, height: int, rng: random.Random):
@@ -185,53 +157,52 @@ def dataset_readme(config_name: str, split: str) -> str:
     return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\nRehearsal documents (synthetic).\n"
 
 
-def write_task(name: str, folder: Path, documents: int, seed: int, datasets_cache: Path) -> dict:
-    """The local dataset and task YAML of lmms-eval task `name` in `folder` (and, for a task whose
-    process_docs loads a second hub dataset, that dataset prepared in `datasets_cache`, the HF_DATASETS_CACHE
-    of the jobs); returns a manifest."""
+def write_task(benchmark: str, spec: dict, folder: Path, seed: int, datasets_cache: Path) -> dict:
+    """The local dataset and task YAML of `benchmark` (its config entry `spec`: the lmms-eval `task`, default the
+    benchmark's name; `test` documents; their `rehearsal` rows and images) in `folder` (and, for a task whose
+    process_docs loads a second hub dataset, that dataset prepared in `datasets_cache`, the HF_DATASETS_CACHE of
+    the jobs); returns a manifest."""
     import datasets
 
-    if name not in TASKS:
-        raise ValueError(f"no rehearsal documents for lmms-eval task {name!r}; known: {', '.join(TASKS)}")
-    spec = TASKS[name]
-    installed = lmms_eval_tasks_dir() / spec.task_yaml
-    if not installed.is_file():
-        raise FileNotFoundError(f"lmms-eval task YAML {installed} of {name} is not installed")
-    rng = random.Random(f"{seed}/{name}")
-    rows = []
-    for i in range(documents):
-        row = spec.rows(i, rng)
-        width, height = spec.sizes[i % len(spec.sizes)]
-        if name == "mme":  # a pair shares its image
-            rng_image = random.Random(f"{seed}/{name}/{i // 2}")
-        else:
-            rng_image = rng
-        row["image"] = {"bytes": png_bytes(page_image(width, height, rng_image)), "path": None}
-        rows.append(row)
-    if spec.hub_images is not None:
-        repo, config_name, split, key = spec.hub_images
-        images = [{"id": row[key], "image": row.pop("image")} for row in rows]
+    if "rehearsal" not in spec:
+        raise ValueError(f"config error at benchmarks.{benchmark}: no rehearsal documents (key `rehearsal`: "
+                         "workflow/schemas/config.schema.yaml)")
+    task = spec.get("task", benchmark)
+    definition = task_definition(task)
+    if "metric" in spec and spec["metric"] not in definition.metrics:
+        raise ValueError(f"config error at benchmarks.{benchmark}.metric: lmms-eval task {task!r} has no metric "
+                         f"{spec['metric']!r}; its metrics: {', '.join(definition.metrics)}")
+    rehearsal, documents = spec["rehearsal"], spec["test"]
+    rows, sizes = [], []
+    for row, image in document_rows(benchmark, rehearsal, documents):
+        width, height = rehearsal["images"][image % len(rehearsal["images"])]
+        picture = page_image(width, height, random.Random(f"{seed}/{task}/{image}"))
+        rows.append({**row, "image": {"bytes": png_bytes(picture), "path": None}})
+        sizes.append([width, height])
+    if "hub_images" in rehearsal:
+        hub = rehearsal["hub_images"]
+        images = [{"id": row[hub["key"]], "image": row.pop("image")} for row in rows]
         prepare_datasets_cache(images, datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()}),
-                               Path(datasets_cache), repo, config_name, split)
+                               Path(datasets_cache), hub["repo"], hub["config"], hub["split"])
     features = datasets.Dataset.from_list([{k: v for k, v in row.items() if k != "image"} for row in rows]).features
-    if spec.hub_images is None:
+    if "hub_images" not in rehearsal:
         features["image"] = datasets.Image()
     # `datasets` caches a local dataset under its folder's name and config, not its content: the folder is
     # named by its content so that documents of another run (another workdir, another count) are never reused
     staging = folder / "dataset.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    (staging / spec.config_name).mkdir(parents=True)
-    parquet = staging / spec.config_name / f"{spec.split}-00000-of-00001.parquet"
+    (staging / definition.config_name).mkdir(parents=True)
+    parquet = staging / definition.config_name / f"{definition.split}-00000-of-00001.parquet"
     datasets.Dataset.from_list(rows, features=features).to_parquet(str(parquet))
-    (staging / "README.md").write_text(dataset_readme(spec.config_name, spec.split))
-    data = folder / f"{name}-{sha256_file(parquet)[:16]}"
+    (staging / "README.md").write_text(dataset_readme(definition.config_name, definition.split))
+    data = folder / f"{task}-{sha256_file(parquet)[:16]}"
     shutil.rmtree(data, ignore_errors=True)
     staging.rename(data)
-    task_yaml = {"include": str(installed), "task": name, "dataset_path": str(data.resolve())}
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump(task_yaml, sort_keys=False))
-    return {"task": name, "documents": documents, "include": str(installed), "dataset_path": str(data.resolve()),
-            "config_name": spec.config_name, "split": spec.split,
-            "image_sizes": [list(spec.sizes[i % len(spec.sizes)]) for i in range(documents)]}
+    task_yaml = {"include": str(definition.task_yaml), "task": task, "dataset_path": str(data.resolve())}
+    (folder / f"{task}.yaml").write_text(yaml.safe_dump(task_yaml, sort_keys=False))
+    return {"task": task, "documents": documents, "include": str(definition.task_yaml),
+            "dataset_path": str(data.resolve()), "config_name": definition.config_name, "split": definition.split,
+            "image_sizes": sizes}
 
 
 def prepare_datasets_cache(rows: list[dict], features, cache: Path, repo: str, config_name: str, split: str) -> Path:

@@ -38,8 +38,7 @@ rule rehearsal_task:
     output:
         "resources/rehearsal/tasks/{benchmark}/manifest.json",
     params:
-        task=lambda wildcards: config["benchmarks"][wildcards.benchmark].get("task", wildcards.benchmark),
-        documents=lambda wildcards: config["benchmarks"][wildcards.benchmark]["test"],
+        spec=lambda wildcards: config["benchmarks"][wildcards.benchmark],
         datasets_cache=REHEARSAL_DATASETS_CACHE,
         seed=config["seed"],
     log:

@@ -9,7 +9,7 @@ from visor_model.rehearsal.tasks import write_task
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 folder = Path(snakemake.output[0]).parent
-manifest = write_task(snakemake.params.task, folder, snakemake.params.documents, snakemake.params.seed,
+manifest = write_task(snakemake.wildcards.benchmark, snakemake.params.spec, folder, snakemake.params.seed,
                       datasets_cache=Path(snakemake.params.datasets_cache))
 write_json_atomically(Path(snakemake.output[0]), manifest)
 print(json.dumps(manifest, indent=2))
