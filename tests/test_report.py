@@ -328,7 +328,7 @@ def test_report_renders_every_section_without_code(tmp_path):
     # method notes and the full tables
     order = [html.index(marker) for marker in (
         "<h1", "<img", "Mean accuracy (%) on the hard (fine-grained) benchmarks", '<table class="verdict-counts">',
-        "Contents:", 'id="How-the-numbers-were-measured"', '<table class="verdicts">',
+        "Contents:", '<table class="verdicts">', 'id="How-the-numbers-were-measured"',
         'id="HiRED:-the-published-algorithm', 'id="Results-table"')]
     assert order == sorted(order), order
     counts = html[html.index('<table class="verdict-counts">'):]
