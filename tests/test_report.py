@@ -324,6 +324,19 @@ def test_report_renders_every_section_without_code(tmp_path):
     assert html.count("<img") >= 10
     assert "reproduced" in html and "Contents:" in html
     assert "import " not in html  # code cells excluded
+    # the first screen answers: the hard-cluster frontier and the verdict counts, before the contents, the
+    # method notes and the full tables
+    order = [html.index(marker) for marker in (
+        "<h1", "<img", "Mean accuracy (%) on the hard (fine-grained) benchmarks", '<table class="verdict-counts">',
+        "Contents:", '<table class="verdicts">', 'id="How-the-numbers-were-measured"',
+        'id="HiRED:-the-published-algorithm', 'id="Results-table"')]
+    assert order == sorted(order), order
+    counts = html[html.index('<table class="verdict-counts">'):]
+    counts = counts[:counts.index("</table>")]
+    for verdict in claims.VERDICTS:
+        assert re.search(rf"<b>\d+ {verdict}</b>", counts), verdict
+    for target in re.findall(r'href="#(claim-[^"]+)"', counts):  # each linked claim has its row in the table
+        assert f'id="{target}"' in html, target
 
 
 def test_report_degrades_gracefully_without_methods_latency_or_flops(tmp_path):
@@ -343,18 +356,26 @@ def test_report_degrades_gracefully_without_methods_latency_or_flops(tmp_path):
 
 def test_gather_puts_the_sections_in_order_after_a_table_of_contents(tmp_path):
     import nbformat
-    from nbformat.v4 import new_markdown_cell, new_notebook
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
     paths = []
-    for i, title in enumerate(("# Report\n\nintro", "## Second section", "## Third section")):
+    for i, cells in enumerate(([new_markdown_cell("# Report\n\nintro"), new_code_cell("headline"),
+                                new_markdown_cell("## First section")],
+                               [new_markdown_cell("## Second section")], [new_markdown_cell("## Third section")])):
         path = tmp_path / f"{i}.ipynb"
-        nbformat.write(new_notebook(cells=[new_markdown_cell(title)]), path)
+        nbformat.write(new_notebook(cells=cells), path)
         paths.append(path)
     merged = render_report.gather(paths)
     sources = [c.source for c in merged.cells]
-    assert sources[0].startswith("# Report")
-    assert sources[1].startswith("**Contents:**") and "(#Second-section)" in sources[1]
-    assert sources[2:] == ["## Second section", "## Third section"]
+    # the title and the headline first (the report's first screen), then the contents before the first section
+    assert sources[:2] == ["# Report\n\nintro", "headline"]
+    assert sources[2].startswith("**Contents:**") and "(#First-section)" in sources[2]
+    assert "(#Second-section)" in sources[2] and "(#Third-section)" in sources[2]
+    assert sources[3:] == ["## First section", "## Second section", "## Third section"]
+    # without a section heading, the contents follow the title
+    path = tmp_path / "title.ipynb"
+    nbformat.write(new_notebook(cells=[new_markdown_cell("# Report"), new_code_cell("x")]), path)
+    assert [c.source[:12] for c in render_report.gather([path]).cells] == ["# Report", "**Contents:*", "x"]
 
 
 def test_unset_setting_fields_match_each_other(tables):
@@ -416,6 +437,41 @@ def test_verdict_table_is_one_row_per_claim_with_the_reason_in_details():
     assert shorten("Short claim.") == "Short claim."
 
 
+def test_verdict_counts_link_each_group_to_its_claims():
+    from visor_model.reporting.notebook import LINKED_CLAIMS, verdict_counts_html, verdict_html
+
+    many = [f"untestable_{i}" for i in range(LINKED_CLAIMS + 1)]
+    frame = pd.DataFrame({"id": ["a.claim", "b_claim", *many], "claim": "c", "reproduced": "1",
+                          "verdict": ["reproduced", "reproduced", *["not testable in this profile"] * len(many)]})
+    page = verdict_counts_html(frame, "The-claims-audit")
+    assert page.count("<tr>") == 4 and f"Verdicts on the {len(frame)} audited claims" in page
+    assert '<b>2 reproduced</b>' in page and '<b>0 not reproduced</b>' in page and "<b>0 inconclusive</b>" in page
+    assert ('the whole 95% CI of the reproduced value meets the claim: <a href="#claim-a-claim">a.claim</a>, '
+            '<a href="#claim-b_claim">b_claim</a>.') in page
+    assert f"<b>{len(many)} not testable in this profile</b>" in page
+    assert '<a href="#The-claims-audit">their reasons are in the claims table</a>' in page  # too many to list
+    table = verdict_html(frame)
+    assert '<td class="claim-id" id="claim-a-claim">a.claim</td>' in table  # the rows the links reach
+
+
+def test_hard_frontier_is_one_panel_per_model_on_complete_hard_runs(tables):
+    import matplotlib.pyplot as plt
+
+    from visor_model.reporting import figures
+
+    fig = figures.hard_frontier(tables.summary)
+    try:
+        panels = [ax for ax in fig.axes if ax.get_visible()]
+        titles = [ax.get_title() for ax in panels]
+        assert titles == ["reference_ov: 1 hard benchmark", "reference_next: 1 hard benchmark"]
+        labels = [text.get_text() for text in fig.legends[0].get_texts()]
+        assert labels[-1] == "Pareto frontier" and labels[0] == "full model"
+    finally:
+        plt.close(fig)
+    assert figures.hard_frontier(tables.summary.drop(columns="cluster")) is None
+    assert figures.hard_frontier(tables.summary.assign(cluster="easy")) is None
+
+
 PAPER_SECTIONS = ("report", "tradeoffs", "results")  # the claims table, the grid figure, the widest tables
 
 
@@ -470,3 +526,28 @@ def test_report_at_paper_scale_does_not_overflow_a_1280_px_window(paper_report, 
     scroll_width, page_width, outside = map(int, re.search(r'data-layout="(\d+) (\d+) (\d+)"', dom).groups())
     assert page_width > 1200
     assert (scroll_width, outside) == (page_width, 0)
+
+
+FIRST_SCREEN_SCRIPT = """<script>
+function bottom(selector) {
+  var e = document.querySelector(selector); return e ? e.getBoundingClientRect().bottom : -1;
+}
+document.body.setAttribute("data-first-screen", [bottom(".jp-OutputArea-output img"), bottom("table.verdict-counts"),
+  bottom('[id="How-the-numbers-were-measured"]')].map(Math.round).join(" "));
+</script></body>"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs headless Chromium (Debian package chromium)")
+def test_report_first_screen_holds_the_hard_frontier_and_the_verdict_counts(paper_report, tmp_path):
+    """Opened at 1366 x 900 px (a laptop), the report's first screen shows the hard-cluster frontier figure and the
+    verdict counts whole; the explanations follow below it."""
+    path, _, _ = paper_report
+    probe = tmp_path / "probe.html"
+    probe.write_text(path.read_text().replace("</body>", FIRST_SCREEN_SCRIPT))
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1366,900", "--dump-dom",
+                          probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    figure, counts, measured = map(int, re.search(r'data-first-screen="(-?\d+) (-?\d+) (-?\d+)"', dom).groups())
+    assert 0 < figure < counts <= 900, (figure, counts)
+    assert measured > 900

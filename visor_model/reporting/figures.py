@@ -111,6 +111,56 @@ def accuracy_vs_flops(summary: pd.DataFrame):
     return fig
 
 
+def hard_frontier(summary: pd.DataFrame):
+    """The report's headline: mean accuracy (%) over the hard-cluster benchmarks against their mean LLM-prefill
+    FLOPs per sample, one panel per model, every series' settings as a curve and the Pareto frontier across all
+    of them as a dashed step line, frontier points ringed; one legend beside the panels. A run counts only where
+    it was evaluated on every hard benchmark of its model (an average over fewer would not compare)."""
+    needed = {"cluster", "mean_flops_llm_prefill", "accuracy"}
+    if summary.empty or not needed <= set(summary):
+        return None
+    hard = add_series(summary[(summary["cluster"] == "hard")
+                              & np.isfinite(summary["mean_flops_llm_prefill"].astype(float))])
+    if hard.empty:
+        return None
+    runs = (hard.groupby(["model", "series_label", "setting_id"], sort=False)
+            .agg(accuracy=("accuracy", "mean"), flops=("mean_flops_llm_prefill", "mean"), n=("benchmark", "nunique"))
+            .reset_index())
+    runs = runs[runs["n"] == runs.groupby("model")["n"].transform("max")]
+    runs["pareto"] = False
+    for index in runs.groupby("model", sort=False).groups.values():
+        runs.loc[index, "pareto"] = analysis.pareto_mask(runs.loc[index, "flops"], runs.loc[index, "accuracy"])
+    divisor, unit = flop_unit(runs["flops"])
+    models = list(dict.fromkeys(runs["model"]))
+    fig, axes = _panels(len(models), 4.0, 3.0)
+    for ax, model in zip(axes, models):
+        rows = runs[runs["model"] == model]
+        for label, points in series_points(rows, "flops"):
+            ax.plot(points["flops"] / divisor, 100 * points["accuracy"], color=colour(label),
+                    marker=MARKERS.get(label, "o"), markersize=5, linewidth=1.2, label=label, alpha=0.9)
+        frontier = rows[rows["pareto"]].sort_values("flops")
+        ax.step(frontier["flops"] / divisor, 100 * frontier["accuracy"], where="post", color="black",
+                linestyle="--", linewidth=1, label="Pareto frontier")
+        ax.scatter(frontier["flops"] / divisor, 100 * frontier["accuracy"], s=90, facecolors="none",
+                   edgecolors="black", linewidths=1)
+        _plain_log_ticks(ax)
+        ax.set_ylim(-2, 102)
+        count = int(rows["n"].iloc[0])
+        ax.set_title(f"{model}: {count} hard benchmark{'' if count == 1 else 's'}", fontsize=9)
+        ax.set_xlabel(f"LLM-prefill FLOPs per sample ({unit}, log)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("hard-cluster accuracy (%)")
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    labels = series_order(runs) + ["Pareto frontier"]  # the report's order, whichever panel drew a series first
+    fig.tight_layout()
+    fig.legend([handles[label] for label in labels], labels, loc="center left", bbox_to_anchor=(1.0, 0.5),
+               frameon=False, fontsize=8)
+    return fig
+
+
 def cluster_plot(table: pd.DataFrame):
     """Easy and hard cluster averages (%) against the FLOP saving, one panel per model (from cluster_table)."""
     table = table[np.isfinite(table["flops_saving"].astype(float))] if not table.empty else table

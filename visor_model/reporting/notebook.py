@@ -4,6 +4,7 @@ table, or say what is missing instead. Keeps the notebooks to a few calls per se
 from __future__ import annotations
 
 import html
+import re
 from types import SimpleNamespace
 
 import pandas as pd
@@ -113,6 +114,11 @@ def shorten(text: str, limit: int = SHORT_CLAIM) -> str:
     return text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:(") + " …"
 
 
+def claim_anchor(claim_id) -> str:
+    """The HTML id of a claim's row in the claims table, which the verdict counts link to."""
+    return "claim-" + re.sub(r"[^A-Za-z0-9_-]", "-", str(claim_id))
+
+
 def _cell(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and value != value) else html.escape(str(value))
 
@@ -141,7 +147,7 @@ def verdict_html(frame: pd.DataFrame, caption: str = "") -> str:
         text = str(claim["claim"])
         full = f"<p>{html.escape(text)}</p>" if shorten(text) != text else ""  # the whole claim, where cut
         rows.append(
-            f'<tr><td class="claim-id">{_cell(claim["id"])}</td>'
+            f'<tr><td class="claim-id" id="{claim_anchor(claim["id"])}">{_cell(claim["id"])}</td>'
             f'<td><details><summary title="{html.escape(text)}">{html.escape(shorten(text))}'
             f"</summary>{full}{body}</details></td>"
             f'<td>{_cell(claim.get("paper_value"))}</td><td>{_cell(claim.get("reproduced"))}</td>'
@@ -163,6 +169,43 @@ def verdict_table(frame: pd.DataFrame, caption: str = "") -> None:
     from IPython.display import HTML, display
 
     display(HTML(verdict_html(frame, caption)))
+
+
+# One sentence per verdict group on the report's first screen: what the verdict means.
+VERDICT_MEANINGS = {
+    REPRODUCED: "the whole 95% CI of the reproduced value meets the claim",
+    NOT_REPRODUCED: "none of the 95% CI meets the claim",
+    INCONCLUSIVE: "the CI straddles what the claim needs, or VISOR's training failed its quality gate",
+    NOT_TESTABLE: "the claim needs a checkpoint, hardware or runs this profile does not have",
+}
+LINKED_CLAIMS = 20  # a verdict group with more claims links to the claims table instead of to each one
+
+
+def verdict_counts_html(claims: pd.DataFrame, table_anchor: str) -> str:
+    """The verdict counts, one line per verdict group on its colour: the count, what the verdict means and
+    links to the group's claims (their rows in the claims table) or, for a group of more than LINKED_CLAIMS,
+    to the claims table (`table_anchor`)."""
+    rows = []
+    for verdict, meaning in VERDICT_MEANINGS.items():
+        ids = claims.loc[claims["verdict"] == verdict, "id"].astype(str).tolist()
+        if not ids:
+            links = ""
+        elif len(ids) <= LINKED_CLAIMS:
+            links = ": " + ", ".join(f'<a href="#{claim_anchor(i)}">{html.escape(i)}</a>' for i in ids)
+        else:
+            links = f': <a href="#{table_anchor}">their reasons are in the claims table</a>'
+        rows.append(f'<tr><td class="verdict" style="background-color: {VERDICT_COLOURS[verdict]}">'
+                    f"<b>{len(ids)} {html.escape(verdict)}</b></td><td>{html.escape(meaning)}{links}.</td></tr>")
+    caption = f"<caption>Verdicts on the {len(claims)} audited claims</caption>"
+    return (f'<div class="report-table"><table class="verdict-counts">{caption}<colgroup><col style="width: 22%">'
+            f"<col></colgroup><tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def verdict_counts(claims: pd.DataFrame, table_anchor: str) -> None:
+    """Display `verdict_counts_html(claims, table_anchor)`."""
+    from IPython.display import HTML, display
+
+    display(HTML(verdict_counts_html(claims, table_anchor)))
 
 
 def legend() -> None:

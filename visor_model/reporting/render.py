@@ -29,6 +29,7 @@ STYLE = """
 .jp-RenderedHTMLCommon div.report-table td { overflow-wrap: break-word; vertical-align: top; padding: 3px 6px;
   text-align: left; }
 .jp-RenderedHTMLCommon div.report-table table.verdicts { table-layout: fixed; width: 100%; }
+.jp-RenderedHTMLCommon div.report-table table.verdict-counts { table-layout: fixed; width: 100%; font-size: 13px; }
 .jp-RenderedHTMLCommon div.report-table td.claim-id { font-family: monospace; font-size: 11px; }
 .jp-RenderedHTMLCommon summary { cursor: pointer; }
 .jp-RenderedHTMLCommon details.report-fold { margin: 4px 0 12px; }
@@ -74,7 +75,9 @@ def renumber_figures(notebook) -> None:
 
 
 def gather(notebooks: list[Path]) -> nbformat.NotebookNode:
-    """One notebook of every section's cells, in order, after a table of contents of their ## headings."""
+    """One notebook of every section's cells, in order, with a table of contents of their ## headings before
+    the first of them: the cells before it (the title and the headline: the hard-cluster frontier and the
+    verdict counts) stay the report's first screen."""
     merged = nbformat.read(notebooks[0], as_version=4)
     for path in notebooks[1:]:
         merged.cells += nbformat.read(path, as_version=4).cells
@@ -82,6 +85,8 @@ def gather(notebooks: list[Path]) -> nbformat.NotebookNode:
     headings = [line[3:].strip() for cell in merged.cells if cell.cell_type == "markdown"
                 for line in cell.source.splitlines() if line.startswith("## ")]
     contents = "**Contents:** " + " · ".join(f"[{html.escape(h)}](#{anchor(h)})" for h in headings)
-    title = next((i for i, c in enumerate(merged.cells) if c.cell_type == "markdown"), 0)
-    merged.cells.insert(title + 1, new_markdown_cell(contents))
+    markdown = [i for i, c in enumerate(merged.cells) if c.cell_type == "markdown"]
+    first = next((i for i in markdown if merged.cells[i].source.lstrip().startswith("## ")),
+                 markdown[0] + 1 if markdown else 0)
+    merged.cells.insert(first, new_markdown_cell(contents))
     return merged
