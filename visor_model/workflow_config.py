@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from visor_model.methods import registry
 from visor_model.methods.visor.config import LABEL, POLICY, UNIVERSAL, stage_options  # noqa: F401 (stage names)
 
 # `grid: {sa_layers: viable}` (visor): every viable configuration of the trained checkpoint, known only once
@@ -69,8 +70,12 @@ def fill_defaults(config: dict, schema: dict) -> dict:
 
 def check_config(config: dict, schema_path) -> None:
     """Validates `config` against the schema (ValueError listing every problem, each naming its key), fills in
-    the defaults (in place), and checks that sweeps name configured models."""
+    the defaults (in place), and checks that sweeps name configured models and give each method only its own
+    setting keys (`visor_model.methods.registry`, which the schema's method enum and setting keys must match)."""
     schema = load_schema(schema_path)
+    disagreements = registry.schema_disagreements(schema)
+    if disagreements:
+        raise ValueError(f"{schema_path} and visor_model.methods.registry disagree:\n" + "\n".join(disagreements))
     problems = schema_problems(config, schema)
     if problems:
         raise ValueError("\n".join(problems))
@@ -81,11 +86,15 @@ def check_config(config: dict, schema_path) -> None:
             raise ValueError(f"config error at models.{model}.control_of: {base!r} must be a configured model of the "
                              f"same family ({spec['family']}); configured models: {', '.join(config['models'])}")
     for method, sweeps in config["methods"].items():
+        record = registry.method(method)
         for i, sweep in enumerate(sweeps):
             for model in sweep.get("models", []):
                 if model not in config["models"]:
                     raise ValueError(f"config error at methods.{method}[{i}].models: unknown model {model!r}; "
                                      f"configured models: {', '.join(config['models'])}")
+            record.check_setting(sweep.get("grid", {}), f"methods.{method}[{i}].grid")
+            for j, setting in enumerate(sweep.get("settings", [])):
+                record.check_setting(setting, f"methods.{method}[{i}].settings[{j}]")
 
 
 def training_benchmarks(config: dict) -> list[str]:
