@@ -347,7 +347,7 @@ def test_plugin_errors_name_the_argument(checkpoint, tmp_path):
     with pytest.raises(ValueError, match=f"k=9 but the LLM has {LAYERS} layers"):
         FastVLlava(pretrained=str(checkpoint), device="cpu", k=9, ratio=0.5)
     mean = FastVLlava(pretrained=str(checkpoint), device="cpu", k="1", ratio="0.5", score="mean")
-    assert mean.label == "fastv[K=1,R=0.5,mean]" and mean.accountant.fastv_score == "mean"
+    assert mean.label == "fastv[K=1,R=0.5,mean]" and mean.accountant.costs[-1].score == "mean"
 
 
 def test_plugin_works_through_the_latency_path(checkpoint):

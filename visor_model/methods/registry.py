@@ -252,7 +252,7 @@ def setting_types(methods: tuple[Method, ...] | None = None) -> dict[str, str]:
         for setting in record.settings:
             seen = types.setdefault(setting.name, (setting.type, record.id))
             if seen[0] != setting.type:
-                raise ValueError(f"setting {setting.name!r} is a {seen[0]} for {seen[1]} but a {setting.type} for "
+                raise ValueError(f"setting {setting.name!r} has type {seen[0]} for {seen[1]} but {setting.type} for "
                                  f"{record.id}: one key, one type (the config schema has one definition)")
     return {name: type_ for name, (type_, _) in types.items()}
 
@@ -279,7 +279,7 @@ def schema_disagreements(schema: Mapping, methods: tuple[Method, ...] | None = N
             continue
         declared = properties[name].get("type", "string" if "enum" in properties[name] else None)
         if declared != type_:
-            problems.append(f"setting {name!r} is a {type_} in the registry but {declared} in the schema's "
+            problems.append(f"setting {name!r} has type {type_} in the registry but {declared} in the schema's "
                             "$defs.setting")
         if name not in grid:
             problems.append(f"setting {name!r} is not a key of the schema's sweep grid (methods.*.grid)")
