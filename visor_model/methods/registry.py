@@ -15,8 +15,8 @@ A record (`Method`) holds what the rest of the project needs to know of a method
 Who reads it: `lmms_plugins.manifests` (manifests), `visor_model.workflow_config` (a config's methods and their
 setting keys; the schema must agree: `schema_disagreements`), `visor_model.audit.tables` (the summary's setting
 columns: `setting_columns`), `visor_model.audit.analysis` (series, labels, colours, markers) and
-`visor_model.sizing` (`kept_fraction`). pyproject.toml's `lmms_eval.models` entry points stay static (a test checks
-they are these ids).
+`visor_model.sizing` (`kept_fraction`). pyproject.toml's `lmms_eval.models` entry points stay static, and the
+plugins' arguments are their own; tests/test_registry.py checks both against the records.
 
 A new method is four places: its module (a `TokenReducer` or runner with its `flop_cost`, and its plugin class),
 its record in `METHODS` below, its config entry (config/*.yaml; workflow/schemas/config.schema.yaml's method enum
@@ -63,8 +63,9 @@ class Series:
 
 @dataclass(frozen=True)
 class Method:
-    """One method's record (see the module docstring). Every field is required, and a missing piece is an error
-    naming it (a record without `kept_fraction` would make the sizing tool guess)."""
+    """One method's record (see the module docstring). Only `series_of` (one series) and `overhead` (no work of
+    its own) may be left out; a missing piece is an error naming it (without `kept_fraction` the sizing tool would
+    have to guess)."""
 
     id: str
     plugin: str
