@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,14 @@ def load_config(path: Path = REPO / "config" / "config.yaml") -> dict:
 
 # ----------------------------------------------------------------------------------------------------------
 # the registry agrees with the files it cannot generate
+
+
+def test_the_registry_imports_the_standard_library_only():
+    """lmms-eval imports it at start-up (the manifests), the workflow at every parse (-S: without site's hooks)."""
+    probe = ("import sys, visor_model.methods.registry; print(' '.join(sorted({m.split('.')[0] for m in sys.modules} "
+             "- set(sys.stdlib_module_names) - set(sys.builtin_module_names) - {'__main__'})))")
+    result = subprocess.run([sys.executable, "-S", "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["visor_model"]
 
 
 def test_pyproject_entry_points_are_the_registry_ids():

@@ -9,6 +9,9 @@ the `n_scored` samples that have one (all but MME's other kind of question), wit
 0-1000, MME perception 0-2000), with a CI (metric_ci_low/high) where the metric is the per-sample mean
 (not for POPE's F1, MME's category sums or MMBench's circular evaluation).
 
+Setting columns of the summary: one per setting key of the registered methods (`visor_model.methods.registry.
+setting_columns`), empty where a setting does not set it.
+
 Compute columns of the summary (from the per-sample FLOP records of `visor_model.efficiency.accounting`):
   mean_flops_<term>     mean over samples of each term: vision, projector, selection, llm_prefill (causal, the
                         headline), llm_prefill_{sa,text,ca,conv,router,rank}, llm_prefill_dense, llm_decode,
