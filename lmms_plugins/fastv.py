@@ -62,4 +62,4 @@ class FastVLlava(EfficientLlava):
         return f"fastv[K={config.k},R={config.ratio:g}{'' if config.score == 'last' else ',' + config.score}]"
 
     def build_accountant(self) -> FlopAccountant:
-        return FlopAccountant.for_model(self.checkpoint.model, self.reducer, fastv=self.fastv.config)
+        return FlopAccountant.for_model(self.checkpoint.model, self.reducer, self.fastv.config)

@@ -1,34 +1,24 @@
-"""Entry points of the `lmms_eval.models` group. Import-light on purpose: lmms-eval loads every manifest at
-start-up, and one that fails to import silently disables the ones after it."""
+"""Entry points of the `lmms_eval.models` group, made from the method registry (`visor_model.methods.registry`):
+`lmms_plugins.manifests:<id>` is the manifest of method <id> (its record's plugin class). pyproject.toml lists one
+entry point per registry id (entry points are static; tests/test_registry.py checks they match).
+
+Import-light on purpose: lmms-eval loads every manifest at start-up, and one that fails to import silently disables
+the ones after it. The registry imports the standard library only.
+"""
 
 from lmms_eval.models.registry_v2 import ModelManifest
 
-MODELS = "lmms_plugins.models"
+from visor_model.methods import registry
 
 
-def llava_full() -> ModelManifest:
-    return ModelManifest(model_id="llava_full", simple_class_path=f"{MODELS}.LlavaFull")
+def manifest(method_id: str) -> ModelManifest:
+    """The lmms-eval manifest of a registered method: its id and plugin class."""
+    record = registry.method(method_id)
+    return ModelManifest(model_id=record.id, simple_class_path=record.plugin)
 
 
-def random_drop() -> ModelManifest:
-    return ModelManifest(model_id="random_drop", simple_class_path=f"{MODELS}.RandomDropLlava")
-
-
-def hired() -> ModelManifest:
-    return ModelManifest(model_id="hired", simple_class_path=f"{MODELS}.HiredLlava")
-
-
-def visionzip() -> ModelManifest:
-    return ModelManifest(model_id="visionzip", simple_class_path=f"{MODELS}.VisionZipLlava")
-
-
-def downsample() -> ModelManifest:
-    return ModelManifest(model_id="downsample", simple_class_path=f"{MODELS}.DownsampleLlava")
-
-
-def visor() -> ModelManifest:
-    return ModelManifest(model_id="visor", simple_class_path="lmms_plugins.visor.VisorLlava")
-
-
-def fastv() -> ModelManifest:
-    return ModelManifest(model_id="fastv", simple_class_path="lmms_plugins.fastv.FastVLlava")
+def __getattr__(name: str) -> ModelManifest:
+    """`lmms_plugins.manifests:<id>` (an entry point's attribute) for every registered method id."""
+    if name in registry.method_ids():
+        return manifest(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

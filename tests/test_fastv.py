@@ -19,12 +19,12 @@ from transformers.masking_utils import create_causal_mask
 from visor_model.audit import analysis
 from visor_model.audit.claims import Tables, audit, load_claims
 from visor_model.audit.tables import latency_table
-from visor_model.efficiency.accounting import FlopAccountant, SampleTokens, fastv_prefill_macs, fastv_rank_flops
+from visor_model.efficiency.accounting import FlopAccountant, SampleTokens, fastv_prefill_macs
 from visor_model.efficiency.flops import LLMShape, fastv_layer_macs
 from visor_model.llava.generation import greedy_generate
 from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
 from visor_model.methods.base import FullTokens
-from visor_model.methods.fastv import FastV, FastVConfig, FastVRunner
+from visor_model.methods.fastv import FastV, FastVConfig, FastVRunner, rank_flops
 from visor_model.reference.models import build_reference_model
 
 CLAIMS = Path(__file__).resolve().parent.parent / "config" / "claims.yaml"
@@ -230,7 +230,7 @@ def test_k_must_leave_a_pruned_layer(host):
 def test_dense_accounting_equals_flop_counter(host, score):
     """The runner under FlopCounterMode (SDPA's math backend, so attention is counted): vision tower, projector and
     LM head term by term, the LLM (every layer at its own length, decode with the two caches, the ranking) and the
-    total exactly; the ranking alone equals `fastv_rank_flops`."""
+    total exactly; the ranking alone equals `rank_flops`."""
     fastv = FastV(host.model, FastVConfig(2, 0.5, score))
     runner = FastVRunner(host, fastv)
     counts, records = counted(host.model, lambda: runner.generate(noise_images([(84, 112)], seed=2), [QUESTIONS[0]],
@@ -241,7 +241,7 @@ def test_dense_accounting_equals_flop_counter(host, score):
     n_visual = record.visual_tokens + record.newline_tokens_kept
     assert record.visual_per_layer == (n_visual,) * 2 + (record.llm_visual_tokens_after_k,) * 2
     assert record.visual_tokens_after_k == round(record.visual_tokens * 0.5) < record.visual_tokens
-    accountant = FlopAccountant.for_model(host.model, runner.reducer, fastv=fastv.config)
+    accountant = FlopAccountant.for_model(host.model, runner.reducer, fastv.config)
     dense = accountant.sample(tokens, "dense")
     root = "Harness.m"
     assert counts[f"{root}.model.vision_tower"] == dense.vision.total
@@ -259,11 +259,11 @@ def test_dense_accounting_equals_flop_counter(host, score):
     rotary = lm.rotary_emb(batch.inputs_embeds, batch.position_ids)
     alone, _ = counted(host.model, lambda: fastv.attention_scores(1, batch.inputs_embeds, rotary, batch.attention_mask))
     n = batch.inputs_embeds.shape[1]
-    assert alone["Global"] == fastv_rank_flops(accountant.shape.llm, n, score, "dense").total == dense.part("rank")
+    assert alone["Global"] == rank_flops(accountant.shape.llm, n, score, "dense").total == dense.part("rank")
 
 
 def test_accounting_per_layer_causal_dense_and_ratio_zero(host):
-    accountant = FlopAccountant.for_model(host.model, fastv=FastVConfig(2, 0.5, "mean"))
+    accountant = FlopAccountant.for_model(host.model, FastVConfig(2, 0.5, "mean"))
     base = FlopAccountant.for_model(host.model)
     shape = accountant.shape.llm
     n_text, n_visual, kept = 20, 150, 80
@@ -290,7 +290,7 @@ def test_accounting_per_layer_causal_dense_and_ratio_zero(host):
     assert record["flops_llm_prefill_rank"] == causal.part("rank") and record["layers_sa"] == LAYERS
     with pytest.raises(ValueError, match="a FastV accountant needs samples with visual_per_layer"):
         accountant.sample(SampleTokens(n_text, n_visual, 5))
-    with pytest.raises(ValueError, match="only it takes them"):
+    with pytest.raises(ValueError, match="carries visual_per_layer, but none of this accountant's methods takes it"):
         base.sample(tokens)
     with pytest.raises(ValueError, match=r"visual_per_layer must give 4 counts of at most n_visual \(150\)"):
         accountant.sample(SampleTokens(n_text, n_visual, 5, visual_per_layer=(n_visual, 151, 0, 0)))
@@ -347,7 +347,7 @@ def test_plugin_errors_name_the_argument(checkpoint, tmp_path):
     with pytest.raises(ValueError, match=f"k=9 but the LLM has {LAYERS} layers"):
         FastVLlava(pretrained=str(checkpoint), device="cpu", k=9, ratio=0.5)
     mean = FastVLlava(pretrained=str(checkpoint), device="cpu", k="1", ratio="0.5", score="mean")
-    assert mean.label == "fastv[K=1,R=0.5,mean]" and mean.accountant.fastv_score == "mean"
+    assert mean.label == "fastv[K=1,R=0.5,mean]" and mean.accountant.costs[-1].score == "mean"
 
 
 def test_plugin_works_through_the_latency_path(checkpoint):

@@ -34,6 +34,7 @@ from visor_model.efficiency.flops import (
     lm_head_flops,
     model_prefill_flops,
 )
+from visor_model.methods import registry
 from visor_model.methods.visor.config import default_layers
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
@@ -123,16 +124,9 @@ def benchmark_profile(name: str, spec: dict, limit: int | None) -> BenchmarkProf
 
 
 def kept_fraction(method: str, setting: dict) -> float:
-    """Share of visual tokens the LLM sees: the budget of random_drop / hired / visionzip, VISOR-TR's token_budget;
-    downsample: its budget, the square of its scale, or one crop of a 2 x 2 grid's five (base_only). The vision
-    tower's saving of downsample is not estimated (every crop is charged)."""
-    if method in ("random_drop", "hired", "visionzip"):
-        return setting.get("budget", 1.0)
-    if method == "downsample":
-        if setting.get("mode") == "base_only":
-            return 1 / 5
-        return setting["budget"] if setting.get("budget") is not None else setting.get("scale", 1.0) ** 2
-    return setting.get("token_budget", 1.0)
+    """Share of visual tokens the LLM sees: the method's rule in `visor_model.methods.registry` (its record's
+    `kept_fraction`); a method without a record is an error naming the registry, never charged at full compute."""
+    return registry.method(method).kept_fraction(setting)
 
 
 def sample_seconds(cost: tuple[LlavaShape, dict], profile: BenchmarkProfile, fraction: float, batch: int,

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from visor_model.methods import registry
 from visor_model.methods.visor.config import LABEL, POLICY, UNIVERSAL, stage_options  # noqa: F401 (stage names)
 
 # `grid: {sa_layers: viable}` (visor): every viable configuration of the trained checkpoint, known only once
@@ -69,8 +70,12 @@ def fill_defaults(config: dict, schema: dict) -> dict:
 
 def check_config(config: dict, schema_path) -> None:
     """Validates `config` against the schema (ValueError listing every problem, each naming its key), fills in
-    the defaults (in place), and checks that sweeps name configured models."""
+    the defaults (in place), and checks that sweeps name configured models. The schema's method enum and setting
+    keys must be those of `visor_model.methods.registry`."""
     schema = load_schema(schema_path)
+    disagreements = registry.schema_disagreements(schema)
+    if disagreements:
+        raise ValueError(f"{schema_path} and visor_model.methods.registry disagree:\n" + "\n".join(disagreements))
     problems = schema_problems(config, schema)
     if problems:
         raise ValueError("\n".join(problems))
@@ -86,6 +91,17 @@ def check_config(config: dict, schema_path) -> None:
                 if model not in config["models"]:
                     raise ValueError(f"config error at methods.{method}[{i}].models: unknown model {model!r}; "
                                      f"configured models: {', '.join(config['models'])}")
+
+
+def check_method_settings(config: dict) -> None:
+    """Every sweep gives its method only the setting keys of the method's record (`visor_model.methods.registry`):
+    a key the plugin does not take would fail the evaluation, or be silently ignored."""
+    for method, sweeps in config["methods"].items():
+        record = registry.method(method)
+        for i, sweep in enumerate(sweeps):
+            record.check_setting(sweep.get("grid", {}), f"methods.{method}[{i}].grid")
+            for j, setting in enumerate(sweep.get("settings", [])):
+                record.check_setting(setting, f"methods.{method}[{i}].settings[{j}]")
 
 
 def training_benchmarks(config: dict) -> list[str]:
@@ -158,6 +174,7 @@ def check(config: dict, schema_path, overlay: dict | None = None, replace_workfl
     check_config(config, schema_path)
     check_paper_profile(config, overlay, replace_workflow_config)  # a merged config's other errors follow from it
     check_visor_config(config)
+    check_method_settings(config)
     return config
 
 

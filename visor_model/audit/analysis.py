@@ -15,40 +15,15 @@ import math
 import numpy as np
 import pandas as pd
 
-# --- series and colours -----------------------------------------------------------------------------------
+from visor_model.methods import registry
 
-SERIES = ("full", "random_drop", "downsample", "hired_paper", "hired_code", "visionzip", "visionzip_mean", "fastv",
-          "visor_fixed", "visor_policy", "visor_tr")
-SERIES_LABELS = {
-    "full": "full model",
-    "random_drop": "random drop",
-    "downsample": "downsample (lower resolution)",
-    "hired_paper": "HiRED (paper)",
-    "hired_code": "HiRED (official code)",
-    "fastv": "FastV",
-    "visionzip": "VisionZip",
-    "visionzip_mean": "VisionZip (mean merge)",
-    "visor_fixed": "VISOR (fixed configuration)",
-    "visor_policy": "VISOR (policy)",
-    "visor_tr": "VISOR-TR (VISOR + token reduction)",
-}
-# One colour per series, everywhere in the report (colour-blind-safe Okabe-Ito hues).
-PALETTE = {
-    "full model": "#000000",
-    "random drop": "#999999",
-    "downsample (lower resolution)": "#8C6D31",
-    "HiRED (paper)": "#E69F00",
-    "HiRED (official code)": "#D55E00",
-    "VisionZip": "#CC79A7",
-    "VisionZip (mean merge)": "#E7B8D6",
-    "FastV": "#882255",
-    "VISOR (fixed configuration)": "#56B4E9",
-    "VISOR (policy)": "#0072B2",
-    "VISOR-TR (VISOR + token reduction)": "#009E73",
-}
-MARKERS = {"full model": "*", "random drop": "x", "downsample (lower resolution)": "P", "HiRED (paper)": "o",
-           "HiRED (official code)": "s", "VisionZip": "X", "VisionZip (mean merge)": "h", "FastV": "p",
-           "VISOR (fixed configuration)": "D", "VISOR (policy)": "^", "VISOR-TR (VISOR + token reduction)": "v"}
+# --- series and colours -----------------------------------------------------------------------------------
+# From the method registry (visor_model.methods.registry): every method's series with its label, colour and marker.
+
+SERIES = tuple(s.id for s in registry.all_series())  # the report's order
+SERIES_LABELS = {s.id: s.label for s in registry.all_series()}
+PALETTE = {s.label: s.colour for s in registry.all_series()}  # one colour per series, everywhere in the report
+MARKERS = {s.label: s.marker for s in registry.all_series()}
 # the per-sample column behind a summary column: `score`, the sample's score under its benchmark's primary
 # metric (visor_model.audit.tables), is what `accuracy` averages
 METRIC_SAMPLE_COLUMN = {"accuracy": "score"}
@@ -60,21 +35,12 @@ def _missing(value) -> bool:
 
 
 def series_key(row) -> str:
-    """The series of one summary/latency row (a dict or a pandas row)."""
-    method = row["method"]
-    if method == "llava_full":
-        return "full"
-    if method == "hired":
-        return "hired_code" if row.get("mode") == "reference_code" else "hired_paper"
-    if method == "visionzip":
-        return "visionzip_mean" if row.get("merge") == "mean" else "visionzip"
-    if method == "visor":
-        if not _missing(row.get("token_budget")):
-            return "visor_tr"
-        if not _missing(row.get("threshold")):
-            return "visor_policy"
-        return "visor_fixed"
-    return method
+    """The series of one summary/latency row (a dict or a pandas row): its method's record decides
+    (`Method.series_of`; NaN settings count as unset); a method without a record is its own series."""
+    record = next((m for m in registry.METHODS if m.id == row["method"]), None)
+    if record is None:
+        return row["method"]
+    return record.series_key({key: None if _missing(value) else value for key, value in row.items()})
 
 
 def add_series(table: pd.DataFrame) -> pd.DataFrame:
@@ -84,7 +50,7 @@ def add_series(table: pd.DataFrame) -> pd.DataFrame:
         table["series"] = pd.Series(dtype=str)
         table["series_label"] = pd.Series(dtype=str)
         return table
-    for column in ("mode", "merge", "token_budget", "threshold"):
+    for column in registry.setting_columns():
         if column not in table:
             table[column] = np.nan
     table["series"] = [series_key(row) for row in table.to_dict("records")]

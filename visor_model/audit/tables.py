@@ -9,6 +9,9 @@ the `n_scored` samples that have one (all but MME's other kind of question), wit
 0-1000, MME perception 0-2000), with a CI (metric_ci_low/high) where the metric is the per-sample mean
 (not for POPE's F1, MME's category sums or MMBench's circular evaluation).
 
+Setting columns of the summary: one per setting key of the registered methods (`visor_model.methods.registry.
+setting_columns`), empty where a setting does not set it.
+
 Compute columns of the summary (from the per-sample FLOP records of `visor_model.efficiency.accounting`):
   mean_flops_<term>     mean over samples of each term: vision, projector, selection, llm_prefill (causal, the
                         headline), llm_prefill_{sa,text,ca,conv,router,rank}, llm_prefill_dense, llm_decode,
@@ -45,9 +48,7 @@ import numpy as np
 import pandas as pd
 
 from visor_model.audit.analysis import bootstrap_mean, median_interval
-
-SETTING_FIELDS = ("budget", "alpha", "mode", "score", "newlines", "threshold", "sa_layers", "token_budget",
-                  "seed", "k", "ratio", "dominant_ratio", "scale", "merge")
+from visor_model.methods import registry
 
 
 def visor_training(record: dict) -> str | None:
@@ -78,7 +79,7 @@ def summary_table(records: list[dict], seed: int = 0) -> pd.DataFrame:
             "family": record["checkpoint"]["family"],
             "method": record["method"],
             "setting_id": record["setting_id"],
-            **{field: record["setting"].get(field) for field in SETTING_FIELDS},
+            **{field: record["setting"].get(field) for field in registry.setting_columns()},
             "visor_training": visor_training(record),
             "benchmark": record["benchmark"],
             "kind": record["kind"],
@@ -195,7 +196,8 @@ def latency_table(records: list[dict]) -> pd.DataFrame:
         config, environment = record["config"], record["environment"]
         for entry in record["settings"]:
             row = {"model": record["model"], "method": entry["method"], "setting_id": entry["setting_id"],
-                   **{field: entry["setting"].get(field) for field in SETTING_FIELDS}, "label": entry.get("label")}
+                   **{field: entry["setting"].get(field) for field in registry.setting_columns()},
+                   "label": entry.get("label")}
             for name, stats in entry["timings"].items():
                 for key in ("median", "ci_low", "ci_high", "q25", "q75", "iqr", "n"):
                     if key in stats:

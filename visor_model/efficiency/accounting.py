@@ -4,9 +4,9 @@ Every evaluated sample gets a record of the form (keys of `SampleFlops.as_record
 
     flops_vision            vision tower on every encoded crop (all layers: what HF runs; downsample encodes fewer)
     flops_projector         multi_modal_projector on every encoded crop's tokens (before un-padding / dropping), plus
-                            VisionZip's merged contextual tokens, which it projects once more
-    flops_selection         method overhead outside the LLM: HiRED's and VisionZip's attention scores and
-                            VisionZip's key comparisons (0 for other methods)
+                            the tokens a method projects once more (VisionZip's merged contextual tokens)
+    flops_selection         a method's work outside the host's modules (HiRED's and VisionZip's attention scores,
+                            VisionZip's key comparisons; 0 for other methods)
     flops_llm_prefill       LLM prefill, **causal** (the headline; the papers' quantity)
       flops_llm_prefill_sa      layers that see text + visual tokens (every layer for non-VISOR methods)
       flops_llm_prefill_text    VISOR text-only layers and the host layer of every CA layer
@@ -50,9 +50,13 @@ Conventions (those of `visor_model.efficiency.flops`, which supplies every per-m
   the text and the visual tokens it saw at prefill (`visual_per_layer[l]`: all of them before layer K, the kept
   ones from layer K on).
 
+Methods own their cost: the accountant charges the host model's forward on the sample's own tokens (its roles and
+visual tokens per layer included) and adds what each method reports of its own work (`MethodCost.overhead_flops`,
+from the method's `flop_cost(model)`: its selection, merging, ranking, added modules); it names no method.
+
 Typical use::
 
-    accountant = FlopAccountant.for_model(model, reducer)          # or visor=VisorModel, or fastv=FastVConfig
+    accountant = FlopAccountant.for_model(model, reducer)          # + VISOR's VisorModel, or FastV's FastVConfig
     tokens = SampleTokens.from_record(record, max_new_tokens=16)   # a SampleRecord / VisorSampleRecord
     accountant.record(tokens)                                       # the flat dict above
 """
@@ -67,9 +71,7 @@ from visor_model.efficiency.flops import (
     FlopTerms,
     LlavaShape,
     LLMShape,
-    VisionShape,
     _count,
-    attention_pairs,
     cross_attention_flops,
     depthwise_conv1d_flops,
     fastv_layer_macs,
@@ -85,16 +87,17 @@ __all__ = [
     "SA",
     "TEXT",
     "FlopAccountant",
+    "MethodCost",
+    "Overhead",
     "SampleFlops",
     "SampleTokens",
     "cross_attention_decode_flops",
     "fastv_prefill_macs",
-    "fastv_rank_flops",
-    "hired_selection_flops",
-    "visionzip_merge_flops",
     "llm_decode_flops",
     "llm_prefill_flops",
+    "positional_conv_flops",
     "produced_tokens",
+    "routing_token_flops",
     "visor_prefill_flops",
 ]
 
@@ -161,7 +164,7 @@ def llm_prefill_flops(
 
     roles:        per-layer "sa" | "ca" | "text" (VISOR); None = every layer "sa" (the host model).
     visual_per_layer: FastV: the visual tokens in each layer's sequence (all n_visual up to layer K, the kept ones
-                  after it); None = n_visual in every SA layer. FastV's ranking is `fastv_rank_flops`.
+                  after it); None = n_visual in every SA layer. Its ranking is FastV's own cost (`rank_flops`).
     conv_kernel:  VISOR's depth-wise conv on the visual tokens (run once, before the first CA layer); 0 = none.
     router_layer: with a policy, the routing token is one more text token in layers [0, router_layer)
                   (and one more CA query there); ``router_sizes`` = the router MLP's widths [d, hidden, n].
@@ -185,22 +188,39 @@ def llm_prefill_flops(
     n_ca = roles.count(CA)
     if n_ca and n_visual:
         total = total + (cross_attention_flops(shape, n_text, n_visual, with_gate=False) * n_ca).prefixed("ca.")
-    if conv_kernel and n_ca and n_visual:
-        total = total + depthwise_conv1d_flops(shape.hidden, n_visual, conv_kernel).prefixed("conv.")
+    total = total + positional_conv_flops(shape, n_visual, roles, conv_kernel)
     if router_layer is not None:
-        if not router_sizes:
-            raise ValueError("router_layer needs router_sizes (the router MLP's widths)")
-        if any(roles[layer] == SA for layer in range(router_layer)):
-            raise ValueError("the router must sit before the first SA layer")
-        # the routing token is one more text token in every layer before the router (and one more CA query
-        # there; the visual K/V are projected once either way): its cost is the difference, exact in both modes
-        extra = _minus(llm_layer_flops(shape, n_text + 1, n_text + 1, causal_mode) * router_layer,
-                       llm_layer_flops(shape, n_text, n_text, causal_mode) * router_layer)
-        n_ca_before = sum(role == CA for role in roles[:router_layer])
-        if n_ca_before and n_visual:
-            extra = extra + _cross_queries(shape, 1, n_visual) * n_ca_before
-        total = total + (extra + mlp_flops(list(router_sizes), 1)).prefixed("router.")
+        total = total + routing_token_flops(shape, n_text, n_visual, roles, router_layer, router_sizes, causal_mode)
     return total
+
+
+def positional_conv_flops(shape: LLMShape, n_visual: int, roles: Sequence[str] | None, kernel: int) -> FlopTerms:
+    """A depth-wise conv of `kernel` on the visual tokens, run once before the first CA layer (VISOR's positional
+    conv), as ``conv.*`` terms; none without a CA layer, a visual token or a kernel."""
+    roles = _roles(roles, shape.n_layers)
+    if not (kernel and CA in roles and n_visual):
+        return FlopTerms()
+    return depthwise_conv1d_flops(shape.hidden, n_visual, kernel).prefixed("conv.")
+
+
+def routing_token_flops(shape: LLMShape, n_text: int, n_visual: int, roles: Sequence[str] | None, router_layer: int,
+                        router_sizes: Sequence[int] | None, causal_mode: str = "causal") -> FlopTerms:
+    """A policy's extra prefill work, as ``router.*`` terms: the routing token is one more text token in layers
+    [0, router_layer) (and one more CA query there), then the router MLP of widths ``router_sizes`` [d, hidden, n]
+    runs on it."""
+    roles = _roles(roles, shape.n_layers)
+    if not router_sizes:
+        raise ValueError("router_layer needs router_sizes (the router MLP's widths)")
+    if any(roles[layer] == SA for layer in range(router_layer)):
+        raise ValueError("the router must sit before the first SA layer")
+    # the routing token is one more text token in every layer before the router (and one more CA query
+    # there; the visual K/V are projected once either way): its cost is the difference, exact in both modes
+    extra = _minus(llm_layer_flops(shape, n_text + 1, n_text + 1, causal_mode) * router_layer,
+                   llm_layer_flops(shape, n_text, n_text, causal_mode) * router_layer)
+    n_ca_before = sum(role == CA for role in roles[:router_layer])
+    if n_ca_before and n_visual:
+        extra = extra + _cross_queries(shape, 1, n_visual) * n_ca_before
+    return (extra + mlp_flops(list(router_sizes), 1)).prefixed("router.")
 
 
 def _minus(a: FlopTerms, b: FlopTerms) -> FlopTerms:
@@ -286,66 +306,6 @@ def visor_prefill_flops(shape: LLMShape, config, active, n_visual: int, n_text: 
         router_layer=router_layer,
         router_sizes=(shape.hidden, config.router_hidden, n_viable) if router_layer is not None else None,
     )
-
-
-FASTV_SCORES = ("last", "mean")  # FastV's ranking scores (visor_model.methods.fastv)
-
-
-def fastv_rank_flops(shape: LLMShape, n_tokens: int, score: str, causal_mode: str = "causal") -> FlopTerms:
-    """FastV's ranking (`visor_model.methods.fastv.FastV.attention_scores`): layer K-1's q and k recomputed from its
-    input of n tokens, then the scores q k^T of Q queries (Q = 1 for score "last", n for "mean"); the softmax and
-    the sums are elementwise (not counted). The layer's own attention runs as usual beside it.
-
-        q_proj       2 * Q * d * (h * hd)
-        k_proj       2 * n * d * (kv * hd)
-        attn_scores  2 * P * h * hd          P = n ("last"); "mean": n^2 (dense), n (n + 1) / 2 (causal)
-    """
-    n = _count("n_tokens", n_tokens)
-    if score not in FASTV_SCORES:
-        raise ValueError(f"score must be one of {', '.join(FASTV_SCORES)}, got {score!r}")
-    queries = 1 if score == "last" else n
-    return FlopTerms.of({
-        "q_proj": 2 * queries * shape.hidden * shape.q_dim,
-        "k_proj": 2 * n * shape.hidden * shape.kv_dim,
-        "attn_scores": 2 * attention_pairs(queries, n, causal_mode) * shape.n_heads * shape.head_dim,
-    })
-
-
-# ----------------------------------------------------------------------------------------------------------
-# method overhead outside the LLM
-
-
-def hired_selection_flops(vshape: VisionShape, n_crops: int, score: str, n_images: int = 1) -> FlopTerms:
-    """HiRED's attention scores (`visor_model.methods.hired.attention_scores`), which recompute q and k of two
-    encoder layers from their input hidden states: the distribution layer on each image's full-image crop
-    (n_images crops) and the selection layer on all n_crops crops (VisionZip: its one scoring layer on all
-    crops, n_images = 0). Per crop of seq tokens (P patches):
-
-        q_proj, k_proj   2 * seq * d * d each
-        scores           "cls": 2 * seq * d (one query row);  "mean_received": 2 * P * seq * d
-    """
-    n_crops = _count("n_crops", n_crops, allow_zero=True)
-    n_images = _count("n_images", n_images, allow_zero=True)
-    if score not in ("cls", "mean_received"):
-        raise ValueError(f"score must be 'cls' or 'mean_received', got {score!r}")
-    d, seq = vshape.hidden, vshape.tokens_per_crop
-    queries = 1 if score == "cls" else vshape.n_patches
-    crops = n_crops + n_images
-    return FlopTerms.of({
-        "q_proj": 2 * seq * d * d * crops,
-        "k_proj": 2 * seq * d * d * crops,
-        "scores": 2 * queries * seq * d * crops,
-    })
-
-
-def visionzip_merge_flops(vshape: VisionShape, pairs: int) -> FlopTerms:
-    """VisionZip's contextual merge (`visor_model.methods.visionzip`): `pairs` (merged token, target) cosine
-    similarities of head-averaged keys, one d_h-dim dot product each, as one matmul per crop. The head average,
-    the normalisation and the averaging of the merged vectors are elementwise (not counted); the attention
-    scores are `hired_selection_flops` on the feature layer (n_images = 0), the re-projection of the contextual
-    tokens the projector term."""
-    pairs = _count("pairs", pairs, allow_zero=True)
-    return FlopTerms.of({"similarity": 2 * pairs * (vshape.hidden // vshape.n_heads)})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -480,86 +440,88 @@ class SampleFlops:
         return record
 
 
+# ----------------------------------------------------------------------------------------------------------
+# what a method adds
+
+
+# SampleTokens fields that only a method's cost can charge: a sample that carries one needs an accountant with that
+# method (one whose cost lists the field in `sample_fields`), or the charge would be silently missing
+METHOD_FIELDS = ("routed", "visual_per_layer")
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """FLOPs a method adds to the host model's forward on the tokens it kept, for one sample:
+
+    selection:        work outside the host's modules (e.g. attention scores, key comparisons): flops_selection
+    projector_tokens: tokens the projector runs on beyond every encoded crop's (e.g. re-projected merged tokens)
+    prefill:          work inside the LLM prefill, each term prefixed by its part, one of PREFILL_PARTS
+                      (flops_llm_prefill_<part>; e.g. "rank." a ranking, "conv." / "router." added modules)
+    """
+
+    selection: FlopTerms = field(default_factory=FlopTerms)
+    projector_tokens: int = 0
+    prefill: FlopTerms = field(default_factory=FlopTerms)
+
+    def __add__(self, other: Overhead) -> Overhead:
+        return Overhead(self.selection + other.selection, self.projector_tokens + other.projector_tokens,
+                        self.prefill + other.prefill)
+
+
+class MethodCost:
+    """A method's own cost, as the accountant asks for it: what its `flop_cost(model)` returns (a `TokenReducer`'s
+    default is this class: nothing added). A method with work of its own overrides `overhead_flops`, and lists in
+    `sample_fields` the METHOD_FIELDS of SampleTokens that its samples carry and it reads."""
+
+    sample_fields: tuple[str, ...] = ()
+
+    def overhead_flops(self, shape: LlavaShape, tokens: SampleTokens, causal_mode: str = "causal") -> Overhead:
+        """What the method adds to the host model's cost of `tokens` (see `Overhead`)."""
+        return Overhead()
+
+
 @dataclass(frozen=True)
 class FlopAccountant:
     """Everything about a model + method that fixes the cost of a sample, given its `SampleTokens`.
 
-    shape:           the LLaVA model's sizes
-    selection_score: HiRED's or VisionZip's score ("cls" | "mean_received") when one runs, else None
-    conv_kernel:     VISOR's positional conv kernel (0: none)
-    router_layer / router_sizes: VISOR's policy (used for samples with ``routed=True``)
-    fastv_k / fastv_score: FastV's K and score when FastV runs (its ranking at layer K-1; every sample then
-                     needs `visual_per_layer`)
-    merge:           VisionZip's (budget, dominant_ratio): it scores one layer (not HiRED's two) and merges
+    shape: the LLaVA model's sizes
+    costs: the methods' own costs (`MethodCost`), summed on top of the host model's forward on the sample's tokens
     """
 
     shape: LlavaShape
-    selection_score: str | None = None
-    conv_kernel: int = 0
-    router_layer: int | None = None
-    router_sizes: tuple[int, ...] | None = None
-    fastv_k: int | None = None
-    fastv_score: str | None = None
-    merge: tuple[float, float] | None = None
+    costs: tuple[MethodCost, ...] = ()
 
     @classmethod
-    def for_model(cls, model, reducer=None, visor=None, fastv=None) -> FlopAccountant:
-        """From a loaded LLaVA model, its `TokenReducer` (HiRED and VisionZip add their scoring and merging
-        cost), for VISOR the `VisorModel` (positional conv; router widths when it has a trained router), for FastV
-        its `FastVConfig` (K and score)."""
-        from visor_model.methods.hired import HiRED
-        from visor_model.methods.visionzip import VisionZip
-
-        shape = LlavaShape.from_config(model.config)
-        score, merge = None, None
-        if isinstance(reducer, (HiRED, VisionZip)):
-            score = reducer.resolved(model).score
-        if isinstance(reducer, VisionZip):
-            merge = (reducer.config.budget, reducer.config.dominant_ratio)
-        conv, router_layer, router_sizes = 0, None, None
-        if visor is not None:
-            conv = visor.config.conv_kernel if visor.config.ca_layers else 0
-            router = getattr(visor.visor, "router", None)
-            if router is not None and visor.config.router_layer is not None:
-                router_layer = visor.config.router_layer
-                router_sizes = (router[0].in_features, router[0].out_features, router[-1].out_features)
-        return cls(shape, score, conv, router_layer, router_sizes, fastv.k if fastv is not None else None,
-                   fastv.score if fastv is not None else None, merge)
+    def for_model(cls, model, *methods) -> FlopAccountant:
+        """From a loaded LLaVA model and what ran on it (a `TokenReducer`, VISOR's model, FastV's config, ...; None
+        is skipped): each one's `flop_cost(model)`."""
+        return cls(LlavaShape.from_config(model.config),
+                   tuple(method.flop_cost(model) for method in methods if method is not None))
 
     def sample(self, tokens: SampleTokens, causal_mode: str = "causal") -> SampleFlops:
         llm = self.shape.llm
         roles = tokens.roles
         if roles is not None and len(roles) != llm.n_layers:
             raise ValueError(f"{len(roles)} roles for an LLM of {llm.n_layers} layers")
-        if tokens.routed and self.router_layer is None:
-            raise ValueError("the sample was routed but this accountant has no router")
+        taken = {name for cost in self.costs for name in cost.sample_fields}
+        for name in METHOD_FIELDS:
+            if getattr(tokens, name) and name not in taken:
+                raise ValueError(f"the sample carries {name}, but none of this accountant's methods takes it (build "
+                                 "it with the method that ran: FlopAccountant.for_model)")
         per_layer = tokens.visual_per_layer
-        if (self.fastv_k is not None) != (per_layer is not None):
-            raise ValueError("a FastV accountant needs samples with visual_per_layer, and only it takes them")
-        prefill = llm_prefill_flops(
-            llm, tokens.n_text, tokens.n_visual, causal_mode, roles, self.conv_kernel if roles else 0,
-            self.router_layer if tokens.routed else None, self.router_sizes if tokens.routed else None, per_layer)
-        if self.fastv_k is not None:
-            n_ranked = tokens.n_text + per_layer[self.fastv_k - 1]
-            prefill = prefill + fastv_rank_flops(llm, n_ranked, self.fastv_score, causal_mode).prefixed("rank.")
-        n_proj = tokens.n_crops * self.shape.projector_tokens_per_crop
-        selection = FlopTerms()
-        if self.selection_score and tokens.n_crops:
-            selection = hired_selection_flops(self.shape.vision, tokens.n_crops, self.selection_score,
-                                              n_images=0 if self.merge else 1)
-        if self.merge:
-            if tokens.crop_patches is None:
-                raise ValueError("VisionZip's merge FLOPs need the sample's crop_patches (SampleTokens.from_record)")
-            from visor_model.methods.visionzip import merge_work
-
-            pairs, reprojected = merge_work(tokens.crop_patches, *self.merge)
-            selection = selection + visionzip_merge_flops(self.shape.vision, pairs).prefixed("merge.")
-            n_proj += reprojected
+        prefill = llm_prefill_flops(llm, tokens.n_text, tokens.n_visual, causal_mode, roles,
+                                    visual_per_layer=per_layer)
+        overhead = sum((cost.overhead_flops(self.shape, tokens, causal_mode) for cost in self.costs), Overhead())
+        for key in overhead.prefill:
+            if key.split(".")[0] not in PREFILL_PARTS:
+                raise ValueError(f"a method's prefill overhead term {key!r} is in no part of PREFILL_PARTS "
+                                 f"({', '.join(PREFILL_PARTS)}): its record column would be missing")
+        n_proj = tokens.n_crops * self.shape.projector_tokens_per_crop + overhead.projector_tokens
         return SampleFlops(
             vision=vision_encoder_flops(self.shape.vision, tokens.n_crops) if tokens.n_crops else FlopTerms(),
             projector=projector_flops(self.shape.projector, n_proj) if n_proj else FlopTerms(),
-            selection=selection,
-            llm_prefill=prefill,
+            selection=overhead.selection,
+            llm_prefill=prefill + overhead.prefill,
             llm_decode=llm_decode_flops(llm, tokens.n_text, tokens.n_visual, tokens.decode_steps, roles, per_layer),
             lm_head=lm_head_flops(llm, tokens.produced),
             fastv_macs=fastv_prefill_macs(llm, tokens.n_text, tokens.n_visual, roles, per_layer),

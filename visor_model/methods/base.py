@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from visor_model.efficiency.accounting import MethodCost, Overhead, SampleTokens
+from visor_model.efficiency.flops import FlopTerms, LlavaShape, VisionShape, _count
 from visor_model.llava.visual import ImageTokens, VisionOutputs
 
 
@@ -92,6 +94,11 @@ class TokenReducer(ABC):
         """The method's settings as recorded in every result."""
         return {"method": self.name}
 
+    def flop_cost(self, model) -> MethodCost:
+        """The FLOPs of the method's own work on `model` (selection, merging) beyond the host's forward on the kept
+        tokens, for `visor_model.efficiency.accounting.FlopAccountant`; by default none."""
+        return MethodCost()
+
 
 class ModelResolvedReducer(TokenReducer):
     """A reducer whose settings (`self.config`, with a `resolve(model)` method) have fields derived from the model
@@ -110,9 +117,48 @@ class ModelResolvedReducer(TokenReducer):
             self.bind(model)
         return self._resolved[1]
 
+    def flop_cost(self, model) -> MethodCost:
+        """The resolved settings, which compute the method's overhead (`overhead_flops`)."""
+        return self.resolved(model)
+
     @property
     def needs_vision_hidden_states(self) -> bool:
         return True
+
+
+def attention_score_flops(vshape: VisionShape, n_crops: int, score: str, n_images: int = 1) -> FlopTerms:
+    """The FLOPs of the encoder attention scores (`visor_model.methods.hired.attention_scores`), which recompute q
+    and k of an encoder layer from its input hidden states: HiRED's distribution layer on each image's full-image
+    crop (n_images crops) and its selection layer on all n_crops crops (VisionZip: its one scoring layer on all
+    crops, n_images = 0). Per crop of seq tokens (P patches):
+
+        q_proj, k_proj   2 * seq * d * d each
+        scores           "cls": 2 * seq * d (one query row);  "mean_received": 2 * P * seq * d
+    """
+    n_crops = _count("n_crops", n_crops, allow_zero=True)
+    n_images = _count("n_images", n_images, allow_zero=True)
+    if score not in ("cls", "mean_received"):
+        raise ValueError(f"score must be 'cls' or 'mean_received', got {score!r}")
+    d, seq = vshape.hidden, vshape.tokens_per_crop
+    queries = 1 if score == "cls" else vshape.n_patches
+    crops = n_crops + n_images
+    return FlopTerms.of({
+        "q_proj": 2 * seq * d * d * crops,
+        "k_proj": 2 * seq * d * d * crops,
+        "scores": 2 * queries * seq * d * crops,
+    })
+
+
+class EncoderScoring(MethodCost):
+    """Settings of a reducer that scores patches by the vision encoder's attention (`score`, resolved): its overhead
+    is those scores (`attention_score_flops`), on every crop and on `full_images` full-image crops per image."""
+
+    full_images = 1
+
+    def overhead_flops(self, shape: LlavaShape, tokens: SampleTokens, causal_mode: str = "causal") -> Overhead:
+        if not tokens.n_crops:
+            return Overhead()
+        return Overhead(selection=attention_score_flops(shape.vision, tokens.n_crops, self.score, self.full_images))
 
 
 class FullTokens(TokenReducer):

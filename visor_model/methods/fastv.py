@@ -49,22 +49,48 @@ from dataclasses import dataclass, field
 
 import torch
 
-from visor_model.efficiency.accounting import FASTV_SCORES as SCORES
+from visor_model.efficiency.accounting import MethodCost, Overhead, SampleTokens
+from visor_model.efficiency.flops import FlopTerms, LlavaShape, LLMShape, _count, attention_pairs
 from visor_model.llava.checkpoints import LoadedCheckpoint
 from visor_model.llava.generation import GreedyOutput, GreedyRows, StoppingCriteria
 from visor_model.llava.runner import SampleRecord, VisionLanguageRunner, eos_token_ids
 from visor_model.llava.visual import SplicedBatch
 from visor_model.methods.base import FullTokens, check_integer
 
+SCORES = ("last", "mean")  # the ranking scores (see the module docstring)
+
+
+def rank_flops(shape: LLMShape, n_tokens: int, score: str, causal_mode: str = "causal") -> FlopTerms:
+    """The ranking (`FastV.attention_scores`): layer K-1's q and k recomputed from its input of n tokens, then the
+    scores q k^T of Q queries (Q = 1 for score "last", n for "mean"); the softmax and the sums are elementwise (not
+    counted). The layer's own attention runs as usual beside it.
+
+        q_proj       2 * Q * d * (h * hd)
+        k_proj       2 * n * d * (kv * hd)
+        attn_scores  2 * P * h * hd          P = n ("last"); "mean": n^2 (dense), n (n + 1) / 2 (causal)
+    """
+    n = _count("n_tokens", n_tokens)
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    queries = 1 if score == "last" else n
+    return FlopTerms.of({
+        "q_proj": 2 * queries * shape.hidden * shape.q_dim,
+        "k_proj": 2 * n * shape.hidden * shape.kv_dim,
+        "attn_scores": 2 * attention_pairs(queries, n, causal_mode) * shape.n_heads * shape.head_dim,
+    })
+
 
 @dataclass(frozen=True)
-class FastVConfig:
+class FastVConfig(MethodCost):
     """k: layers on the whole prompt (FastV's K, >= 1); ratio: share of visual patch tokens dropped after them
-    (FastV's R, in [0, 1)); score: "last" (official code) or "mean" (the paper's formula)."""
+    (FastV's R, in [0, 1)); score: "last" (official code) or "mean" (the paper's formula). It is FastV's `MethodCost`
+    too: the ranking at layer K-1, charged on samples that carry their visual tokens per layer."""
 
     k: int
     ratio: float
     score: str = "last"
+
+    sample_fields = ("visual_per_layer",)
 
     def __post_init__(self):
         k = check_integer(self.k, "k")
@@ -92,6 +118,16 @@ class FastVConfig:
     def kept(self, n_patches: int) -> int:
         """Visual patch tokens kept from layer k on: round(n (1 - R)), the official code's expression."""
         return round(n_patches * (1 - self.ratio))
+
+    def flop_cost(self, model) -> FastVConfig:
+        return self
+
+    def overhead_flops(self, shape: LlavaShape, tokens: SampleTokens, causal_mode: str = "causal") -> Overhead:
+        """The ranking (`rank_flops`, terms "rank.*") on layer K-1's sequence: the text and its visual tokens."""
+        if tokens.visual_per_layer is None:
+            raise ValueError("a FastV accountant needs samples with visual_per_layer (its runner's records)")
+        n_ranked = tokens.n_text + tokens.visual_per_layer[self.k - 1]
+        return Overhead(prefill=rank_flops(shape.llm, n_ranked, self.score, causal_mode).prefixed("rank."))
 
 
 @dataclass

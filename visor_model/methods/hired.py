@@ -88,6 +88,7 @@ import torch
 
 from visor_model.llava.visual import NEWLINE, ImageTokens, VisionOutputs
 from visor_model.methods.base import (
+    EncoderScoring,
     ModelResolvedReducer,
     check_budget,
     check_fraction,
@@ -111,7 +112,7 @@ def is_auto(value) -> bool:
 
 
 @dataclass(frozen=True)
-class HiREDSettings:
+class HiREDSettings(EncoderScoring):
     """Settings of HiRED. `None` fields are derived from the model by `resolve`.
 
     budget:             fraction in (0, 1] of the sample's patch tokens (all partitions; newlines not counted)

@@ -62,8 +62,16 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from visor_model.efficiency.accounting import Overhead, SampleTokens
+from visor_model.efficiency.flops import FlopTerms, LlavaShape, VisionShape, _count
 from visor_model.llava.visual import ImageTokens, VisionOutputs, pack_crop_features, select_vision_features
-from visor_model.methods.base import ModelResolvedReducer, check_budget, check_fraction, tokens_for_budget
+from visor_model.methods.base import (
+    EncoderScoring,
+    ModelResolvedReducer,
+    check_budget,
+    check_fraction,
+    tokens_for_budget,
+)
 from visor_model.methods.hired import (
     SCORES,
     attention_queries_keys,
@@ -80,7 +88,7 @@ MERGES = ("official", "mean")
 
 
 @dataclass(frozen=True)
-class VisionZipSettings:
+class VisionZipSettings(EncoderScoring):
     """Settings of VisionZip. `score=None` is derived from the encoder by `resolve`.
 
     budget:         fraction in (0, 1] of the sample's patch tokens that enter the LLM (dominant + contextual)
@@ -114,6 +122,18 @@ class VisionZipSettings:
                 f"this model's {type(model.model.vision_tower).__name__} has none: use score='mean_received'"
             )
         return replace(self, score=score)
+
+    full_images = 0  # one scoring layer, on every crop
+
+    def overhead_flops(self, shape: LlavaShape, tokens: SampleTokens, causal_mode: str = "causal") -> Overhead:
+        """The feature layer's attention scores, the merge's key comparisons (`merge_flops`, terms "merge.*") and
+        the contextual tokens projected once more (`merge_work`), of resolved settings (`resolve`)."""
+        if tokens.crop_patches is None:
+            raise ValueError("VisionZip's merge FLOPs need the sample's crop_patches (SampleTokens.from_record)")
+        pairs, reprojected = merge_work(tokens.crop_patches, self.budget, self.dominant_ratio)
+        scores = super().overhead_flops(shape, tokens, causal_mode)
+        return Overhead(selection=scores.selection + merge_flops(shape.vision, pairs).prefixed("merge."),
+                        projector_tokens=reprojected)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -154,6 +174,15 @@ def merge_work(present: Sequence[int], budget: float, dominant_ratio: float) -> 
             pairs += merged * c
             projected += c
     return pairs, projected
+
+
+def merge_flops(vshape: VisionShape, pairs: int) -> FlopTerms:
+    """The merge's `pairs` (merged token, target) cosine similarities of head-averaged keys, one d_h-dim dot product
+    each, as one matmul per crop. The head average, the normalisation and the averaging of the merged vectors are
+    elementwise (not counted); the attention scores are `attention_score_flops` on the feature layer, the
+    re-projection of the contextual tokens the projector's."""
+    pairs = _count("pairs", pairs, allow_zero=True)
+    return FlopTerms.of({"similarity": 2 * pairs * (vshape.hidden // vshape.n_heads)})
 
 
 def target_positions(n_remaining: int, n_targets: int) -> torch.Tensor:

@@ -14,6 +14,8 @@ import argparse
 import math
 from dataclasses import MISSING, dataclass, field, fields
 
+from visor_model.efficiency.accounting import MethodCost, Overhead, positional_conv_flops, routing_token_flops
+
 SA, CA, TEXT = "sa", "ca", "text"
 
 # The workflow stages (rules) whose outputs depend on an option: a change reruns those stages (and what follows).
@@ -132,6 +134,28 @@ class VisorConfig:
     def from_dict(cls, data: dict) -> "VisorConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class VisorCost(MethodCost):
+    """VISOR's own prefill work beside its layers' roles (which `llm_prefill_flops` charges): the positional conv
+    (`conv_kernel`; 0: none) and, on routed samples, the routing token and the router MLP (`router_layer` and
+    `router_sizes` [d, hidden, n]; None: no trained router). `VisorModel.flop_cost` makes it."""
+
+    conv_kernel: int = 0
+    router_layer: int | None = None
+    router_sizes: tuple[int, ...] | None = None
+
+    sample_fields = ("routed",)
+
+    def overhead_flops(self, shape, tokens, causal_mode: str = "causal") -> Overhead:
+        prefill = positional_conv_flops(shape.llm, tokens.n_visual, tokens.roles, self.conv_kernel)
+        if tokens.routed:
+            if self.router_layer is None:
+                raise ValueError("the sample was routed but this VISOR model has no router")
+            prefill = prefill + routing_token_flops(shape.llm, tokens.n_text, tokens.n_visual, tokens.roles,
+                                                    self.router_layer, self.router_sizes, causal_mode)
+        return Overhead(prefill=prefill)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from torch import nn
 from visor_model.files import replace_folder_atomically
 from visor_model.llava.generation import GreedyRows, StoppingCriteria
 from visor_model.llava.visual import SplicedBatch
-from visor_model.methods.visor.config import CA, SA, TEXT, VisorConfig, default_layers, spread  # noqa: F401
+from visor_model.methods.visor.config import CA, SA, TEXT, VisorConfig, VisorCost, default_layers, spread  # noqa: F401
 
 VISOR_WEIGHTS = "visor.safetensors"
 VISOR_CONFIG = "visor_config.json"
@@ -379,6 +379,13 @@ class VisorModel(nn.Module):
     @property
     def text_config(self):
         return self.lm.config
+
+    def flop_cost(self, model=None) -> VisorCost:
+        """VISOR's own FLOPs for the accountant: the positional conv (with CA layers) and a trained router."""
+        router, layer = self.visor.router, self.config.router_layer
+        sizes = None if router is None else (router[0].in_features, router[0].out_features, router[-1].out_features)
+        return VisorCost(self.config.conv_kernel if self.config.ca_layers else 0,
+                         layer if sizes is not None else None, sizes if layer is not None else None)
 
     def set_viable(self, viable: list[tuple[int, ...]]) -> None:
         """Fix the viable configurations (cheapest first); (re)creates the router's output layer."""
