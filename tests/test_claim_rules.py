@@ -15,7 +15,16 @@ import pytest
 import yaml
 
 from visor_model.audit import analysis, claims
-from visor_model.audit.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Tables, audit
+from visor_model.audit.claims import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    NOT_TESTABLE_IN_PROFILE,
+    NOT_TESTABLE_IN_RUN,
+    REPRODUCED,
+    Tables,
+    audit,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CLAIMS = {claim["id"]: claim for claim in claims.load_claims(REPO / "config" / "claims.yaml")}
@@ -229,6 +238,25 @@ def test_claims_about_the_family_need_three_configurations(fake):
         row = run(claim_id, tables_of(two, samples))
         assert (row["verdict"], row["reason"]) == (NOT_TESTABLE, "needs >= 3 configurations; this checkpoint has 2")
     assert run("visor_sa_layers_help_hard", tables_of(two, samples))["verdict"] != NOT_TESTABLE  # two suffice
+
+
+def test_the_not_testable_kind_is_a_column_and_the_summary_groups_by_it(fake):
+    summary, samples, _ = fake
+    two = summary[summary["setting_id"] != "sa_layers-0"]
+    table = audit([CLAIMS["visor_near_full_sa_layers"], CLAIMS["visor_sa_layers_help_hard"]],
+                  tables_of(two, samples.iloc[:0]), "offline")
+    kinds = dict(zip(table["id"], table["not_testable"]))
+    assert kinds == {"visor_near_full_sa_layers": NOT_TESTABLE_IN_PROFILE,  # fewer configurations than it needs
+                     "visor_sa_layers_help_hard": NOT_TESTABLE_IN_RUN}  # no per-sample scores to compare
+    assert (table["verdict"] == NOT_TESTABLE).all()
+    assert "**Testable in this profile, but not with this run's results** (1):" in claims.summary_markdown(table)
+    swapped = table.assign(not_testable=[NOT_TESTABLE_IN_RUN, NOT_TESTABLE_IN_PROFILE])  # the column decides
+    assert f"- {table['claim'].iloc[0]} — " in claims.summary_markdown(swapped)
+    with pytest.raises(ValueError, match="no not_testable column"):
+        claims.summary_markdown(table.drop(columns="not_testable"))
+    outside = audit([claim for claim in CLAIMS.values() if "offline" not in claim["profiles"]][:1],
+                    tables_of(summary, samples), "offline")
+    assert outside["not_testable"].tolist() == [NOT_TESTABLE_IN_PROFILE]
 
 
 def test_min_configurations_must_be_a_positive_integer(tmp_path):

@@ -20,7 +20,8 @@ from conftest import tiny_config
 from lmms_plugins.args import model_args
 from lmms_plugins.latency import SharedPlugins
 from visor_model.audit.analysis import median_interval
-from visor_model.audit.claims import Tables, decode_share_of_prefill_gain, latency_ratio, memory_saving
+from visor_model.audit.claims import Tables
+from visor_model.audit.claims.computations import decode_share_of_prefill_gain, latency_ratio, memory_saving
 from visor_model.audit.tables import latency_table
 from visor_model.efficiency.accounting import FlopAccountant
 from visor_model.efficiency.latency import (
