@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from visor_model import stats
 from visor_model.audit import analysis, claims
 from visor_model.audit.claims import (
     INCONCLUSIVE,
@@ -123,11 +124,11 @@ def test_pooling_settings_on_the_same_documents_does_not_narrow_the_interval():
     settings carry no more information than one, so the interval is the same."""
     rng = np.random.default_rng(0)
     d = rng.choice([-1.0, 0.0, 1.0], size=80)
-    one = analysis.bootstrap_distribution({"b": d[None, :]}, 500, 0, weigh_groups_equally=True)
-    two = analysis.bootstrap_distribution({"b": np.vstack([d, d])}, 500, 0, weigh_groups_equally=True)
+    one = stats.bootstrap_distribution({"b": d[None, :]}, 500, 0, weigh_groups_equally=True)
+    two = stats.bootstrap_distribution({"b": np.vstack([d, d])}, 500, 0, weigh_groups_equally=True)
     assert one[0] == pytest.approx(two[0]) and np.allclose(one[1], two[1])
     # benchmarks count once each, however many settings they pool
-    point, _ = analysis.bootstrap_distribution({"a": np.ones((3, 10)), "b": np.zeros((1, 10))}, 50, 0,
+    point, _ = stats.bootstrap_distribution({"a": np.ones((3, 10)), "b": np.zeros((1, 10))}, 50, 0,
                                                weigh_groups_equally=True)
     assert point == pytest.approx(0.5)
 
@@ -351,7 +352,7 @@ def test_hired_without_newlines_reaches_below_visor_smallest_configuration():
 
     from visor_model import workflow_config as wc
     from visor_model.efficiency.accounting import llm_prefill_flops
-    from visor_model.efficiency.flops import LLMShape
+    from visor_model.efficiency.shapes import LLMShape
     from visor_model.llava.checkpoints import load_checkpoint
     from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
     from visor_model.methods.base import FullTokens

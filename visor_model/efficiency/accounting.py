@@ -65,10 +65,6 @@ from dataclasses import dataclass, field
 from visor_model.efficiency.flops import (
     CAUSAL_MODES,
     FlopTerms,
-    LlavaShape,
-    LLMShape,
-    VisionShape,
-    _count,
     attention_pairs,
     cross_attention_flops,
     depthwise_conv1d_flops,
@@ -79,6 +75,8 @@ from visor_model.efficiency.flops import (
     projector_flops,
     vision_encoder_flops,
 )
+from visor_model.efficiency.shapes import LlavaShape, LLMShape, VisionShape
+from visor_model.efficiency.shapes import check_count as _count
 
 __all__ = [
     "CA",

@@ -17,13 +17,13 @@ from visor_model.audit.claims.selection import (
     as_list,
     benchmark_selection,
     describe_selection,
-    is_missing,
     matches,
     require,
     require_flops,
     run_spec,
     select,
 )
+from visor_model.stats import bootstrap_distribution, bootstrap_mean, is_missing, percentile_interval
 
 
 @dataclass
@@ -93,7 +93,7 @@ def _average_with_ci(tables: Tables, rows: pd.DataFrame) -> Measurement:
             groups[row["benchmark"]] = scores.to_numpy()
     value = 100 * rows["accuracy"].mean()
     if len(groups) == len(rows):
-        _, low, high = analysis.bootstrap_mean(groups, tables.resamples, tables.seed)
+        _, low, high = bootstrap_mean(groups, tables.resamples, tables.seed)
         return Measurement(value, 100 * low, 100 * high)
     return Measurement(value)
 
@@ -321,11 +321,11 @@ def gap_between_groups(tables: Tables, family, a, b, group, first, second, match
         aligned = analysis.difference_matrices(tables.samples, pairs)
         if not aligned:
             raise NotTestable("the per-sample table has no shared documents for these runs")
-        stats.append(analysis.bootstrap_distribution(aligned, tables.resamples, tables.seed + k))
+        stats.append(bootstrap_distribution(aligned, tables.resamples, tables.seed + k))
         details.append(f"{value}: {100 * stats[-1][0]:+.1f}")
     point = 100 * (stats[0][0] - stats[1][0])
     spread = 100 * (stats[0][1] - stats[1][1])
-    return Measurement(point, *analysis.percentile_interval(spread),
+    return Measurement(point, *percentile_interval(spread),
                        "a - b " + ", ".join(details) + " points")
 
 
@@ -342,7 +342,7 @@ def paired_gap_at_matched_flops(tables: Tables, family, a, b, metric=None, clust
     partner and is not counted, so b is never given more compute than a.
     Pooling: the statistic is the mean over benchmarks of the mean gap over that benchmark's partnered
     settings; its CI is a bootstrap over documents that resamples each benchmark's documents once, jointly for
-    all its settings (`analysis.bootstrap_distribution`), so the correlation between settings evaluated on the
+    all its settings (`visor_model.stats.bootstrap_distribution`), so the correlation between settings evaluated on the
     same documents is carried into the interval and one interval is judged: no multiplicity correction is
     needed. The detail gives every setting's own gap."""
     require_flops(tables.summary)
@@ -371,9 +371,9 @@ def paired_gap_at_matched_flops(tables: Tables, family, a, b, metric=None, clust
                           f"documents (the competitor's curve is interpolated, never extrapolated)")
     _at_floor(tables, compared)
     matrices = analysis.aligned_matrices(differences)
-    point, stats = analysis.bootstrap_distribution(matrices, tables.resamples, tables.seed,
+    point, stats = bootstrap_distribution(matrices, tables.resamples, tables.seed,
                                                    weigh_groups_equally=True)
-    low, high = analysis.percentile_interval(stats)
+    low, high = percentile_interval(stats)
     detail = (f"{len(lines)} settings of {describe_selection(None, a)} against the curve of "
               f"{describe_selection(None, b)} on {len(matrices)} benchmark(s), "
               f"{sum(m.size for m in matrices.values())} document pairs; "
@@ -405,10 +405,10 @@ def policy_compute_gap(tables: Tables, family, series="visor_policy", first="har
                 groups[(row["benchmark"], row["setting_id"])] = values[None, :]
         if not groups:
             raise NotTestable(f"the policy has no per-sample sa_layers on {group} {value}")
-        means.append(analysis.bootstrap_distribution(groups, tables.resamples, tables.seed + k))
+        means.append(bootstrap_distribution(groups, tables.resamples, tables.seed + k))
         details.append(f"{value} {means[-1][0]:.2f}")
     spread = means[0][1] - means[1][1]
-    return Measurement(means[0][0] - means[1][0], *analysis.percentile_interval(spread),
+    return Measurement(means[0][0] - means[1][0], *percentile_interval(spread),
                        "mean SA layers per sample: " + ", ".join(details))
 
 

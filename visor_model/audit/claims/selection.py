@@ -12,6 +12,7 @@ import pandas as pd
 
 from visor_model.audit import analysis
 from visor_model.audit.analysis import add_series
+from visor_model.stats import BOOTSTRAP_RESAMPLES, is_missing
 
 
 class NotTestable(Exception):
@@ -28,11 +29,11 @@ class Tables:
     latency: pd.DataFrame = field(default_factory=pd.DataFrame)
     training: pd.DataFrame = field(default_factory=pd.DataFrame)
     seed: int = 0
-    resamples: int = analysis.BOOTSTRAP_RESAMPLES
+    resamples: int = BOOTSTRAP_RESAMPLES
 
     @classmethod
     def read(cls, summary, samples, latency=None, training=None, seed: int = 0,
-             resamples: int = analysis.BOOTSTRAP_RESAMPLES):
+             resamples: int = BOOTSTRAP_RESAMPLES):
         return cls(read_table(summary), read_table(samples), read_table(latency), read_table(training), seed,
                    resamples)
 
@@ -74,10 +75,6 @@ def read_table(path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
 
-
-
-def is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 
