@@ -222,6 +222,26 @@ def visor_trainings(runs: list, settings: dict, viable_runs: list) -> list[tuple
     return list(dict.fromkeys(pairs))
 
 
+def expand_viable_runs(viable_runs: list, counts, configured=()) -> tuple[list, list]:
+    """The runs of the `sa_layers: viable` grids (`viable_runs`: (model, method, template) from configured_runs)
+    once VISOR's viable configurations are known. `counts(model, budget)`: the SA-layer counts of the viable
+    configurations of `model`'s VISOR at that training budget, None while it is not provided. Returns (runs,
+    pending): (model, method, setting_id) with sa_layers set to each count, in order, without repeats and without
+    the `configured` runs; and (model, budget) of each VISOR not provided yet, without repeats."""
+    configured, runs, pending = set(configured), [], []
+    for model, method, template in viable_runs:
+        budget = visor_budget(template)
+        found = counts(model, budget)
+        if found is None:
+            pending += [] if (model, budget) in pending else [(model, budget)]
+            continue
+        for k in found:
+            run = (model, method, setting_id({**template, "sa_layers": k}))
+            if run not in configured and run not in runs:
+                runs.append(run)
+    return runs, pending
+
+
 def setting_of(settings: dict, viable_runs: list, method: str, setting: str) -> dict:
     """The setting (dict) of a setting id: a configured one, or sa_layers=K of a `sa_layers: viable` grid
     (`settings`, `viable_runs`: from configured_runs)."""
