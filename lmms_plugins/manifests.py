@@ -6,18 +6,21 @@ Import-light on purpose: lmms-eval loads every manifest at start-up, and one tha
 the ones after it. The registry imports the standard library only.
 """
 
-from lmms_eval.models.registry_v2 import ModelManifest
-
 from visor_model.methods import registry
 
 
-def manifest(method_id: str) -> ModelManifest:
-    """The lmms-eval manifest of a registered method: its id and plugin class."""
+def manifest(method_id: str):
+    """The lmms-eval manifest (`ModelManifest`) of a registered method: its id and plugin class.
+
+    lmms-eval is imported here, not at the top: importing it builds its model registry, which loads these entry
+    points; this module must already be able to answer them when that happens (importing it first is a cycle)."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
     record = registry.method(method_id)
     return ModelManifest(model_id=record.id, simple_class_path=record.plugin)
 
 
-def __getattr__(name: str) -> ModelManifest:
+def __getattr__(name: str):
     """`lmms_plugins.manifests:<id>` (an entry point's attribute) for every registered method id."""
     if name in registry.method_ids():
         return manifest(name)

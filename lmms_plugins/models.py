@@ -26,6 +26,7 @@ from loguru import logger as eval_logger
 from PIL import Image
 from tqdm import tqdm
 
+from visor_model.devices import resolve_device
 from visor_model.efficiency.accounting import FlopAccountant, SampleTokens
 from visor_model.llava.checkpoints import load_checkpoint
 from visor_model.llava.runner import SampleRecord, VisionLanguageRunner
@@ -90,14 +91,6 @@ class VisualTokenCounts(TokenCounts):
         )
 
 
-def pick_device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 # What a batch raises when one of its inputs cannot be taken (the image processor rejects an image, a prompt cannot
 # be built); the samples are then run one by one. Anything else (out of memory, a bug) still aborts the run.
 INPUT_ERRORS = (ValueError, OSError, Image.DecompressionBombError)
@@ -135,7 +128,7 @@ class EfficientLlava(lmms):
         if self.batch_size_per_gpu < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.max_new_tokens_override = int(max_new_tokens) if max_new_tokens else None
-        self.device_name = pick_device(device)
+        self.device_name = resolve_device(device)
         self.load_model(str(pretrained), revision or None, dtype, **method_args)
         self.runner = self.build_runner(**method_args)
         self.accountant = self.build_accountant()

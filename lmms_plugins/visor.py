@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from lmms_plugins.models import EfficientLlava, VisualTokenCounts
 from visor_model.efficiency.accounting import FlopAccountant
-from visor_model.methods.base import FullTokens, TokenReducer
+from visor_model.methods.base import FullTokens, TokenReducer, check_fraction
 from visor_model.methods.visor.runner import VisorRunner
 
 
@@ -59,10 +59,10 @@ class VisorLlava(EfficientLlava):
     def load_model(self, pretrained: str, revision: str | None, dtype: str, threshold: float | str | None = None,
                    training: str = "full", **method_args) -> None:
         """`self.checkpoint` and `self.visor` (the VISOR model over it); a bad threshold fails before loading."""
-        from visor_model.methods.visor.modeling import check_threshold, load_visor
+        from visor_model.methods.visor.modeling import load_visor
 
         if threshold is not None:
-            check_threshold(threshold)
+            check_fraction(threshold, "threshold")
         self.checkpoint, self.visor = load_visor(pretrained, revision, self.device_name, dtype)
         trained = self.visor.metadata["training"].get("budget", {}).get("name", "full")
         if trained != str(training):
@@ -84,7 +84,7 @@ class VisorLlava(EfficientLlava):
             self.visor._require_router()
         self.reducer = self.build_reducer(token_budget)
         return VisorRunner(self.checkpoint, self.visor, self.reducer, self.device_name, active=active,
-                           threshold=threshold)  # VisorRunner converts it (check_threshold)
+                           threshold=threshold)  # VisorRunner converts it (check_fraction)
 
     @property
     def label(self) -> str:

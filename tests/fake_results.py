@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from visor_model.audit.analysis import median_interval
 from visor_model.audit.tables import latency_table, sample_table, summary_table
+from visor_model.stats import median_interval
 
 BENCHMARKS = {"synth_background": ("coarse", "easy", 2.0e8), "synth_shape": ("medium", "easy", 2.1e8),
               "synth_marker": ("fine", "hard", 2.4e8)}

@@ -34,7 +34,8 @@ from visor_model.efficiency.accounting import (
     llm_prefill_flops,
     produced_tokens,
 )
-from visor_model.efficiency.flops import LLMShape, fastv_layer_macs, llm_layer_flops, projector_flops
+from visor_model.efficiency.flops import fastv_layer_macs, llm_layer_flops, projector_flops
+from visor_model.efficiency.shapes import LLMShape
 from visor_model.llava.runner import VisionLanguageRunner
 from visor_model.methods.base import FullTokens, RandomDrop
 from visor_model.methods.downsample import Downsample

@@ -14,8 +14,18 @@ import pandas as pd
 import pytest
 import yaml
 
+from visor_model import stats
 from visor_model.audit import analysis, claims
-from visor_model.audit.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Tables, audit
+from visor_model.audit.claims import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    NOT_TESTABLE_IN_PROFILE,
+    NOT_TESTABLE_IN_RUN,
+    REPRODUCED,
+    Tables,
+    audit,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CLAIMS = {claim["id"]: claim for claim in claims.load_claims(REPO / "config" / "claims.yaml")}
@@ -114,11 +124,11 @@ def test_pooling_settings_on_the_same_documents_does_not_narrow_the_interval():
     settings carry no more information than one, so the interval is the same."""
     rng = np.random.default_rng(0)
     d = rng.choice([-1.0, 0.0, 1.0], size=80)
-    one = analysis.bootstrap_distribution({"b": d[None, :]}, 500, 0, weigh_groups_equally=True)
-    two = analysis.bootstrap_distribution({"b": np.vstack([d, d])}, 500, 0, weigh_groups_equally=True)
+    one = stats.bootstrap_distribution({"b": d[None, :]}, 500, 0, weigh_groups_equally=True)
+    two = stats.bootstrap_distribution({"b": np.vstack([d, d])}, 500, 0, weigh_groups_equally=True)
     assert one[0] == pytest.approx(two[0]) and np.allclose(one[1], two[1])
     # benchmarks count once each, however many settings they pool
-    point, _ = analysis.bootstrap_distribution({"a": np.ones((3, 10)), "b": np.zeros((1, 10))}, 50, 0,
+    point, _ = stats.bootstrap_distribution({"a": np.ones((3, 10)), "b": np.zeros((1, 10))}, 50, 0,
                                                weigh_groups_equally=True)
     assert point == pytest.approx(0.5)
 
@@ -231,6 +241,25 @@ def test_claims_about_the_family_need_three_configurations(fake):
     assert run("visor_sa_layers_help_hard", tables_of(two, samples))["verdict"] != NOT_TESTABLE  # two suffice
 
 
+def test_the_not_testable_kind_is_a_column_and_the_summary_groups_by_it(fake):
+    summary, samples, _ = fake
+    two = summary[summary["setting_id"] != "sa_layers-0"]
+    table = audit([CLAIMS["visor_near_full_sa_layers"], CLAIMS["visor_sa_layers_help_hard"]],
+                  tables_of(two, samples.iloc[:0]), "offline")
+    kinds = dict(zip(table["id"], table["not_testable"]))
+    assert kinds == {"visor_near_full_sa_layers": NOT_TESTABLE_IN_PROFILE,  # fewer configurations than it needs
+                     "visor_sa_layers_help_hard": NOT_TESTABLE_IN_RUN}  # no per-sample scores to compare
+    assert (table["verdict"] == NOT_TESTABLE).all()
+    assert "**Testable in this profile, but not with this run's results** (1):" in claims.summary_markdown(table)
+    swapped = table.assign(not_testable=[NOT_TESTABLE_IN_RUN, NOT_TESTABLE_IN_PROFILE])  # the column decides
+    assert f"- {table['claim'].iloc[0]} — " in claims.summary_markdown(swapped)
+    with pytest.raises(ValueError, match="no not_testable column"):
+        claims.summary_markdown(table.drop(columns="not_testable"))
+    outside = audit([claim for claim in CLAIMS.values() if "offline" not in claim["profiles"]][:1],
+                    tables_of(summary, samples), "offline")
+    assert outside["not_testable"].tolist() == [NOT_TESTABLE_IN_PROFILE]
+
+
 def test_min_configurations_must_be_a_positive_integer(tmp_path):
     claim = {**CLAIMS["visor_near_full_sa_layers"], "min_configurations": "three"}
     path = tmp_path / "claims.yaml"
@@ -323,7 +352,7 @@ def test_hired_without_newlines_reaches_below_visor_smallest_configuration():
 
     from visor_model import workflow_config as wc
     from visor_model.efficiency.accounting import llm_prefill_flops
-    from visor_model.efficiency.flops import LLMShape
+    from visor_model.efficiency.shapes import LLMShape
     from visor_model.llava.checkpoints import load_checkpoint
     from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
     from visor_model.methods.base import FullTokens

@@ -11,9 +11,6 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 README_LINES = 170
 # Folders the workflow writes (git-ignored): paths into them name outputs, not repository files.
 OUTPUTS = ("results", "reports", "resources", "logs", "benchmarks", ".venv")
-# Paths the README names that another branch of issue 22 adds (the method registry); the test below fails once
-# they exist, so that this set is emptied after the merge.
-NOT_YET = {"visor_model/methods/registry.py"}
 
 INLINE_CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -45,10 +42,8 @@ def named_paths(path: Path, repo: Path = REPO) -> set[str]:
 
 def test_every_path_the_readme_and_docs_name_exists():
     missing = {f"{doc.relative_to(REPO)}: {name}" for doc in DOCS for name in named_paths(doc)
-               if name not in NOT_YET and not (REPO / name).exists()}
+               if not (REPO / name).exists()}
     assert not missing, "paths named in the documentation that do not exist:\n" + "\n".join(sorted(missing))
-    arrived = sorted(name for name in NOT_YET if (REPO / name).exists())
-    assert not arrived, f"remove from NOT_YET in tests/test_docs.py, these exist now: {arrived}"
 
 
 def test_named_paths_reads_code_and_links_but_not_commands_or_outputs(tmp_path):

@@ -20,7 +20,8 @@ from visor_model.audit import analysis
 from visor_model.audit.claims import Tables, audit, load_claims
 from visor_model.audit.tables import latency_table
 from visor_model.efficiency.accounting import FlopAccountant, SampleTokens, fastv_prefill_macs
-from visor_model.efficiency.flops import LLMShape, fastv_layer_macs
+from visor_model.efficiency.flops import fastv_layer_macs
+from visor_model.efficiency.shapes import LLMShape
 from visor_model.llava.generation import greedy_generate
 from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
 from visor_model.methods.base import FullTokens

@@ -43,10 +43,6 @@ from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOn
 
 from visor_model.efficiency.flops import (
     FlopTerms,
-    LlavaShape,
-    LLMShape,
-    ProjectorShape,
-    VisionShape,
     attention_pairs,
     cross_attention_flops,
     depthwise_conv1d_flops,
@@ -59,8 +55,8 @@ from visor_model.efficiency.flops import (
     projector_flops,
     vision_encoder_flops,
     vision_layer_flops,
-    vision_layers_needed,
 )
+from visor_model.efficiency.shapes import LlavaShape, LLMShape, ProjectorShape, VisionShape, vision_layers_needed
 
 torch.manual_seed(0)
 

@@ -19,8 +19,8 @@ from conftest import tiny_config
 
 from lmms_plugins.args import model_args
 from lmms_plugins.latency import SharedPlugins
-from visor_model.audit.analysis import median_interval
-from visor_model.audit.claims import Tables, decode_share_of_prefill_gain, latency_ratio, memory_saving
+from visor_model.audit.claims import Tables
+from visor_model.audit.claims.computations import decode_share_of_prefill_gain, latency_ratio, memory_saving
 from visor_model.audit.tables import latency_table
 from visor_model.efficiency.accounting import FlopAccountant
 from visor_model.efficiency.latency import (
@@ -45,6 +45,7 @@ from visor_model.methods.hired import HiRED
 from visor_model.methods.visor.modeling import VisorConfig, VisorModel
 from visor_model.methods.visor.runner import VisorRunner
 from visor_model.reference.models import build_reference_model
+from visor_model.stats import median_interval
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = LatencyConfig(samples=2, warmup=1, repeats=2, max_new_tokens=3, threads=1)

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from visor_model.examples import Example
 from visor_model.llava.checkpoints import load_checkpoint
 from visor_model.reference.recipe import discrimination
 from visor_model.reference.tasks import generate_split
-from visor_model.training import Example
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 TEST_SIZE = 300  # the default config's test split

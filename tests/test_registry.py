@@ -318,3 +318,13 @@ def test_a_prefill_overhead_outside_the_record_columns_is_named():
     shape = sizing.SHAPES["llava_onevision"]
     with pytest.raises(ValueError, match="prefill overhead term 'toy.scores' is in no part of PREFILL_PARTS"):
         FlopAccountant(shape, (ToyCost(part="toy"),)).sample(SampleTokens(n_text=20, n_visual=30, n_crops=1))
+
+
+def test_manifests_imported_before_lmms_eval_still_register_every_method():
+    """Importing the manifests first makes lmms-eval build its registry while this module is half-imported (a
+    cycle): every method must still be found, in a fresh interpreter where nothing else was imported before."""
+    code = ("import lmms_plugins.manifests\nfrom lmms_eval.models import get_model\n"
+            "from visor_model.methods import registry\n"
+            "print(sorted(m for m in registry.method_ids() if get_model(m)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == str(sorted(registry.method_ids()))

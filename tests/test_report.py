@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from visor_model import stats
 from visor_model.audit import analysis, claims
 from visor_model.audit.claims import Measurement, Tables, audit, judge, load_claims
 from visor_model.reporting import render as render_report
@@ -33,12 +34,12 @@ def tables():
 def test_pareto_mask_keeps_undominated_points_and_ties():
     cost = [1, 2, 3, 4, 2, np.nan]
     quality = [0.5, 0.7, 0.6, 0.9, 0.7, 1.0]
-    assert analysis.pareto_mask(cost, quality).tolist() == [True, True, False, True, True, False]
+    assert stats.pareto_mask(cost, quality).tolist() == [True, True, False, True, True, False]
 
 
 def test_visor_viable_frontier_keeps_ties_duplicates_and_order():
     """The expected selections are those of the loop VISOR's training used before it shared `pareto_mask`."""
-    from visor_model.methods.visor.training import pareto_frontier
+    from visor_model.methods.visor.evaluation import pareto_frontier
 
     def points(*pairs):
         return [{"flops": flops, "accuracy": accuracy, "name": i} for i, (flops, accuracy) in enumerate(pairs)]
@@ -64,7 +65,7 @@ def test_visor_viable_frontier_keeps_ties_duplicates_and_order():
 
 
 def test_paired_bootstrap_constant_difference_has_a_degenerate_interval():
-    mean, low, high = analysis.paired_bootstrap({"b": np.ones((2, 30))}, resamples=200)
+    mean, low, high = stats.paired_bootstrap({"b": np.ones((2, 30))}, resamples=200)
     assert (mean, low, high) == (1.0, 1.0, 1.0)
 
 
@@ -72,10 +73,10 @@ def test_paired_bootstrap_resamples_documents_once_for_all_comparisons():
     rng = np.random.default_rng(0)
     d = rng.choice([-1.0, 0.0, 1.0], size=200)
     # two comparisons with opposite differences on the same documents: their mean is exactly 0 in every resample
-    mean, low, high = analysis.paired_bootstrap({"b": np.vstack([d, -d])}, resamples=300)
+    mean, low, high = stats.paired_bootstrap({"b": np.vstack([d, -d])}, resamples=300)
     assert mean == 0 and low == 0 and high == 0
     # a single comparison: the interval covers the mean and has width
-    mean, low, high = analysis.paired_bootstrap({"b": d[None, :]}, resamples=300)
+    mean, low, high = stats.paired_bootstrap({"b": d[None, :]}, resamples=300)
     assert low < mean < high
 
 

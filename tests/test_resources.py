@@ -184,7 +184,7 @@ def tasks_dir(tmp_path_factory):
 
 def test_load_hf_examples_reads_the_llava_onevision_format(tasks_dir, tmp_path):
     from visor_model.methods.visor.config import TrainData
-    from visor_model.methods.visor.training import load_hf_examples, read_split
+    from visor_model.methods.visor.data import load_hf_examples, read_split
 
     synthetic = read_split(tasks_dir, "train")
     folder = llava_onevision_folder(tmp_path / "ov_data", synthetic)
@@ -204,7 +204,8 @@ def test_visor_trains_on_a_dataset_folder_as_on_the_same_rows(tasks_dir, tmp_pat
     from safetensors.torch import load_file
 
     from visor_model.methods.visor.config import visor_options
-    from visor_model.methods.visor.training import read_split, train_universal_checkpoint
+    from visor_model.methods.visor.data import read_split
+    from visor_model.methods.visor.training import train_universal_checkpoint
 
     base = REPO / "checkpoints" / "reference_ov"
     folder = llava_onevision_folder(tmp_path / "ov_data", read_split(tasks_dir, "train"))

@@ -18,7 +18,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 TORCH_FREE = {
-    "visor_model.efficiency": ["visor_model.efficiency.flops", "visor_model.efficiency.accounting"],
+    "visor_model.efficiency": [
+        "visor_model.efficiency.shapes", "visor_model.efficiency.flops", "visor_model.efficiency.accounting",
+    ],
     "visor_model.audit": ["visor_model.audit.tables", "visor_model.audit.analysis", "visor_model.audit.claims"],
     "visor_model.reporting": [
         "visor_model.reporting.figures", "visor_model.reporting.notebook", "visor_model.reporting.render",

@@ -16,7 +16,7 @@ from visor_model import files
 from visor_model.files import replace_folder_atomically
 from visor_model.reference import recipe as training_module
 from visor_model.reference.recipe import train_reference
-from visor_model.training import ProgressLog, TrainConfig
+from visor_model.train_loop import ProgressLog, TrainConfig
 
 CONFIG = TrainConfig(steps=4, batch_size=2, save_every=2, log_every=1, warmup_steps=1)
 
@@ -131,7 +131,7 @@ def test_a_model_with_tied_embeddings_saves_and_resumes_its_state(tmp_path):
     """Qwen2 checkpoints tie the LM head to the word embeddings; safetensors refuses shared tensors as they are."""
     import torch
 
-    from visor_model.training import load_train_state, save_train_state
+    from visor_model.train_loop import load_train_state, save_train_state
 
     def tied_model():
         model = torch.nn.Sequential(torch.nn.Embedding(11, 4), torch.nn.Linear(4, 11, bias=False))

@@ -9,23 +9,22 @@ import pytest
 import torch
 
 from visor_model.efficiency.accounting import visor_prefill_flops
-from visor_model.efficiency.flops import LLMShape
+from visor_model.efficiency.shapes import LLMShape
+from visor_model.examples import Example
 from visor_model.llava.checkpoints import LoadedCheckpoint
 from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
-from visor_model.methods.base import FullTokens
+from visor_model.methods.base import FullTokens, check_fraction
+from visor_model.methods.visor.layout import Layout
 from visor_model.methods.visor.modeling import (
     CA,
     SA,
     TEXT,
-    Layout,
     VisorConfig,
     VisorModel,
-    check_threshold,
     choose_configuration,
 )
 from visor_model.reference import tasks
 from visor_model.reference.models import ReferenceConfig, build_reference_model, build_tokenizer
-from visor_model.training import Example
 
 # Two VISOR slots (CA 0 / SA 1, CA 3 / SA 4) need six LLM layers; the shipped reference has three.
 SIX_LAYER_HOST = ReferenceConfig(family="llava_onevision", text_layers=6)
@@ -187,7 +186,7 @@ def test_policy_compute_monotone_in_threshold(host):
     flops = [visor_prefill_flops(shape, visor.config, a, 150, 12).total for a in visor.viable]
     probabilities = torch.cat([visor.router_probabilities(batch), torch.rand(64, len(visor.viable),
                                                                              generator=torch.Generator().manual_seed(0))])
-    from visor_model.methods.visor.training import expected_compute
+    from visor_model.methods.visor.policy import expected_compute
 
     compute = [expected_compute(visor, probabilities, flops, tau) for tau in torch.linspace(0, 1, 21).tolist()]
     assert compute == sorted(compute)
@@ -286,7 +285,7 @@ def test_bad_arguments_raise_clear_errors(host):
     assert visor.configuration_for(2) == (1, 4)
     for bad in (-0.1, 1.5, "x", float("nan")):
         with pytest.raises(ValueError, match="threshold"):
-            check_threshold(bad)
+            check_fraction(bad, "threshold")
     with pytest.raises(ValueError, match="disjoint"):
         VisorConfig(n_layers=6, ca_layers=(0, 1), sa_candidates=(1, 4))
     with pytest.raises(ValueError, match="not a subset"):
@@ -325,7 +324,7 @@ def test_checkpoint_roundtrip_and_plugin_errors(host, tmp_path):
 
 
 def test_router_labels_follow_the_reference_and_the_tolerance():
-    from visor_model.methods.visor.training import cheapest_sufficing, sufficient
+    from visor_model.methods.visor.policy import cheapest_sufficing, sufficient
 
     scores = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.5, 0.8, 1.0], [1.0, 0.0, 1.0]])  # cheapest first
     largest = scores[:, -1]

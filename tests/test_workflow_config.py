@@ -226,6 +226,21 @@ def test_viable_grid_combined_with_other_keys():
     assert not re.fullmatch(pattern, "sa_layers-2_token_budget-0.25")
 
 
+def test_viable_runs_expand_once_the_visor_is_provided():
+    """The one expansion of `sa_layers: viable` grids that the evaluations (common.smk) and the latency jobs
+    (efficiency.smk) read: configured runs and repeats left out, a VISOR not provided yet pending."""
+    viable_runs = [("ov", "visor", {}), ("ov", "visor", {"token_budget": 0.5}), ("ov", "visor", {}),
+                   ("next", "visor", {"training": "half"}), ("next", "visor", {"training": "half", "threshold": 1})]
+    provided = {("ov", "full"): [1, 3]}
+    runs, pending = workflow_config.expand_viable_runs(viable_runs, lambda model, budget: provided.get((model, budget)),
+                                                       configured=[("ov", "visor", "sa_layers-3")])
+    assert runs == [("ov", "visor", "sa_layers-1"), ("ov", "visor", "sa_layers-1_token_budget-0.5"),
+                    ("ov", "visor", "sa_layers-3_token_budget-0.5")]
+    assert pending == [("next", "half")]
+    provided[("next", "half")] = []  # provided, no viable configuration
+    assert workflow_config.expand_viable_runs(viable_runs[3:], lambda m, b: provided[(m, b)]) == ([], [])
+
+
 def test_rule_helpers():
     config = workflow_config.check(micro_config(), SCHEMA)
     assert workflow_config.training_benchmarks(config) == ["synth_background", "synth_marker"]

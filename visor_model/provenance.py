@@ -7,6 +7,7 @@ import platform
 from importlib import metadata
 
 from visor_model import lockfile
+from visor_model.devices import resolve_device
 
 PACKAGES = ("torch", "transformers", "lmms_eval", "snakemake", "pandas", "seaborn", "papermill")
 
@@ -25,8 +26,7 @@ def device_name(device: str = "auto") -> str:
     """The GPU's name for a CUDA device; otherwise the CPU's model name and logical core count."""
     import torch
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     name = platform.processor() or platform.machine()

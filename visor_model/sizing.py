@@ -25,15 +25,8 @@ from types import SimpleNamespace
 import yaml
 
 from visor_model import workflow_config
-from visor_model.efficiency.flops import (
-    LlavaShape,
-    LLMShape,
-    ProjectorShape,
-    VisionShape,
-    llm_flops,
-    lm_head_flops,
-    model_prefill_flops,
-)
+from visor_model.efficiency.flops import llm_flops, lm_head_flops, model_prefill_flops
+from visor_model.efficiency.shapes import LlavaShape, LLMShape, ProjectorShape, VisionShape
 from visor_model.methods import registry
 from visor_model.methods.visor.config import default_layers
 

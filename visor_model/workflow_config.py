@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from visor_model.devices import resolve_device
 from visor_model.methods import registry
 from visor_model.methods.visor.config import LABEL, POLICY, UNIVERSAL, stage_options  # noqa: F401 (stage names)
 
@@ -238,6 +239,26 @@ def visor_trainings(runs: list, settings: dict, viable_runs: list) -> list[tuple
     return list(dict.fromkeys(pairs))
 
 
+def expand_viable_runs(viable_runs: list, counts, configured=()) -> tuple[list, list]:
+    """The runs of the `sa_layers: viable` grids (`viable_runs`: (model, method, template) from configured_runs)
+    once VISOR's viable configurations are known. `counts(model, budget)`: the SA-layer counts of the viable
+    configurations of `model`'s VISOR at that training budget, None while it is not provided. Returns (runs,
+    pending): (model, method, setting_id) with sa_layers set to each count, in order, without repeats and without
+    the `configured` runs; and (model, budget) of each VISOR not provided yet, without repeats."""
+    configured, runs, pending = set(configured), [], []
+    for model, method, template in viable_runs:
+        budget = visor_budget(template)
+        found = counts(model, budget)
+        if found is None:
+            pending += [] if (model, budget) in pending else [(model, budget)]
+            continue
+        for k in found:
+            run = (model, method, setting_id({**template, "sa_layers": k}))
+            if run not in configured and run not in runs:
+                runs.append(run)
+    return runs, pending
+
+
 def setting_of(settings: dict, viable_runs: list, method: str, setting: str) -> dict:
     """The setting (dict) of a setting id: a configured one, or sa_layers=K of a `sa_layers: viable` grid
     (`settings`, `viable_runs`: from configured_runs)."""
@@ -378,11 +399,6 @@ def safetensors_size(folder) -> tuple[int, int]:
     return parameters, file_bytes
 
 
-def resolve_device(device: str) -> str:
-    """A job's device as the plugins resolve it ("auto": cuda where there is a GPU, else cpu), without torch."""
-    return ("cuda" if gpu_per_job() else "cpu") if device in ("auto", "", None) else device
-
-
 def _loaded_bytes(shape: ModelShape, dtype: str) -> int:
     """Host memory of loading: the mapped safetensors plus the model at `dtype` (moved to a GPU afterwards)."""
     return shape.file_bytes + shape.parameters * DTYPE_BYTES[dtype]
@@ -418,11 +434,11 @@ def job_mem_mb(rule: str, config: dict, shape: ModelShape | None = None) -> int:
     if shape is None:
         raise ValueError(f"job_mem_mb({rule!r}) needs the model's shape")
     if rule in ("evaluate", "measure_latency"):
-        device, dtype = resolve_device(evaluation["device"]), evaluation["dtype"]
+        device, dtype = resolve_device(evaluation["device"], bool(gpu_per_job())), evaluation["dtype"]
         batch = evaluation["batch_size"] if rule == "evaluate" else 1
         data = _pixel_bytes(shape, batch) + (_inference_bytes(shape, dtype, batch) if device == "cpu" else 0)
     elif rule in ("train_visor", "label_policy", "train_policy"):
-        device, dtype = resolve_device(visor["device"]), visor["dtype"]
+        device, dtype = resolve_device(visor["device"], bool(gpu_per_job())), visor["dtype"]
         val_rows = len(training_benchmarks(config)) * (visor["viable_per_task"] + visor["label_per_task"])
         data = val_rows * SYNTHETIC_IMAGE_BYTES + _pixel_bytes(shape, visor["inference_batch_size"])
         if device == "cpu":

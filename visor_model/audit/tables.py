@@ -26,7 +26,7 @@ Compute columns of the summary (from the per-sample FLOP records of `visor_model
 of a model timed side by side, interleaved over repeats) into one row per model x method x setting:
   <timing>_median, _ci_low, _ci_high   the median over repeats of the per-repeat values (each the median over the
                         samples, or over all decode steps) with its distribution-free 95% CI
-                        (`analysis.median_interval`), for prefill_s (time to first token), decode_per_token_s,
+                        (`visor_model.stats.median_interval`), for prefill_s (time to first token), decode_per_token_s,
                         generate_s; <timing>_q25, _q75, _iqr, _n: the spread over all sample x repeat measurements;
                         preprocess_s_* (host preprocessing, once per sample) without a CI
   peak_memory_mb (+ _ci_low/_ci_high)   the setting's weights + the peak its generations add, median over repeats;
@@ -47,8 +47,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from visor_model.audit.analysis import bootstrap_mean, median_interval
 from visor_model.methods import registry
+from visor_model.stats import bootstrap_mean, median_interval
 
 
 def visor_training(record: dict) -> str | None:

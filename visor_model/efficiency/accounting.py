@@ -69,9 +69,6 @@ from dataclasses import dataclass, field
 from visor_model.efficiency.flops import (
     CAUSAL_MODES,
     FlopTerms,
-    LlavaShape,
-    LLMShape,
-    _count,
     cross_attention_flops,
     depthwise_conv1d_flops,
     fastv_layer_macs,
@@ -81,6 +78,8 @@ from visor_model.efficiency.flops import (
     projector_flops,
     vision_encoder_flops,
 )
+from visor_model.efficiency.shapes import LlavaShape, LLMShape
+from visor_model.efficiency.shapes import check_count as _count
 
 __all__ = [
     "CA",

@@ -27,7 +27,7 @@ FlopCounterMode facts checked with torch 2.13 (see tests/test_flops.py):
     cuDNN SDPA kernels are registered and counted dense (torch's source: "We aren't accounting for causal
     attention here").
 
-Typical use::
+Typical use (the model's sizes: `visor_model.efficiency.shapes`)::
 
     shape = LlavaShape.from_config(model.config)        # LlavaNextConfig or LlavaOnevisionConfig
     flops = model_prefill_flops(shape, n_text=40, n_visual=1500, n_crops=5)
@@ -38,20 +38,15 @@ Typical use::
 from __future__ import annotations
 
 import itertools
-import math
-import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from visor_model.efficiency.shapes import LlavaShape, LLMShape, ProjectorShape, VisionShape, check_count
 
 __all__ = [
     "CAUSAL_MODES",
     "FlopTerms",
-    "LLMShape",
-    "LlavaShape",
     "ModelFlops",
-    "ProjectorShape",
-    "VisionShape",
     "attention_pairs",
     "cross_attention_flops",
     "depthwise_conv1d_flops",
@@ -64,30 +59,9 @@ __all__ = [
     "projector_flops",
     "vision_encoder_flops",
     "vision_layer_flops",
-    "vision_layers_needed",
 ]
 
 CAUSAL_MODES = ("dense", "causal")
-
-
-# ----------------------------------------------------------------------------------------------------
-# input validation
-# ----------------------------------------------------------------------------------------------------
-
-
-def _count(name: str, value: Any, *, allow_zero: bool = False) -> int:
-    """Return `value` as an int, or raise ValueError naming `name` (NaN, inf, negative, zero, fractional)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")  # noqa: TRY004
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite integer, got {value!r}")
-    if int(value) != value:
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    value = int(value)
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else ">= 1"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
 
 
 def _check_mode(causal_mode: str) -> str:
@@ -162,7 +136,7 @@ class FlopTerms:
         return FlopTerms.of(out)
 
     def __mul__(self, k: int) -> FlopTerms:
-        k = _count("k", k, allow_zero=True)
+        k = check_count("k", k, allow_zero=True)
         return FlopTerms(tuple((name, v * k) for name, v in self.terms))
 
     __rmul__ = __mul__
@@ -170,210 +144,6 @@ class FlopTerms:
     def prefixed(self, prefix: str) -> FlopTerms:
         """The same terms with names ``f"{prefix}{name}"``."""
         return FlopTerms(tuple((prefix + k, v) for k, v in self.terms))
-
-
-# ----------------------------------------------------------------------------------------------------
-# shapes
-# ----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LLMShape:
-    """Sizes of a decoder-only LLM with grouped-query attention and a SwiGLU MLP (Qwen2, Llama)."""
-
-    hidden: int  # d, the residual width
-    intermediate: int  # m, the MLP width (gate_proj/up_proj: d -> m, down_proj: m -> d)
-    n_layers: int
-    n_heads: int  # query heads
-    n_kv_heads: int  # key/value heads (== n_heads without GQA)
-    head_dim: int  # q_proj: d -> n_heads * head_dim; k_proj/v_proj: d -> n_kv_heads * head_dim
-    vocab: int  # lm_head: d -> vocab
-
-    def __post_init__(self):
-        for name in ("hidden", "intermediate", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab"):
-            object.__setattr__(self, name, _count(name, getattr(self, name)))
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
-
-    @property
-    def q_dim(self) -> int:
-        return self.n_heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.n_kv_heads * self.head_dim
-
-    @classmethod
-    def from_config(cls, config) -> LLMShape:
-        """From a transformers text config (Qwen2Config, LlamaConfig, or any config with the same fields).
-
-        ``head_dim`` follows the modeling code: ``config.head_dim`` if set, else hidden // heads.
-        Sliding-window attention is not modelled; a config that uses it is rejected.
-        """
-        n_heads = config.num_attention_heads
-        n_kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
-        layer_types = getattr(config, "layer_types", None) or ()
-        if getattr(config, "use_sliding_window", False) and any(t != "full_attention" for t in layer_types):
-            raise NotImplementedError("sliding-window attention layers are not modelled by "
-                                      "visor_model.efficiency.flops")
-        return cls(
-            hidden=config.hidden_size,
-            intermediate=config.intermediate_size,
-            n_layers=config.num_hidden_layers,
-            n_heads=n_heads,
-            n_kv_heads=n_kv_heads,
-            head_dim=head_dim,
-            vocab=config.vocab_size,
-        )
-
-
-@dataclass(frozen=True)
-class VisionShape:
-    """Sizes of a ViT image encoder (CLIP or SigLIP vision tower): patch conv, then pre-norm layers
-    with multi-head attention (q/k/v/out: hidden -> hidden) and a 2-matrix GELU MLP (fc1, fc2)."""
-
-    hidden: int
-    intermediate: int
-    n_layers: int
-    n_heads: int
-    image_size: int  # square crop side, pixels
-    patch_size: int  # patch conv kernel == stride
-    num_channels: int = 3
-    has_cls: bool = False  # CLIP prepends a CLS token; SigLIP does not
-    use_head: bool = False  # SigLIP attention-pooling head (``vision_use_head``); LLaVA-OV turns it off
-
-    def __post_init__(self):
-        for name in ("hidden", "intermediate", "n_layers", "n_heads", "image_size", "patch_size", "num_channels"):
-            object.__setattr__(self, name, _count(name, getattr(self, name)))
-        if self.hidden % self.n_heads:
-            raise ValueError(f"hidden ({self.hidden}) must be a multiple of n_heads ({self.n_heads})")
-        if self.patch_size > self.image_size:
-            raise ValueError(f"patch_size ({self.patch_size}) must not exceed image_size ({self.image_size})")
-
-    @property
-    def n_patches(self) -> int:
-        """Patches per crop: floor(image_size / patch_size)^2 (the stride-patch conv drops the remainder),
-        e.g. 24^2 = 576 for CLIP-L/14-336 and floor(384 / 14)^2 = 27^2 = 729 for SigLIP-so400m/14-384."""
-        return (self.image_size // self.patch_size) ** 2
-
-    @property
-    def tokens_per_crop(self) -> int:
-        """Sequence length inside the encoder: patches, plus 1 for CLIP's CLS token."""
-        return self.n_patches + (1 if self.has_cls else 0)
-
-    @classmethod
-    def from_config(cls, config) -> VisionShape:
-        """From a CLIPVisionConfig (CLS token) or SiglipVisionConfig (no CLS token)."""
-        model_type = getattr(config, "model_type", "")
-        if "clip" in model_type:
-            has_cls = True
-        elif "siglip" in model_type:
-            has_cls = False
-        else:
-            raise ValueError(f"config must be a CLIP or SigLIP vision config, got model_type={model_type!r}")
-        return cls(
-            hidden=config.hidden_size,
-            intermediate=config.intermediate_size,
-            n_layers=config.num_hidden_layers,
-            n_heads=config.num_attention_heads,
-            image_size=config.image_size,
-            patch_size=config.patch_size,
-            num_channels=getattr(config, "num_channels", 3),
-            has_cls=has_cls,
-            use_head=bool(getattr(config, "vision_use_head", False)),
-        )
-
-
-@dataclass(frozen=True)
-class ProjectorShape:
-    """LLaVA-NeXT / LLaVA-OneVision ``multi_modal_projector``:
-    linear_1 (in_features -> out_features), GELU, linear_2 (out_features -> out_features).
-
-    ``in_features`` = vision hidden x number of vision feature layers (HF concatenates the selected
-    layers' hidden states when ``vision_feature_layer`` is a list); ``out_features`` = text hidden.
-    """
-
-    in_features: int
-    out_features: int
-
-    def __post_init__(self):
-        for name in ("in_features", "out_features"):
-            object.__setattr__(self, name, _count(name, getattr(self, name)))
-
-    @classmethod
-    def from_config(cls, config) -> ProjectorShape:
-        """From a LlavaNextConfig / LlavaOnevisionConfig (mirrors ``LlavaNextMultiModalProjector.__init__``)."""
-        layers = config.vision_feature_layer
-        n_feature_layers = 1 if isinstance(layers, int) else len(layers)
-        return cls(
-            in_features=config.vision_config.hidden_size * n_feature_layers,
-            out_features=config.text_config.hidden_size,
-        )
-
-
-def vision_layers_needed(n_layers: int, vision_feature_layer: int | Sequence[int]) -> int:
-    """How many encoder layers must run to produce ``hidden_states[vision_feature_layer]``.
-
-    ``hidden_states`` has n_layers + 1 entries (index 0 = patch embeddings), so -1 needs all layers,
-    -2 (LLaVA-1.5/NeXT) needs n_layers - 1. **HF still runs the whole tower** (it asks for all hidden
-    states), so the FLOPs actually spent use all layers; this is what an efficient implementation needs.
-    """
-    n_layers = _count("n_layers", n_layers)
-    indices = [vision_feature_layer] if isinstance(vision_feature_layer, int) else list(vision_feature_layer)
-    if not indices:
-        raise ValueError("vision_feature_layer must not be empty")
-    needed = 0
-    for i in indices:
-        if isinstance(i, bool) or not isinstance(i, int) or not -(n_layers + 1) <= i <= n_layers:
-            raise ValueError(f"vision_feature_layer {i!r} is out of range for {n_layers} layers")
-        needed = max(needed, i if i >= 0 else n_layers + 1 + i)
-    return needed
-
-
-@dataclass(frozen=True)
-class LlavaShape:
-    """Everything needed to count a LLaVA-NeXT / LLaVA-OneVision forward."""
-
-    llm: LLMShape
-    vision: VisionShape
-    projector: ProjectorShape
-    vision_feature_layer: int | tuple[int, ...] = -1
-    vision_feature_select_strategy: str = "full"  # "default" drops the first token (CLS) before the projector
-
-    def __post_init__(self):
-        if self.vision_feature_select_strategy not in ("default", "full"):
-            raise ValueError(
-                "vision_feature_select_strategy must be 'default' or 'full', "
-                f"got {self.vision_feature_select_strategy!r}"
-            )
-        if not isinstance(self.vision_feature_layer, int):
-            object.__setattr__(self, "vision_feature_layer", tuple(self.vision_feature_layer))
-        vision_layers_needed(self.vision.n_layers, self.vision_feature_layer)  # validates the index
-
-    @property
-    def projector_tokens_per_crop(self) -> int:
-        """Tokens per crop that go through the projector: encoder tokens minus the first one when the
-        strategy is "default" (576 for LLaVA-NeXT's CLIP, 729 for LLaVA-OV's SigLIP with "full")."""
-        drop = 1 if self.vision_feature_select_strategy == "default" else 0
-        return self.vision.tokens_per_crop - drop
-
-    @property
-    def vision_layers_needed(self) -> int:
-        return vision_layers_needed(self.vision.n_layers, self.vision_feature_layer)
-
-    @classmethod
-    def from_config(cls, config) -> LlavaShape:
-        """From a LlavaNextConfig or LlavaOnevisionConfig."""
-        layer = config.vision_feature_layer
-        return cls(
-            llm=LLMShape.from_config(config.text_config),
-            vision=VisionShape.from_config(config.vision_config),
-            projector=ProjectorShape.from_config(config),
-            vision_feature_layer=layer if isinstance(layer, int) else tuple(layer),
-            vision_feature_select_strategy=config.vision_feature_select_strategy,
-        )
-
 
 # ----------------------------------------------------------------------------------------------------
 # LLM terms
@@ -388,8 +158,8 @@ def attention_pairs(n_new: int, n_context: int, causal_mode: str = "dense") -> i
     causal: n_new * past + n_new * (n_new + 1) / 2         (the unmasked pairs; prefill n(n+1)/2,
                                                             a decode step n_context)
     """
-    n_new = _count("n_new", n_new)
-    n_context = _count("n_context", n_context)
+    n_new = check_count("n_new", n_new)
+    n_context = check_count("n_context", n_context)
     _check_mode(causal_mode)
     if n_context < n_new:
         raise ValueError(f"n_context ({n_context}) must be >= n_new ({n_new}); n_context = past + n_new")
@@ -422,7 +192,7 @@ def llm_layer_flops(shape: LLMShape, n_new: int, n_context: int, causal_mode: st
         mlp_down    2 * n_new * m * d
     """
     pairs = attention_pairs(n_new, n_context, causal_mode)
-    n = _count("n_new", n_new)
+    n = check_count("n_new", n_new)
     d, m = shape.hidden, shape.intermediate
     return FlopTerms.of(
         {
@@ -448,7 +218,7 @@ def llm_flops(
 ) -> FlopTerms:
     """`llm_layer_flops` summed over ``n_layers`` identical layers (default: all of ``shape.n_layers``).
     Excludes the LM head; see `lm_head_flops`."""
-    n_layers = shape.n_layers if n_layers is None else _count("n_layers", n_layers, allow_zero=True)
+    n_layers = shape.n_layers if n_layers is None else check_count("n_layers", n_layers, allow_zero=True)
     return llm_layer_flops(shape, n_new, n_context, causal_mode) * n_layers
 
 
@@ -459,7 +229,7 @@ def lm_head_flops(shape: LLMShape, n_tokens: int) -> FlopTerms:
     only (n_tokens = 1) and each decode step for its one new token. A plain ``model(**inputs)`` call
     (logits_to_keep=0) computes them for every position (n_tokens = sequence length).
     """
-    n_tokens = _count("n_tokens", n_tokens)
+    n_tokens = check_count("n_tokens", n_tokens)
     return FlopTerms.of({"lm_head": 2 * n_tokens * shape.hidden * shape.vocab})
 
 
@@ -475,7 +245,7 @@ def vision_layer_flops(vshape: VisionShape, n_tokens: int) -> FlopTerms:
     attn_scores, attn_values     2 * N * N * d each
     fc1, fc2                     2 * N * d * m each
     """
-    n = _count("n_tokens", n_tokens)
+    n = check_count("n_tokens", n_tokens)
     d, m = vshape.hidden, vshape.intermediate
     return FlopTerms.of(
         {
@@ -496,14 +266,14 @@ def vision_encoder_flops(vshape: VisionShape, n_crops: int, n_layers: int | None
     up to 4 sub-images; LLaVA-OV anyres_max_9: up to 10).
 
     ``n_layers`` defaults to all layers, which is what HF runs even when ``vision_feature_layer = -2``
-    (pass `vision_layers_needed(...)` for the cost of a tower truncated to what is used).
+    (pass `shapes.vision_layers_needed(...)` for the cost of a tower truncated to what is used).
 
     Terms: ``patch_embed`` (the patch conv, 2 * n_patches * d * channels * patch^2 per crop; CLIP's CLS
     token and the position embeddings cost no matmul FLOPs), the per-layer terms of `vision_layer_flops`
     summed over layers, and, if ``vshape.use_head`` (SigLIP's attention-pooling head), ``pool_head``.
     """
-    n_crops = _count("n_crops", n_crops)
-    n_layers = vshape.n_layers if n_layers is None else _count("n_layers", n_layers, allow_zero=True)
+    n_crops = check_count("n_crops", n_crops)
+    n_layers = vshape.n_layers if n_layers is None else check_count("n_layers", n_layers, allow_zero=True)
     if n_layers > vshape.n_layers:
         raise ValueError(f"n_layers ({n_layers}) exceeds the encoder's {vshape.n_layers} layers")
     d, m, n = vshape.hidden, vshape.intermediate, vshape.tokens_per_crop
@@ -526,7 +296,7 @@ def projector_flops(pshape: ProjectorShape, n_tokens: int) -> FlopTerms:
     (n_crops * projector_tokens_per_crop), before un-padding, newline insertion or OV's downscaling;
     token-dropping methods that act after the projector (HiRED) do not save this.
     """
-    n = _count("n_tokens", n_tokens)
+    n = check_count("n_tokens", n_tokens)
     return FlopTerms.of(
         {
             "linear_1": 2 * n * pshape.in_features * pshape.out_features,
@@ -554,8 +324,8 @@ def cross_attention_flops(shape: LLMShape, n_text: int, n_visual: int, with_gate
         gate        n_text * d     (with_gate: a Flamingo-style tanh(alpha) * output, one multiply per
                                     element; elementwise, so FlopCounterMode would not count it)
     """
-    n_text = _count("n_text", n_text)
-    n_visual = _count("n_visual", n_visual)
+    n_text = check_count("n_text", n_text)
+    n_visual = check_count("n_visual", n_visual)
     d = shape.hidden
     terms = {
         "q_proj": 2 * n_text * d * shape.q_dim,
@@ -576,10 +346,10 @@ def depthwise_conv1d_flops(channels: int, length: int, kernel: int, padding: int
 
         conv  2 * channels * length_out * kernel,  length_out = length + 2 * padding - kernel + 1
     """
-    channels = _count("channels", channels)
-    length = _count("length", length)
-    kernel = _count("kernel", kernel)
-    padding = (kernel - 1) // 2 if padding is None else _count("padding", padding, allow_zero=True)
+    channels = check_count("channels", channels)
+    length = check_count("length", length)
+    kernel = check_count("kernel", kernel)
+    padding = (kernel - 1) // 2 if padding is None else check_count("padding", padding, allow_zero=True)
     length_out = length + 2 * padding - kernel + 1
     if length_out < 1:
         raise ValueError(f"kernel ({kernel}) is longer than the padded length ({length} + 2 * {padding})")
@@ -591,8 +361,8 @@ def mlp_flops(sizes: Sequence[int], n_tokens: int = 1) -> FlopTerms:
     inputs: terms ``linear_0, linear_1, ...`` = 2 * n_tokens * sizes[i] * sizes[i + 1]."""
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
         raise ValueError(f"sizes must be a sequence of at least two layer widths, got {sizes!r}")
-    sizes = [_count(f"sizes[{i}]", s) for i, s in enumerate(sizes)]
-    n = _count("n_tokens", n_tokens)
+    sizes = [check_count(f"sizes[{i}]", s) for i, s in enumerate(sizes)]
+    n = check_count("n_tokens", n_tokens)
     return FlopTerms.of({f"linear_{i}": 2 * n * a * b for i, (a, b) in enumerate(itertools.pairwise(sizes))})
 
 
@@ -605,9 +375,9 @@ def fastv_layer_macs(n: int, d: int, m: int) -> int:
     FLOPs comparable to the rest of this module. FastV's "99.3B" for LLaVA-1.5-7B at n = 612
     (d = 4096, m = 11008) is this function's value, i.e. one layer, in MACs.
     """
-    n = _count("n", n)
-    d = _count("d", d)
-    m = _count("m", m)
+    n = check_count("n", n)
+    d = check_count("d", d)
+    m = check_count("m", m)
     return 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
 
 
@@ -670,14 +440,14 @@ def model_prefill_flops(
     The LLM runs on n = n_text + n_visual tokens in every layer. Methods that change the sequence per
     layer (VISOR, FastV) should sum `llm_layer_flops` themselves.
     """
-    n_text = _count("n_text", n_text)
-    n_visual = _count("n_visual", n_visual, allow_zero=True)
-    n_crops = _count("n_crops", n_crops, allow_zero=True)
+    n_text = check_count("n_text", n_text)
+    n_visual = check_count("n_visual", n_visual, allow_zero=True)
+    n_crops = check_count("n_crops", n_crops, allow_zero=True)
     _check_mode(causal_mode)
     if n_projector_tokens is None:
         n_projector_tokens = n_crops * shape.projector_tokens_per_crop
     else:
-        n_projector_tokens = _count("n_projector_tokens", n_projector_tokens, allow_zero=True)
+        n_projector_tokens = check_count("n_projector_tokens", n_projector_tokens, allow_zero=True)
 
     vision = vision_encoder_flops(shape.vision, n_crops, vision_layers) if n_crops else FlopTerms()
     projector = projector_flops(shape.projector, n_projector_tokens) if n_projector_tokens else FlopTerms()
@@ -688,3 +458,4 @@ def model_prefill_flops(
         llm=llm_flops(shape.llm, n, n, causal_mode),
         lm_head=lm_head_flops(shape.llm, lm_head_tokens),
     )
+

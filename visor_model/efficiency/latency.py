@@ -27,7 +27,7 @@ than the base model). The schedule:
              repeat r of two settings ran interleaved over the same stretch of time: their ratios pair.
 A repeat's value of a setting is the median over its samples (prefill_s, generate_s) or over all its decode
 steps (decode_per_token_s). Each timing's record holds those per-repeat values, their median and a
-distribution-free 95% CI (`visor_model.audit.analysis.median_interval`), and the quartiles over every sample x
+distribution-free 95% CI (`visor_model.stats.median_interval`), and the quartiles over every sample x
 repeat measurement (`stats`: the spread over samples, which differ in tokens). Speed-ups against the base model
 pair the per-repeat values (`visor_model.audit.tables.latency_table`).
 
@@ -66,11 +66,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from visor_model.audit.analysis import median_interval
 from visor_model.efficiency.accounting import FlopAccountant, SampleTokens
 from visor_model.llava.generation import greedy_generate
 from visor_model.llava.runner import prompt_ids, to_rgb
 from visor_model.provenance import environment
+from visor_model.stats import median_interval
 
 DEFAULT_TASKS = ("synth_background", "synth_shape", "synth_marker")
 MB = 1024.0 * 1024.0

@@ -46,9 +46,11 @@ import torch
 from torch import nn
 
 from visor_model import provenance
+from visor_model.devices import resolve_device
 from visor_model.efficiency.accounting import llm_prefill_flops
-from visor_model.efficiency.flops import LLMShape, lm_head_flops
+from visor_model.efficiency.flops import lm_head_flops
 from visor_model.efficiency.latency import Clock, stats, timed_generation
+from visor_model.efficiency.shapes import LLMShape
 from visor_model.llava.generation import greedy_generate
 from visor_model.llava.visual import SplicedBatch
 
@@ -214,7 +216,7 @@ def run_bench(arch: Architecture, layers: int | None = None, n_visual: int | Non
 
     if threads:
         torch.set_num_threads(threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = resolve_device(device)
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     torch_dtype = getattr(torch, dtype)
@@ -354,7 +356,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", type=Path, help="append the tables here")
     args = parser.parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     names = args.arch or (sorted(ARCHITECTURES) if device.startswith("cuda") else ["reference_ov", "reference_next"])
     results = []
     for name in names:

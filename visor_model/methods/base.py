@@ -15,7 +15,9 @@ from abc import ABC, abstractmethod
 import torch
 
 from visor_model.efficiency.accounting import MethodCost, Overhead, SampleTokens
-from visor_model.efficiency.flops import FlopTerms, LlavaShape, VisionShape, _count
+from visor_model.efficiency.flops import FlopTerms
+from visor_model.efficiency.shapes import LlavaShape, VisionShape
+from visor_model.efficiency.shapes import check_count as _count
 from visor_model.llava.visual import ImageTokens, VisionOutputs
 
 

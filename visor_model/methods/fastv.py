@@ -50,7 +50,9 @@ from dataclasses import dataclass, field
 import torch
 
 from visor_model.efficiency.accounting import MethodCost, Overhead, SampleTokens
-from visor_model.efficiency.flops import FlopTerms, LlavaShape, LLMShape, _count, attention_pairs
+from visor_model.efficiency.flops import FlopTerms, attention_pairs
+from visor_model.efficiency.shapes import LlavaShape, LLMShape
+from visor_model.efficiency.shapes import check_count as _count
 from visor_model.llava.checkpoints import LoadedCheckpoint
 from visor_model.llava.generation import GreedyOutput, GreedyRows, StoppingCriteria
 from visor_model.llava.runner import SampleRecord, VisionLanguageRunner, eos_token_ids

@@ -63,7 +63,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from visor_model.efficiency.accounting import Overhead, SampleTokens
-from visor_model.efficiency.flops import FlopTerms, LlavaShape, VisionShape, _count
+from visor_model.efficiency.flops import FlopTerms
+from visor_model.efficiency.shapes import LlavaShape, VisionShape
+from visor_model.efficiency.shapes import check_count as _count
 from visor_model.llava.visual import ImageTokens, VisionOutputs, pack_crop_features, select_vision_features
 from visor_model.methods.base import (
     EncoderScoring,

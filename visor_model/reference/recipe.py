@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from visor_model.examples import Example, answer_examples, exact_match, read_examples
 from visor_model.files import replace_folder_atomically
 from visor_model.llava.checkpoints import LoadedCheckpoint
 from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
@@ -30,14 +31,11 @@ from visor_model.reference.models import (
     build_reference_model,
     build_tokenizer,
 )
-from visor_model.training import (
-    Example,
+from visor_model.train_loop import (
     ProgressLog,
     TrainConfig,
     batch_indices,
-    exact_match,
     learning_rate,
-    read_examples,
     resume_train_state,
     save_train_state,
     training_identity,
@@ -96,13 +94,8 @@ def training_loss(model, image_token_id: int, pixels, sizes, prompts, targets) -
 
 
 def accuracy(runner: VisionLanguageRunner, examples: list[Example], batch_size: int = 32) -> float:
-    correct = 0
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        records = runner.generate([e.image for e in chunk], [e.question for e in chunk],
-                                  [str(start + i) for i in range(len(chunk))], [4] * len(chunk))
-        correct += sum(exact_match(r.answer, e.answer) for r, e in zip(records, chunk))
-    return correct / len(examples)
+    records = answer_examples(runner, examples, batch_size)
+    return sum(exact_match(r.answer, e.answer) for r, e in zip(records, examples)) / len(examples)
 
 
 def discrimination(loaded: LoadedCheckpoint, examples: dict[str, list[Example]], budget: float = 0.2,

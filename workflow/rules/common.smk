@@ -47,19 +47,10 @@ def evaluation_outputs():
 def viable_evaluation_outputs(wildcards):
     """Evaluations of the viable configurations of each provided VISOR; for one not provided yet, its checkpoint
     record instead (this function runs again once it exists: see viable_sa_layers)."""
-    configured, runs, pending = set(RUNS), [], []
-    for model, method, template in VIABLE_RUNS:
-        budget = workflow_config.visor_budget(template)
-        counts = viable_sa_layers(model, budget)
-        if counts is None:
-            pending += [] if visor_record(model, budget) in pending else [visor_record(model, budget)]
-            continue
-        for k in counts:
-            run = (model, method, setting_id({**template, "sa_layers": k}))
-            if run not in configured and run not in runs:
-                runs.append(run)
-    return pending + [f"results/eval/{model}/{method}/{setting}/{benchmark}.json"
-                      for model, method, setting in runs for benchmark in BENCHMARKS]
+    runs, pending = workflow_config.expand_viable_runs(VIABLE_RUNS, viable_sa_layers, RUNS)
+    return [visor_record(model, budget) for model, budget in pending] + [
+        f"results/eval/{model}/{method}/{setting}/{benchmark}.json"
+        for model, method, setting in runs for benchmark in BENCHMARKS]
 
 
 def model_mem_mb(rule, folder_input, record=True):

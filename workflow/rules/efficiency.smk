@@ -11,14 +11,10 @@ def latency_runs(model):
     and the job, a direct dependent of the VISOR checkpoint records through latency_inputs, is evaluated again once
     they exist).
     `checkpoint` is the record the run's plugin loads, as for `evaluate` (evaluation_checkpoint)."""
-    runs = [(method, setting) for m, method, setting in RUNS if m == model]
-    for m, method, template in VIABLE_RUNS:
-        if m != model:
-            continue
-        for k in viable_sa_layers(model, workflow_config.visor_budget(template)) or []:
-            run = (method, setting_id({**template, "sa_layers": k}))
-            if run not in runs:
-                runs.append(run)
+    configured = [run for run in RUNS if run[0] == model]
+    viable, _ = workflow_config.expand_viable_runs([run for run in VIABLE_RUNS if run[0] == model],
+                                                   viable_sa_layers, configured)
+    runs = [(method, setting) for _, method, setting in configured + viable]
     return [{"method": method, "setting_id": setting, "setting": setting_of(method, setting),
              "checkpoint": evaluation_checkpoint(SimpleNamespace(model=model, method=method, setting=setting))}
             for method, setting in runs]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from visor_model.reference.models import ReferenceConfig
 from visor_model.reference.recipe import continue_reference, train_reference
-from visor_model.training import TrainConfig
+from visor_model.train_loop import TrainConfig
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")
 training = snakemake.params.training

@@ -30,6 +30,9 @@ ever attends to it, so it cannot change the answer. At threshold tau the cheapes
 probability >= tau runs (the largest viable one if none), so expected compute is non-decreasing in tau.
 Rows that pick different configurations continue as separate sub-batches after the router.
 
+The modules VISOR adds are in `visor_model.methods.visor.modules`, the batch layout, KV cache and masks in
+`visor_model.methods.visor.layout`.
+
 Shapes: B batch, T spliced prompt length (left-padded), Tt text tokens (left-padded), Tv visual tokens
 (right-padded), d hidden, h query heads, kv key/value heads, hd head dim, K cached keys.
 """
@@ -37,289 +40,23 @@ Shapes: B batch, T spliced prompt length (left-padded), Tt text tokens (left-pad
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from visor_model.files import replace_folder_atomically
 from visor_model.llava.generation import GreedyRows, StoppingCriteria
 from visor_model.llava.visual import SplicedBatch
 from visor_model.methods.visor.config import CA, SA, TEXT, VisorConfig, VisorCost, default_layers, spread  # noqa: F401
+from visor_model.methods.visor.layout import Layout, VisorCache, gather_rows, mask_4d, put_rows, text_causal_mask
+from visor_model.methods.visor.modules import VisorModules
 
 VISOR_WEIGHTS = "visor.safetensors"
 VISOR_CONFIG = "visor_config.json"
 # router loss -> how its logits become P(configuration suffices) (`VisorModel.route`)
 ROUTER_OUTPUTS = {"bce": "sigmoid", "ce": "cumulative_softmax"}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# new modules
-
-
-def _rms_norm_like(host_norm: nn.Module, hidden: int) -> nn.Module:
-    norm = type(host_norm)(hidden, eps=host_norm.variance_epsilon)
-    norm.weight.data.copy_(host_norm.weight.data)
-    return norm
-
-
-def _torch_default_init(module: nn.Module, generator: torch.Generator) -> None:
-    """What nn.Linear / nn.Conv1d's reset_parameters draw, from `generator` instead of the global RNG: weight
-    kaiming-uniform(a=sqrt(5)), bias uniform(+-1/sqrt(fan_in)), in that order."""
-    nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
-    if module.bias is not None:
-        fan_in = module.weight[0].numel()  # in_features (Linear), in_channels / groups * kernel (Conv1d)
-        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-        nn.init.uniform_(module.bias, -bound, bound, generator=generator)
-
-
-def _linear(in_features: int, out_features: int, bias: bool, generator: torch.Generator) -> nn.Linear:
-    """nn.Linear with torch's default initialisation drawn from `generator` (the global RNG is not used)."""
-    linear = nn.utils.skip_init(nn.Linear, in_features, out_features, bias=bias)
-    _torch_default_init(linear, generator)
-    return linear
-
-
-def _rotate_half(x):
-    return torch.cat((-x[..., x.shape[-1] // 2 :], x[..., : x.shape[-1] // 2]), dim=-1)
-
-
-def _rope(x, cos, sin):
-    """x [B, heads, n, hd], cos/sin [B, n, hd]."""
-    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
-
-
-class CrossAttention(nn.Module):
-    """Gated cross-attention: text queries, visual keys/values, GQA shaped like the host layer.
-
-        out = text + tanh(gate) * o_proj(softmax(q k^T / sqrt(hd)) v)
-        q = q_proj(norm_text(text)),  k, v = k_proj / v_proj(norm_visual(visual))
-    """
-
-    def __init__(self, host_layer: nn.Module, text_config, config: VisorConfig, generator: torch.Generator):
-        super().__init__()
-        attn = host_layer.self_attn
-        d = text_config.hidden_size
-        self.n_heads = text_config.num_attention_heads
-        self.n_kv_heads = getattr(text_config, "num_key_value_heads", None) or self.n_heads
-        self.head_dim = attn.head_dim
-        self.rope = config.ca_rope
-        # torch's default init is drawn (from `generator`) even where ca_init replaces it below: it is part of
-        # the seeded stream that the later draws (ca_init "random", the routing token) continue
-        self.q_proj = _linear(d, self.n_heads * self.head_dim, attn.q_proj.bias is not None, generator)
-        self.k_proj = _linear(d, self.n_kv_heads * self.head_dim, attn.k_proj.bias is not None, generator)
-        self.v_proj = _linear(d, self.n_kv_heads * self.head_dim, attn.v_proj.bias is not None, generator)
-        self.o_proj = _linear(self.n_heads * self.head_dim, d, attn.o_proj.bias is not None, generator)
-        self.norm_text = _rms_norm_like(host_layer.input_layernorm, d)
-        self.norm_visual = _rms_norm_like(host_layer.input_layernorm, d)
-        self.gate = nn.Parameter(torch.tensor(float(config.gate_init)))
-        with torch.no_grad():
-            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                mine, host = getattr(self, name), getattr(attn, name)
-                if config.ca_init == "host":
-                    mine.weight.copy_(host.weight)
-                    if mine.bias is not None:
-                        mine.bias.copy_(host.bias)
-                else:
-                    nn.init.normal_(mine.weight, std=0.02, generator=generator)
-                    if mine.bias is not None:
-                        nn.init.zeros_(mine.bias)
-
-    def visual_kv(self, visual: torch.Tensor, rotary: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """visual [B, Tv, d] -> keys, values [B, kv, Tv, hd] (computed once per prompt, cached for decoding)."""
-        x = self.norm_visual(visual)
-        shape = (*x.shape[:2], self.n_kv_heads, self.head_dim)
-        k = self.k_proj(x).view(shape).transpose(1, 2)
-        v = self.v_proj(x).view(shape).transpose(1, 2)
-        if self.rope and rotary is not None:
-            k = _rope(k, *rotary)
-        return k, v
-
-    def forward(self, text, rotary, kv, visual_valid) -> torch.Tensor:
-        """text [B, Tt, d], rotary (cos, sin) [B, Tt, hd], kv from `visual_kv`, visual_valid [B, Tv] bool."""
-        x = self.norm_text(text)
-        q = self.q_proj(x).view(*x.shape[:2], self.n_heads, self.head_dim).transpose(1, 2)  # [B, h, Tt, hd]
-        if self.rope and rotary is not None:
-            q = _rope(q, *rotary)
-        k, v = kv
-        groups = self.n_heads // self.n_kv_heads
-        k = k.repeat_interleave(groups, dim=1)  # [B, h, Tv, hd]
-        v = v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=visual_valid[:, None, None, :])
-        out = out.transpose(1, 2).reshape(*text.shape[:2], -1)  # [B, Tt, h*hd]
-        return text + torch.tanh(self.gate) * self.o_proj(out)
-
-
-class VisorModules(nn.Module):
-    """Everything VISOR adds to the host: CA blocks, positional conv, routing token and router.
-
-    Initial weights come from a local generator seeded with `config.seed` (the global RNG is neither used nor
-    reseeded), drawn in a fixed order: per CA layer (ascending) q, k, v, o weight + bias, then their
-    ca_init="random" weights; the positional conv; the routing token. The router head has its own generator
-    (seed + 1, see `make_router`)."""
-
-    def __init__(self, host_layers, text_config, config: VisorConfig, n_viable: int = 0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(config.seed)
-        d = text_config.hidden_size
-        self.cross = nn.ModuleDict(
-            {str(layer): CrossAttention(host_layers[layer], text_config, config, generator)
-             for layer in config.ca_layers})
-        self.pos_conv = None
-        if config.conv_kernel and config.ca_layers:
-            self.pos_conv = nn.utils.skip_init(nn.Conv1d, d, d, config.conv_kernel, padding=config.conv_kernel // 2,
-                                               groups=d)
-            _torch_default_init(self.pos_conv, generator)  # drawn, then zeroed: keeps the routing token's draw
-            nn.init.zeros_(self.pos_conv.weight)
-            nn.init.zeros_(self.pos_conv.bias)
-        self.routing_token = None
-        self.router = None
-        if config.router_layer is not None:
-            self.routing_token = nn.Parameter(torch.randn(d, generator=generator) * 0.02)
-            if n_viable:
-                self.make_router(n_viable, config)
-
-    def make_router(self, n_viable: int, config: VisorConfig) -> None:
-        d = self.routing_token.shape[0]
-        generator = torch.Generator().manual_seed(config.seed + 1)
-        # skip_init: no default init drawn from the global RNG; both layers are set from `generator` below
-        router = nn.Sequential(nn.utils.skip_init(nn.Linear, d, config.router_hidden), nn.GELU(),
-                               nn.utils.skip_init(nn.Linear, config.router_hidden, n_viable))
-        with torch.no_grad():
-            for layer in (router[0], router[2]):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) / math.sqrt(layer.in_features))
-                layer.bias.zero_()
-        self.router = router.to(self.routing_token.device, self.routing_token.dtype)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# batch layout and cache
-
-
-@dataclass
-class Layout:
-    """Where the text and visual tokens of a spliced batch sit.
-
-    attention_mask [B, T], position_ids [B, T], visual_mask [B, T] as in SplicedBatch
-    text_index  [B, Tt] positions of the text tokens, left-padded (pads point at 0); text_valid [B, Tt]
-    visual_index [B, Tv] positions of the visual tokens, right-padded; visual_valid [B, Tv]
-    """
-
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    visual_mask: torch.Tensor
-    text_index: torch.Tensor
-    text_valid: torch.Tensor
-    visual_index: torch.Tensor
-    visual_valid: torch.Tensor
-
-    @classmethod
-    def build(cls, attention_mask, position_ids, visual_mask) -> "Layout":
-        real = attention_mask.bool()
-        is_text = real & ~visual_mask
-        is_visual = real & visual_mask
-        n_text, n_visual = is_text.sum(1), is_visual.sum(1)
-        Tt, Tv = int(n_text.max()), max(1, int(n_visual.max()))
-        T = attention_mask.shape[1]
-        positions = torch.arange(T, device=attention_mask.device)
-        # every row's text (visual) positions first and in order: sort on position, others pushed behind by T
-        text_sorted = torch.where(is_text, positions, positions + T).sort(dim=1).values[:, :Tt]
-        visual_sorted = torch.where(is_visual, positions, positions + T).sort(dim=1).values[:, :Tv]
-        # text right-aligned (left-padded), visual left-aligned (right-padded); pads point at position 0
-        source = torch.arange(Tt, device=positions.device) - (Tt - n_text)[:, None]  # [B, Tt]
-        text_valid = source >= 0
-        text_index = torch.where(text_valid, text_sorted.gather(1, source.clamp(min=0)), 0)
-        visual_valid = torch.arange(Tv, device=positions.device) < n_visual[:, None]
-        visual_index = torch.where(visual_valid, visual_sorted, 0)
-        return cls(attention_mask, position_ids, visual_mask, text_index, text_valid, visual_index, visual_valid)
-
-    def select(self, rows: torch.Tensor) -> "Layout":
-        return Layout(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
-
-    @property
-    def text_positions(self) -> torch.Tensor:
-        return self.position_ids.gather(1, self.text_index)
-
-    @property
-    def visual_positions(self) -> torch.Tensor:
-        return self.position_ids.gather(1, self.visual_index)
-
-    def n_text(self) -> list[int]:
-        return self.text_valid.sum(1).tolist()
-
-    def n_visual(self) -> list[int]:
-        return self.visual_valid.sum(1).tolist()
-
-
-def gather_rows(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """h [B, T, d], index [B, n] -> [B, n, d] (whole rows copied by index_select, much faster than gather)."""
-    B, T, d = h.shape
-    flat = (index + T * torch.arange(B, device=index.device)[:, None]).flatten()  # [B * n] into h viewed [B*T, d]
-    return h.reshape(B * T, d).index_select(0, flat).view(B, index.shape[1], d)
-
-
-def put_rows(h: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """h with h[b, index[b, j]] = values[b, j] where valid[b, j] (out of place, differentiable)."""
-    B, T, d = h.shape
-    flat = (index + T * torch.arange(B, device=index.device)[:, None])[valid]  # rows of h viewed [B*T, d]
-    return h.reshape(B * T, d).index_copy(0, flat, values[valid]).view(B, T, d)
-
-
-class VisorCache:
-    """Per-layer self-attention K/V (full sequence for SA layers, text only for the others) and the
-    constant visual K/V of every CA block. Implements the `update` the host attention modules call."""
-
-    def __init__(self):
-        self.keys: dict[int, torch.Tensor] = {}
-        self.values: dict[int, torch.Tensor] = {}
-        self.cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if layer_idx in self.keys:
-            self.keys[layer_idx] = torch.cat([self.keys[layer_idx], key_states], dim=-2)
-            self.values[layer_idx] = torch.cat([self.values[layer_idx], value_states], dim=-2)
-        else:
-            self.keys[layer_idx], self.values[layer_idx] = key_states, value_states
-        return self.keys[layer_idx], self.values[layer_idx]
-
-    def drop_last(self, layers) -> None:
-        for layer in layers:
-            if layer in self.keys:
-                self.keys[layer] = self.keys[layer][..., :-1, :]
-                self.values[layer] = self.values[layer][..., :-1, :]
-
-    def select(self, rows: torch.Tensor) -> "VisorCache":
-        other = VisorCache()
-        other.keys = {layer: k[rows] for layer, k in self.keys.items()}
-        other.values = {layer: v[rows] for layer, v in self.values.items()}
-        other.cross = {layer: (k[rows], v[rows]) for layer, (k, v) in self.cross.items()}
-        return other
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.keys[layer_idx].shape[-2] if layer_idx in self.keys else 0
-
-
-def mask_4d(allowed: torch.Tensor, config, dtype) -> torch.Tensor:
-    """allowed [B, Q, K] bool -> the 4D mask the host's attention implementation expects."""
-    impl = config._attn_implementation
-    if impl == "sdpa":
-        return allowed[:, None]
-    if impl == "eager":
-        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-            ~allowed, torch.finfo(dtype).min
-        )[:, None]
-    raise ValueError(f"VISOR supports attn_implementation 'sdpa' or 'eager', not {impl!r}")
-
-
-def text_causal_mask(valid: torch.Tensor) -> torch.Tensor:
-    """valid [B, n] (left-padded) -> allowed [B, n, n]: causal over real keys; pad queries see themselves."""
-    n = valid.shape[1]
-    causal = torch.ones(n, n, dtype=torch.bool, device=valid.device).tril()
-    eye = torch.eye(n, dtype=torch.bool, device=valid.device)
-    return (causal[None] & valid[:, None, :]) | eye[None]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -647,16 +384,6 @@ def choose_configuration(probabilities: torch.Tensor, threshold: float) -> list[
     return [int(torch.nonzero(row)[0]) if bool(row.any()) else n - 1 for row in passing]
 
 
-def check_threshold(threshold) -> float:
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}") from None
-    if not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
-    return value
-
-
 # ----------------------------------------------------------------------------------------------------------
 # checkpoint I/O
 
@@ -703,3 +430,4 @@ def load_visor(source: str, revision: str | None = None, device: str = "cpu", dt
                               f"missing {missing}, unexpected {unexpected}")
     model.to(device).eval()
     return loaded, model
+

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from visor_model.llava.checkpoints import LoadedCheckpoint
 from visor_model.llava.runner import SampleRecord, VisionLanguageRunner, eos_token_ids
-from visor_model.methods.base import FullTokens
-from visor_model.methods.visor.modeling import VisorModel, check_threshold
+from visor_model.methods.base import FullTokens, check_fraction
+from visor_model.methods.visor.modeling import VisorModel
 
 
 class VisorRunner(VisionLanguageRunner):
@@ -18,7 +18,7 @@ class VisorRunner(VisionLanguageRunner):
         super().__init__(loaded, reducer or FullTokens(), device)
         self.visor = visor
         self.active = active
-        self.threshold = None if threshold is None else check_threshold(threshold)
+        self.threshold = None if threshold is None else check_fraction(threshold, "threshold")
 
     def decode(self, batch, max_new_tokens, until):
         return self.visor.generate(batch, max_new_tokens, eos_token_ids(self.loaded.tokenizer, self.model),

@@ -18,7 +18,7 @@ train_policy); `train_visor` runs all three in sequence for users of the Python 
    `eval_every` steps every family member's greedy accuracy on the first `curve_per_task` val rows per task is
    recorded, with the loss of every step and the host's accuracy on the same rows before training: the
    training curve, saved in the checkpoint's record. Resumable: the state (weights, AdamW moments, step,
-   history, viable configurations) is saved every `save_every` steps with `visor_model.training.save_train_state`;
+   history, viable configurations) is saved every `save_every` steps with `visor_model.train_loop.save_train_state`;
    a state made with another configuration or base checkpoint is discarded, not resumed. The viable search:
    every family member is evaluated on the first `viable_per_task` rows per task of the held-out `val` split
    (greedy exact-match accuracy) and costed (mean analytic LLM prefill FLOPs over the same samples); those on
@@ -36,7 +36,9 @@ train_policy); `train_visor` runs all three in sequence for users of the Python 
    a single viable configuration (or no router layer) the final checkpoint has no router.
 
 A checkpoint folder holds the host checkpoint (save_pretrained), visor.safetensors and visor_config.json.
-Every output is written atomically (temporary name, then rename).
+Every output is written atomically (temporary name, then rename). Beside this module: the data
+(`visor_model.methods.visor.data`), the evaluation of configurations and the viable search (`evaluation`), the
+policy's labels and router training (`policy`).
 """
 
 from __future__ import annotations
@@ -50,43 +52,36 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from visor_model.audit.analysis import pareto_mask
-from visor_model.efficiency.accounting import visor_prefill_flops
-from visor_model.efficiency.flops import LLMShape
+from visor_model.devices import resolve_device
+from visor_model.examples import Example, answer_examples, exact_match
 from visor_model.files import write_atomically
 from visor_model.llava.checkpoints import load_checkpoint
-from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
+from visor_model.llava.runner import VisionLanguageRunner
 from visor_model.llava.visual import encode_images, splice_prompts
 from visor_model.methods.base import FullTokens, stable_seed
-from visor_model.methods.visor.config import (  # noqa: F401 (ARCHITECTURE_OPTIONS: re-exported)
-    ARCHITECTURE_OPTIONS,
+from visor_model.methods.visor.config import (
     DeviceConfig,
     PolicyConfig,
-    TrainData,
     UniversalConfig,
     VisorConfig,
     add_arguments,
     arguments_options,
     visor_options,
 )
+from visor_model.methods.visor.data import examples_at, load_hf_examples, read_split, split_rows
+from visor_model.methods.visor.evaluation import evaluate_family, host_accuracy, viable_configurations
 from visor_model.methods.visor.modeling import (
-    ROUTER_OUTPUTS,
     VisorModel,
-    check_threshold,
-    choose_configuration,
     load_visor,
     save_visor,
 )
-from visor_model.methods.visor.runner import VisorRunner, VisorSampleRecord
+from visor_model.methods.visor.policy import configuration_answers, sufficient, train_router
 from visor_model.reference.recipe import EncodedExamples, curriculum_weights
-from visor_model.training import (
-    Example,
+from visor_model.train_loop import (
     ProgressLog,
     TrainConfig,
     batch_indices,
-    exact_match,
     learning_rate,
-    read_examples,
     resume_train_state,
     save_train_state,
     training_identity,
@@ -107,73 +102,6 @@ def stage_pool(model: VisorModel, config: UniversalConfig, stage: int) -> list[t
         return family
     return [family[-1]] if stage == 1 else list(model.viable)
 
-
-# ----------------------------------------------------------------------------------------------------------
-# data
-
-
-def load_hf_examples(data: TrainData) -> list[Example]:
-    """Training examples from a Hugging Face dataset (hub id at a pinned revision, or a local folder) in
-    LLaVA-OneVision's data format: an `image` column and `conversations`, a list of {"from", "value"} turns; the
-    first human turn (its `<image>` placeholder removed) is the question, the gpt turn after it the answer. Rows
-    without an image or without such a pair are skipped (and counted)."""
-    import datasets
-
-    split = data.split if data.limit is None else f"{data.split}[:{data.limit}]"
-    try:
-        table = datasets.load_dataset(data.dataset, data.subset, revision=data.revision, split=split)
-    except Exception as error:  # offline, unknown id, missing split ...
-        raise RuntimeError(f"could not load VISOR training data {data.dataset!r} (subset {data.subset!r}, revision "
-                           f"{data.revision!r}, split {split!r}): {error}") from None
-    missing = {"image", "conversations"} - set(table.column_names)
-    if missing:
-        raise ValueError(f"dataset {data.dataset!r} lacks columns {sorted(missing)} (LLaVA-OneVision's format: "
-                         "image, conversations)")
-    examples, skipped = [], 0
-    for row in table:
-        turns = row["conversations"] or []
-        human = next((i for i, t in enumerate(turns) if t["from"] == "human"), None)
-        if row["image"] is None or human is None or human + 1 >= len(turns) or turns[human + 1]["from"] != "gpt":
-            skipped += 1
-            continue
-        question = turns[human]["value"].replace("<image>", "").strip()
-        examples.append(Example(task=data.dataset, image=row["image"].convert("RGB"), question=question,
-                                answer=turns[human + 1]["value"].strip()))
-    print(f"{len(examples)} training examples from {data.dataset} ({split}); {skipped} rows skipped (no image or "
-          "no human/gpt turn pair)", flush=True)
-    if not examples:
-        raise ValueError(f"dataset {data.dataset!r} ({split}) has no row with an image and a human/gpt turn pair")
-    return examples
-
-
-def split_rows(task_dirs: list[Path], split: str, per_task: int | None = None, offset: int = 0
-               ) -> list[tuple[int, Example]]:
-    """(row index, example) of rows offset .. offset + per_task (all rows from offset when per_task is None)
-    of each task's split; a split with fewer rows is an error naming the file."""
-    rows = []
-    for task_dir in task_dirs:
-        path = Path(task_dir) / f"{split}.parquet"
-        examples = read_examples(path, Path(task_dir).name)
-        end = len(examples) if per_task is None else offset + per_task
-        if end > len(examples) or offset >= len(examples):
-            raise ValueError(f"{path} has {len(examples)} rows; rows {offset}..{end - 1} are needed "
-                             f"(enlarge the benchmark's {split} split or lower the per-task counts)")
-        rows += list(enumerate(examples))[offset:end]
-    return rows
-
-
-def read_split(task_dirs: list[Path], split: str, per_task: int | None = None, offset: int = 0) -> list[Example]:
-    return [example for _, example in split_rows(task_dirs, split, per_task, offset)]
-
-
-def examples_at(task_dirs: list[Path], split: str, keys: list[tuple[str, int]]) -> list[Example]:
-    """The examples named by (task, row) pairs, in that order (e.g. the rows of a labels table)."""
-    by_task = {Path(d).name: Path(d) for d in task_dirs}
-    missing = sorted({task for task, _ in keys} - set(by_task))
-    if missing:
-        raise ValueError(f"labels name tasks {missing} that are not among the task folders {sorted(by_task)}")
-    loaded = {task: read_examples(by_task[task] / f"{split}.parquet", task) for task in {t for t, _ in keys}}
-    return [loaded[task][int(row)] for task, row in keys]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -287,175 +215,9 @@ def train_universal(model: VisorModel, data, image_token_id: int, config: Univer
             "seconds_per_step": round(elapsed / max(1, done), 3), "history": history}
 
 
-# ----------------------------------------------------------------------------------------------------------
-# evaluation, viable configurations
-
-
-def run_configuration(loaded, model: VisorModel, examples: list[Example], active, batch_size: int = 32,
-                      reducer=None) -> list[VisorSampleRecord]:
-    runner = VisorRunner(loaded, model, reducer, device=str(loaded.model.device), active=active)
-    records = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        records += runner.generate([e.image for e in chunk], [e.question for e in chunk],
-                                   [str(start + i) for i in range(len(chunk))], [4] * len(chunk))
-    return records
-
-
-def mean_prefill_flops(model: VisorModel, records: list[VisorSampleRecord], active) -> float:
-    shape = LLMShape.from_config(model.text_config)
-    return sum(visor_prefill_flops(shape, model.config, active, r.llm_visual_tokens, r.llm_text_tokens).total
-               for r in records) / max(1, len(records))
-
-
-def pareto_frontier(points: list[dict]) -> list[dict]:
-    """The points (dicts with 'flops', 'accuracy') on their accuracy-FLOP Pareto frontier (`pareto_mask`: ties
-    and duplicates all kept), cheapest first, equal FLOPs in their given order; the dicts themselves, not copies."""
-    on_frontier = pareto_mask([p["flops"] for p in points], [p["accuracy"] for p in points])
-    return sorted((p for p, keep in zip(points, on_frontier) if keep), key=lambda p: p["flops"])
-
-
-def task_accuracies(records, examples: list[Example]) -> dict[str, float]:
-    """Greedy exact-match accuracy per task of `records` (answers to `examples`, in order)."""
-    scores: dict[str, list[float]] = {}
-    for record, example in zip(records, examples):
-        scores.setdefault(example.task, []).append(exact_match(record.answer, example.answer))
-    return {task: sum(values) / len(values) for task, values in scores.items()}
-
-
-def evaluate_family(loaded, model: VisorModel, examples: list[Example], batch_size: int = 32) -> list[dict]:
-    """Every family member on `examples`: accuracy (overall and per task) and mean LLM-prefill FLOPs."""
-    evaluated = []
-    for active in model.config.family():
-        records = run_configuration(loaded, model, examples, active, batch_size)
-        accuracy = sum(exact_match(r.answer, e.answer) for r, e in zip(records, examples)) / len(examples)
-        evaluated.append({"configuration": list(active), "sa_layers": len(active), "accuracy": accuracy,
-                          "task_accuracy": task_accuracies(records, examples),
-                          "flops": mean_prefill_flops(model, records, active)})
-        print(f"configuration {active}: accuracy {accuracy:.3f}, prefill FLOPs {evaluated[-1]['flops']:.3e}",
-              flush=True)
-    return evaluated
-
-
-def viable_configurations(loaded, model: VisorModel, examples: list[Example], batch_size: int = 32,
-                          keep_largest: bool = True) -> dict:
-    """Family members on the accuracy-FLOP Pareto frontier of `examples`, cheapest first; with
-    `keep_largest` the largest family member is always kept (it anchors the labels and the fallback)."""
-    evaluated = evaluate_family(loaded, model, examples, batch_size)
-    frontier = pareto_frontier(evaluated)
-    if keep_largest and frontier[-1] is not evaluated[-1]:
-        frontier.append(evaluated[-1])  # anchors the policy labels and is its fallback
-    return {"evaluated": evaluated, "viable": [tuple(p["configuration"]) for p in frontier]}
-
-
-def host_accuracy(loaded, examples: list[Example], batch_size: int = 32) -> dict[str, float]:
-    """The host model's (full compute) accuracy per task on `examples`."""
-    runner = VisionLanguageRunner(loaded, FullTokens(), str(loaded.model.device))
-    records = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        records += runner.generate([e.image for e in chunk], [e.question for e in chunk],
-                                   [str(start + i) for i in range(len(chunk))], [4] * len(chunk))
-    return task_accuracies(records, examples)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# policy
-
-
-def configuration_answers(loaded, model: VisorModel, examples: list[Example], batch_size: int = 32
-                          ) -> list[list[str]]:
-    """Answers [n_viable][N] of every viable configuration (cheapest first) on `examples`."""
-    return [[r.answer for r in run_configuration(loaded, model, examples, active, batch_size)]
-            for active in model.viable]
-
-
-def sufficient(scores: torch.Tensor, reference: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
-    """scores [N, n_viable] (cheapest first), reference [N] -> 0/1 labels: configuration c suffices for sample i
-    when its score >= the reference's score on it minus `tolerance`."""
-    return (scores >= reference[:, None] - tolerance - 1e-9).float()
-
-
-def cheapest_sufficing(labels: torch.Tensor) -> torch.Tensor:
-    """labels [N, n_viable] (cheapest first) -> [N]: the index of the cheapest sufficing configuration, the largest
-    where none suffices (the policy's fallback). The cross-entropy router's target."""
-    n = labels.shape[1]
-    index = torch.arange(n).expand_as(labels)
-    return torch.where(labels.bool(), index, n).min(dim=1).values.clamp(max=n - 1)
-
-
-def routing_features_batches(loaded, model: VisorModel, examples: list[Example], batch_size: int):
-    """Spliced prompts of the labelling examples (vision computed once, frozen)."""
-    runner = VisionLanguageRunner(loaded, FullTokens(), str(loaded.model.device))
-    batches = []
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
-            pixels, sizes = runner.process_images([e.image for e in chunk])
-            prompts = [prompt_ids(loaded.tokenizer, model.base.config.image_token_id, e.question) for e in chunk]
-            _, kept = runner.visual_tokens(pixels, sizes, [str(i) for i in range(len(chunk))])
-            batches.append(runner.splice(prompts, kept))
-    return batches
-
-
-def train_router(loaded, model: VisorModel, examples: list[Example], labels: torch.Tensor, steps: int = 200,
-                 lr: float = 3e-3, batch_size: int = 32, seed: int = 0, loss: str = "ce") -> dict:
-    """Training of the routing token and router MLP on the labels [N, n_viable], host and VISOR layers frozen:
-    BCE on every configuration's sufficiency (`loss="bce"`), or cross-entropy on the cheapest sufficing one
-    (`"ce"`); `model.router_output` is set to match (how `route` turns logits into probabilities)."""
-    r = model._require_router()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [model.visor.routing_token, *model.visor.router.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    model.router_output = ROUTER_OUTPUTS[loss]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    batches = routing_features_batches(loaded, model, examples, batch_size)
-    offsets = [i * batch_size for i in range(len(batches))]
-    targets = labels if loss == "bce" else cheapest_sufficing(labels)
-    started = time.time()
-    losses = []
-    for step in range(steps):
-        generator = torch.Generator().manual_seed(stable_seed(seed, "router", step))
-        k = int(torch.randint(len(batches), (1,), generator=generator))
-        batch, target = batches[k], targets[offsets[k] : offsets[k] + batches[k].inputs_embeds.shape[0]]
-        state, _ = model.start(batch, use_cache=False, routing=True)
-        state = model.run_layers(state, 0, r, ())
-        logits = model.router_logits(state)
-        if loss == "bce":
-            value = F.binary_cross_entropy_with_logits(logits, target.to(logits.device, logits.dtype))
-        else:
-            value = F.cross_entropy(logits, target.to(logits.device))
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        optimizer.step()
-        losses.append(value.item())
-        if (step + 1) % 50 == 0:
-            print(f"router step {step + 1}/{steps} {loss} {sum(losses[-50:]) / len(losses[-50:]):.4f}", flush=True)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
-    return {"router_steps": steps, "router_loss": loss,
-            "router_final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
-            "router_seconds": round(time.time() - started, 1), "label_rate": labels.mean(0).tolist()}
-
-
-def expected_compute(model: VisorModel, probabilities: torch.Tensor, flops: list[float], threshold: float) -> float:
-    """Mean FLOPs of the configurations the policy picks at `threshold` (flops[c] per viable configuration)."""
-    chosen = choose_configuration(probabilities, check_threshold(threshold))
-    return sum(flops[c] for c in chosen) / max(1, len(chosen))
-
 
 # ----------------------------------------------------------------------------------------------------------
 # the whole workflow
-
-
-def resolve_device(device: str) -> str:
-    """"auto": cuda where there is one, else cpu (as the plugins' device); other names as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def build_visor(base_dir: str, visor_config: dict | None = None, device: DeviceConfig = DeviceConfig(),
@@ -572,10 +334,7 @@ def label_policy(universal_dir: Path, task_dirs: list[Path], labels_path: Path, 
         host = load_checkpoint(training["base"], None, resolve_device(device.device), device.dtype,
                                training["base_sha256"])
         runner = VisionLanguageRunner(host, FullTokens(), str(host.model.device))
-        full = [r.answer for start in range(0, len(examples), policy.inference_batch_size)
-                for chunk in [examples[start : start + policy.inference_batch_size]]
-                for r in runner.generate([e.image for e in chunk], [e.question for e in chunk],
-                                         [str(start + i) for i in range(len(chunk))], [4] * len(chunk))]
+        full = [r.answer for r in answer_examples(runner, examples, policy.inference_batch_size)]
         reference = torch.tensor([exact_match(a, e.answer) for a, e in zip(full, examples)])
         table["answer_full"], table["score_full"] = full, reference.tolist()
     else:
@@ -690,3 +449,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

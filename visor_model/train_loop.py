@@ -1,4 +1,7 @@
-"""Training of the reference models on the synthetic train splits: seeded, resumable, safetensors only.
+"""The seeded, resumable training loop's pieces shared by the reference models' recipe
+(`visor_model.reference.recipe`) and VISOR's training (`visor_model.methods.visor.training`): the schedule
+(`TrainConfig`, `learning_rate`), the batches (`batch_indices`), the training state (`save_train_state`,
+`resume_train_state`) and the progress log.
 
 The batch at step t is drawn from a generator seeded with (seed, t), and the whole training state (weights,
 AdamW moments, step) is saved as safetensors + JSON, so an interrupted run resumes to exactly the state an
@@ -7,7 +10,6 @@ uninterrupted run would have reached.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import shutil
@@ -15,9 +17,7 @@ import time
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from visor_model.files import replace_folder_atomically
@@ -37,33 +37,6 @@ class TrainConfig:
     save_every: int = 100
     log_every: int = 25
     threads: int = 1
-
-
-@dataclass
-class Example:
-    task: str
-    image: Image.Image
-    question: str
-    answer: str
-    marker_size: int | None = None  # synthetic scenes: side of the marker in pixels (the curriculum uses it)
-
-
-def read_examples(parquet_path: str | Path, task: str) -> list[Example]:
-    """Rows of a benchmark split written by `visor_model.reference.tasks` (images embedded as bytes)."""
-    columns = ["image", "question", "answer"]
-    if "marker_size" in pq.read_schema(parquet_path).names:
-        columns.append("marker_size")
-    table = pq.read_table(parquet_path, columns=columns).to_pylist()
-    return [
-        Example(task=task, image=Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"),
-                question=row["question"], answer=row["answer"], marker_size=row.get("marker_size"))
-        for row in table
-    ]
-
-
-def exact_match(answer: str, target: str) -> float:
-    """1.0 when the answer equals the target up to case and surrounding white space."""
-    return float(answer.strip().lower() == target.strip().lower())
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
