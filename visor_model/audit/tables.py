@@ -47,7 +47,8 @@ import pandas as pd
 from visor_model.audit.analysis import bootstrap_mean, median_interval
 
 SETTING_FIELDS = ("budget", "alpha", "mode", "score", "newlines", "threshold", "sa_layers", "token_budget",
-                  "seed", "k", "ratio", "dominant_ratio", "scale", "merge")
+                  "seed", "k", "ratio", "dominant_ratio", "scale", "merge", "selection_layer", "distribution_layer",
+                  "head")
 
 
 def visor_training(record: dict) -> str | None:

@@ -26,6 +26,9 @@ from visor_model.audit.training import GATE_POINTS as VISOR_GATE_POINTS  # the d
 from visor_model.audit.training import quality_gate
 
 PROFILES = ("offline", "paper")
+PROVENANCES = ("paper", "secondary", "unsure", "unverified", "literature", "audit")
+# what a `provenance: paper` claim's source must name: the paper's table, figure or section that states it
+PAPER_PLACES = ("table", "figure", "section", "abstract")
 CLAIM_FIELDS = ("id", "claim", "source", "paper_value", "unit", "profiles", "computation", "test")
 COLUMNS = ["id", "claim", "source", "provenance", "profile", "paper_value", "unit", "test", "tolerance",
            "reproduced_value", "ci_low", "ci_high", "interval", "verdict", "at_half_budget", "reason",
@@ -60,6 +63,12 @@ def load_claims(path) -> list[dict]:
             absent = [k for k in TESTS[kind].fields if k not in test]
             if absent:
                 raise ValueError(f"{where}: test {kind} needs {', '.join(absent)}")
+        provenance = claim.get("provenance", "paper")
+        if provenance not in PROVENANCES:
+            raise ValueError(f"{where}: unknown provenance {provenance!r}; known: {', '.join(PROVENANCES)}")
+        if provenance == "paper" and not any(place in claim["source"].lower() for place in PAPER_PLACES):
+            raise ValueError(f"{where}: a provenance: paper claim's source must name the paper's table, figure or "
+                             f"section ({', '.join(PAPER_PLACES)}); a number known only second-hand is secondary")
         unknown = set(claim["profiles"]) - set(PROFILES)
         if unknown:
             raise ValueError(f"{where}: unknown profile(s) {', '.join(sorted(unknown))}")
