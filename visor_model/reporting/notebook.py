@@ -127,9 +127,9 @@ def verdict_html(frame: pd.DataFrame, caption: str = "") -> str:
     """The claims table, one row per claim: id, claim (shortened), the paper's value, the reproduced value with
     its CI (with the FLOP basis of a claim that compares compute, column `flop_basis`: LLM prefill only, or
     prefill with the vision tower), and the verdict on its colour; where the audit has VISOR runs at half its
-    training budget, the verdict on those (`at_half_budget`) beside it. The claim's full text, reason, details, test, source and
-    provenance open from the row (a <details> element). `frame`: the claims audit with a `reproduced` column
-    (formatted)."""
+    training budget, the verdict on those (`at_half_budget`) beside it. The claim's full text, reason, details,
+    test, source and provenance open from the row (a <details> element). `frame`: the claims audit with a
+    `reproduced` column (formatted)."""
     half = "at_half_budget" in frame and frame["at_half_budget"].fillna("").astype(str).str.strip().any()
     rows = []
     for claim in frame.to_dict("records"):
