@@ -28,7 +28,7 @@ def test_paper_profile_job_counts():
     rows = sizing.estimate(config)
     # VISOR on the 24-layer Qwen2 host: 8 SA candidates, a family of 9 configurations (the most that are viable)
     assert sizing.visor_family_size(sizing.SHAPES["llava_onevision"]) == 9 and len(viable) == 1
-    assert rows["evaluate"]["jobs"] == len(runs) + 9 == 46  # one per run, for all 15 benchmarks
+    assert rows["evaluate"]["jobs"] == len(runs) + 9 == 52  # one per run, for all 15 benchmarks
     assert rows["measure_latency"]["jobs"] == len(config["models"]) == 2  # one per model: its settings side by side
     assert {rule: rows[rule]["jobs"] for rule in ("provide_checkpoint", "train_reference", "generate_benchmark",
                                                   "train_visor", "label_policy", "train_policy")} == {
@@ -38,8 +38,8 @@ def test_paper_profile_job_counts():
     assert 10 < rows["evaluate"]["gpu_hours"] < 200  # tens of GPU-hours, not GPU-days
     config["evaluation"]["group_benchmarks"] = False  # a job per benchmark: 15 start-ups per run, not one
     per_benchmark = sizing.estimate(config)["evaluate"]
-    assert per_benchmark["jobs"] == 46 * 15
-    assert per_benchmark["gpu_hours"] - rows["evaluate"]["gpu_hours"] == pytest.approx(46 * 14 * 2.0 / 60)
+    assert per_benchmark["jobs"] == 52 * 15
+    assert per_benchmark["gpu_hours"] - rows["evaluate"]["gpu_hours"] == pytest.approx(52 * 14 * 2.0 / 60)
 
 
 def test_evaluation_hours_are_the_flop_model_over_the_assumed_throughput():
@@ -85,7 +85,7 @@ def test_measured_seconds_from_snakemake_benchmark_files(tmp_path):
     assert sizing.measured_seconds(tmp_path) == {"evaluate": (2, 20.0)}
     text = sizing.report(load(REPO / "config" / "config.yaml"), sizing.Assumptions(), tmp_path)
     evaluate = next(line for line in text.splitlines() if line.startswith("evaluate"))
-    assert evaluate.split()[1:] == ["75", evaluate.split()[2], "20", "(n=2)", f"{75 * 20 / 3600:.2f}"]
+    assert evaluate.split()[1:] == ["83", evaluate.split()[2], "20", "(n=2)", f"{83 * 20 / 3600:.2f}"]
 
 
 @pytest.mark.parametrize("config", ["config/config.yaml", "config/paper.yaml"])
