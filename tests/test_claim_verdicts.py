@@ -253,6 +253,15 @@ def test_the_fixed_token_count_passes_when_exact_and_fails_with_the_official_cod
     assert "mean shortfall +10" in short["detail"]
 
 
+def test_the_audits_budget_rule_is_the_methods():
+    from visor_model.audit.claims.ablations import budget_tokens
+    from visor_model.methods.base import tokens_for_budget
+
+    for budget in (0.02, 0.1, 0.2, 0.3, 0.4, 1.0):
+        for n in (1, 5, 119, 120, 576, 2304, 2880):
+            assert budget_tokens(budget, n) == tokens_for_budget(budget, n), (budget, n)
+
+
 def test_the_official_codes_token_count_is_measured_per_sample(fake):
     summary, samples, _ = fake
     assert run(CLAIMS["hired_fixed_tokens_code"], tables_of(summary, samples))["verdict"] == REPRODUCED

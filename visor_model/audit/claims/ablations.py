@@ -4,6 +4,8 @@ number of visual tokens its budget sets, per sample."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -20,7 +22,12 @@ from visor_model.audit.claims.selection import (
     select,
 )
 from visor_model.audit.tables import SETTING_FIELDS
-from visor_model.methods.base import tokens_for_budget
+
+
+def budget_tokens(budget: float, n_tokens: int) -> int:
+    """floor(budget x n), at least one: the rule of `visor_model.methods.base.tokens_for_budget` (a module that
+    imports torch; the audit does not), which tests/test_claim_verdicts.py checks this against."""
+    return max(1, min(n_tokens, math.floor(budget * n_tokens + 1e-9)))
 
 
 def _value_text(field_name: str, value) -> str:
@@ -111,7 +118,7 @@ def kept_token_deviation(tables: Tables, family, series, setting=None, cluster=N
         part = part.dropna(subset=["visual_tokens", "visual_tokens_kept"])
         if part.empty:
             continue
-        target = np.array([tokens_for_budget(float(row["budget"]), int(n)) for n in part["visual_tokens"]], float)
+        target = np.array([budget_tokens(float(row["budget"]), int(n)) for n in part["visual_tokens"]], float)
         kept = part["visual_tokens_kept"].to_numpy(dtype=float)
         groups[(row["model"], row["setting_id"], row["benchmark"])] = 100 * np.abs(kept - target) / target
         line = lines.setdefault(f"{row['model']} {setting_label(row)}", [[], [], []])
