@@ -52,7 +52,7 @@ def best_setting_margin(tables: Tables, family, series, field_name, claimed=None
     is_claimed = np.array([matches(v, claimed) for v in values])
     others = list(dict.fromkeys(v for v, c in zip(values, is_claimed) if not c))
     if not is_claimed.any() or not others:
-        seen = ", ".join(_value_text(field_name, v) for v in dict.fromkeys(values))
+        seen = ", ".join(dict.fromkeys(_value_text(field_name, v) for v in values))
         raise NotTestable(f"the sweep of {field_name} has {seen}; the claim needs {_value_text(field_name, claimed)}"
                           " and another value at least")
     fields = [f for f in SETTING_FIELDS if f != field_name and f in rows]
