@@ -284,7 +284,7 @@ class HiredLlava(EfficientLlava):
     """`hired`: HiRED token dropping (visor_model.methods.hired); args budget= (required), alpha=,
     mode=paper|reference_code, score=cls|mean_received (default: cls if the encoder has a CLS token),
     distribution_layer=, selection_layer= (default: the layer feeding the projector), newlines=all|occupied_rows|none
-    (default: by mode)."""
+    (default: by mode), head= (one head's attention instead of the sum over heads)."""
 
     def build_reducer(
         self,
@@ -295,6 +295,7 @@ class HiredLlava(EfficientLlava):
         distribution_layer: int | str = 0,
         selection_layer: int | str | None = None,
         newlines: str | None = None,
+        head: int | str | None = None,
     ) -> TokenReducer:
         from visor_model.methods.hired import HiRED
 
@@ -310,6 +311,7 @@ class HiredLlava(EfficientLlava):
             distribution_layer=distribution_layer,
             selection_layer=selection_layer,
             newlines=newlines,
+            head=head,
             model=self.checkpoint.model,
         )
 

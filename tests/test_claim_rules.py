@@ -65,7 +65,8 @@ def test_an_interval_straddling_the_edge_is_inconclusive_and_the_reason_gives_it
                              "so the data cannot decide (the point value meets the claim, but not significantly)")
     # every kind of test: inside -> reproduced, outside -> not reproduced, across an edge -> inconclusive
     for test, inside, outside, across in [
-        ({"type": "within", "target": 60.8, "tolerance": 2.0}, (59, 62), (63, 65), (61, 63.5)),
+        # within: an equivalence test, the interval widened by the paper's own sampling error (rules.tested_interval)
+        ({"type": "within", "target": 60.8, "tolerance": 2.0}, (60.3, 61.3), (64, 66), (61, 63.5)),
         ({"type": "at_least", "target": 8.6, "tolerance": 1.0}, (7.7, 9), (5, 7.5), (7, 9)),
         ({"type": "at_most", "target": 2.0, "tolerance": 0.5}, (1, 2.5), (2.6, 3), (2, 3)),
         ({"type": "between", "low": -14, "high": 19}, (-10, 10), (20, 25), (15, 25)),
@@ -164,7 +165,9 @@ def test_saving_without_loss_is_a_corrected_non_inferiority_test(fake):
     # 3 fixed configurations + 5 thresholds tried; the largest configuration matches the full model exactly
     assert "8 settings tried" in row["reason"] and "Bonferroni-corrected 99.38% level (0.05/8)" in row["reason"]
     assert row["reproduced_value"] == pytest.approx(row["ci_low"])
-    assert "SA layers 2: 2.86x, easy +0.0 [+0.0, +0.0], hard +0.0 [+0.0, +0.0] (qualifies)" in row["detail"]
+    line = next(part for part in row["detail"].split("; ") if "SA layers 2:" in part)
+    assert line.startswith("reference_ov SA layers 2: 2.86x (prefill with the vision tower: ")  # both bases
+    assert line.endswith("x), easy +0.0 [+0.0, +0.0], hard +0.0 [+0.0, +0.0] (qualifies)")
 
 
 def test_saving_without_loss_fails_when_every_setting_loses(fake):
@@ -226,7 +229,9 @@ def test_visor_tr_extra_saving_counts_only_without_loss(fake):
     tr = samples["setting_id"].str.startswith("threshold-0.9_token")
     samples.loc[tr, "score"] = [policy[(b, d)] for b, d in zip(samples.loc[tr, "benchmark"], samples.loc[tr, "doc_id"])]
     held = run("visor_tr_more_saving", tables_of(summary, samples))
-    assert held["verdict"] == REPRODUCED and held["reproduced_value"] > 1.5
+    assert held["reproduced_value"] == pytest.approx(held["ci_low"]) and held["reproduced_value"] > 1.5
+    # the fake token reduction saves 1.8x at tokens 0.25: short of the paper's 2.1x (the claim's threshold)
+    assert held["verdict"] == NOT_REPRODUCED and "at least 2.10x" in held["reason"]
 
 
 # --- claims that need three configurations -----------------------------------------------------------------

@@ -207,7 +207,9 @@ def test_load_claims_rejects_unknown_computations_and_tests(tmp_path):
     ({"type": "equivalent", "margin": 1.0}, Measurement(-1.0, -1.6, -0.4), "inconclusive"),
     ({"type": "equivalent", "margin": 1.0}, Measurement(-2.0, -2.6, -1.4), "not reproduced"),
     ({"type": "within", "target": 60.8, "tolerance": 2.0}, Measurement(62.0, 61.0, 63.0), "inconclusive"),
-    ({"type": "at_least", "target": 1.0}, Measurement(float("nan"), detail="none qualifies"), "not reproduced"),
+    # nothing measured is no verdict on the paper
+    ({"type": "at_least", "target": 1.0}, Measurement(float("nan"), detail="none qualifies"),
+     "not testable in this profile"),
 ])
 def test_judge(test, m, verdict):
     assert judge(test, m)[0] == verdict
@@ -233,8 +235,9 @@ def test_audit_offline_profile_on_full_tables(tables):
         assert table.loc[claim_id, "verdict"] == "reproduced", (claim_id, table.loc[claim_id, "reason"])
     row = table.loc["visor_beats_hired_hard"]
     assert row["ci_low"] <= row["reproduced_value"] <= row["ci_high"]
-    # a sweep with one alpha cannot test the alpha ablation
+    # a sweep with one alpha cannot test the alpha ablation: this run lacks the runs
     assert table.loc["hired_alpha_half_best", "verdict"] == "not testable in this profile"
+    assert table.loc["hired_alpha_half_best", "not_testable"] == "in this run"
     assert "alpha" in table.loc["hired_alpha_half_best", "reason"]
 
 

@@ -77,11 +77,12 @@ def setting_label(row) -> str:
     for field, name in (("budget", "budget"), ("newlines", "newlines"), ("sa_layers", "SA layers"),
                         ("threshold", "tau"), ("token_budget", "tokens"), ("k", "K"), ("ratio", "R"),
                         ("scale", "scale"), ("mode", "mode"), ("alpha", "alpha"),
-                        ("score", "score"), ("seed", "seed")):
+                        ("score", "score"), ("seed", "seed"), ("selection_layer", "selection layer"),
+                        ("distribution_layer", "distribution layer"), ("head", "head")):
         value = row.get(field)
         if _missing(value) or field in ("mode", "score", "seed", "alpha"):
             continue
-        if field in ("sa_layers", "k"):
+        if field in ("sa_layers", "k", "selection_layer", "distribution_layer", "head"):
             value = int(value)
         parts.append(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}")
     return ", ".join(parts) or "full"

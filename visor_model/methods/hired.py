@@ -101,9 +101,7 @@ SCORES = ("cls", "mean_received")
 NEWLINE_RULES = ("all", "occupied_rows", "none")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# settings
-# ----------------------------------------------------------------------------------------------------------
+# --- settings -------------------------------------------------------------------------------------------
 
 
 def is_auto(value) -> bool:
@@ -126,6 +124,8 @@ class HiREDSettings(EncoderScoring):
     newlines:           "all" (keep every newline token), "occupied_rows" (keep a row's newline only if a
                         patch of that row is kept) or "none"; None: "all" in paper mode, "none" in
                         reference_code mode
+    head:               None: sum the attention over the heads (paper and official code); an index: that head's
+                        attention alone (HiRED's ablation of head aggregation)
     """
 
     budget: float
@@ -135,6 +135,7 @@ class HiREDSettings(EncoderScoring):
     distribution_layer: int = 0
     selection_layer: int | None = None
     newlines: str | None = None
+    head: int | None = None
 
     def __post_init__(self):
         def set_(name, value):  # the dataclass is frozen
@@ -160,6 +161,7 @@ class HiREDSettings(EncoderScoring):
             set_("newlines", None)
         if self.newlines is not None and self.newlines not in NEWLINE_RULES:
             raise ValueError(f"newlines must be one of {NEWLINE_RULES}, got {self.newlines!r}")
+        set_("head", None if is_auto(self.head) else check_integer(self.head, "head"))
 
     def resolve(self, model) -> HiREDSettings:
         """Fill the `None` fields from `model` and check the settings against its vision encoder."""
@@ -172,6 +174,9 @@ class HiREDSettings(EncoderScoring):
                 f"this model's {type(model.model.vision_tower).__name__} has none: use score='mean_received'"
             )
         selection = self.selection_layer if self.selection_layer is not None else feature_layer(model)
+        heads = encoder_layers(model)[0].self_attn.num_heads
+        if self.head is not None and not 0 <= self.head < heads:
+            raise ValueError(f"head must be in [0, {heads - 1}] for this {heads}-head encoder, got {self.head}")
         for name, layer in (("distribution_layer", self.distribution_layer), ("selection_layer", selection)):
             if not 0 <= layer < n_layers:
                 raise ValueError(
@@ -181,9 +186,7 @@ class HiREDSettings(EncoderScoring):
         return replace(self, score=score, selection_layer=selection, newlines=newlines)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the vision encoder: layers, CLS, attention scores
-# ----------------------------------------------------------------------------------------------------------
+# --- the vision encoder: layers, CLS, attention scores --------------------------------------------------
 
 
 def _tower(model):
@@ -232,20 +235,23 @@ def attention_queries_keys(layer, hidden: torch.Tensor) -> tuple[torch.Tensor, t
     return q, k
 
 
-def scores_from_queries_keys(q: torch.Tensor, k: torch.Tensor, score: str, has_cls: bool) -> torch.Tensor:
-    """Per-patch importance [c, P] from a layer's q, k [c, H, seq, d_h], summed over heads (see `attention_scores`)."""
+def scores_from_queries_keys(q: torch.Tensor, k: torch.Tensor, score: str, has_cls: bool,
+                             head: int | None = None) -> torch.Tensor:
+    """Per-patch importance [c, P] from a layer's q, k [c, H, seq, d_h], summed over heads, or one `head`'s."""
     first = 1 if has_cls else 0  # index of the first patch token
     if score == "cls":
         logits = q[:, :, :1] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [c, H, 1, seq]
-        return logits.softmax(dim=-1)[:, :, 0, first:].sum(dim=1)  # [c, P]
-    logits = q[:, :, first:] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [c, H, P, seq]
-    probs = logits.softmax(dim=-1)[..., first:]  # [c, H, P (queries), P (keys)]
-    return probs.mean(dim=2).sum(dim=1)  # [c, P]
+        per_head = logits.softmax(dim=-1)[:, :, 0, first:]  # [c, H, P]
+    else:
+        logits = q[:, :, first:] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [c, H, P, seq]
+        per_head = logits.softmax(dim=-1)[..., first:].mean(dim=2)  # [c, H, P (keys)], mean over the P queries
+    return per_head.sum(dim=1) if head is None else per_head[:, head]  # [c, P]
 
 
 @torch.no_grad()
-def attention_scores(layer, hidden: torch.Tensor, score: str, has_cls: bool, chunk: int = 4) -> torch.Tensor:
-    """Per-patch importance from one encoder layer's self-attention, summed over heads.
+def attention_scores(layer, hidden: torch.Tensor, score: str, has_cls: bool, chunk: int = 4,
+                     head: int | None = None) -> torch.Tensor:
+    """Per-patch importance from one encoder layer's self-attention, summed over heads (`head`: that one alone).
 
     layer:  a CLIP/SigLIP encoder layer (`layer_norm1`, `self_attn.q_proj/k_proj`)
     hidden: [n_crops, seq, d_v], the hidden states entering `layer` (seq = P + 1 with CLS, else P)
@@ -257,13 +263,11 @@ def attention_scores(layer, hidden: torch.Tensor, score: str, has_cls: bool, chu
     out = []
     for start in range(0, hidden.shape[0], chunk):  # bounded memory: the mean-received map is [c, H, P, seq]
         q, k = attention_queries_keys(layer, hidden[start : start + chunk])
-        out.append(scores_from_queries_keys(q, k, score, has_cls))
+        out.append(scores_from_queries_keys(q, k, score, has_cls, head))
     return torch.cat(out, dim=0)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# pure functions: region mapping, allocation, top-k (no model needed; tested directly)
-# ----------------------------------------------------------------------------------------------------------
+# --- pure functions: region mapping, allocation, top-k (no model needed; tested directly) ---------------
 
 
 def spatial_regions(
@@ -423,9 +427,7 @@ def newline_mask(image: ImageTokens, kept_patches: torch.Tensor, rule: str) -> t
     return newline & occupied[row]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the reducer
-# ----------------------------------------------------------------------------------------------------------
+# --- the reducer ----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -454,9 +456,10 @@ class HiRED(ModelResolvedReducer):
         distribution_layer: int = 0,
         selection_layer: int | None = None,
         newlines: str | None = None,
+        head: int | None = None,
         model=None,
     ):
-        self.config = HiREDSettings(budget, alpha, mode, score, distribution_layer, selection_layer, newlines)
+        self.config = HiREDSettings(budget, alpha, mode, score, distribution_layer, selection_layer, newlines, head)
         self._resolved: tuple[int, HiREDSettings] | None = None
         if model is not None:
             self.bind(model)
@@ -476,6 +479,7 @@ class HiRED(ModelResolvedReducer):
             "distribution_layer": config.distribution_layer,
             "selection_layer": auto(config.selection_layer),
             "newlines": auto(config.newlines),
+            **({} if config.head is None else {"head": config.head}),
         }
 
     def reduce(self, model, vision: VisionOutputs, sample_keys: list[str]) -> list[ImageTokens]:
@@ -499,10 +503,10 @@ class HiRED(ModelResolvedReducer):
         first_crop = torch.cumsum(counts, 0) - counts  # [B] crop index of every full image
         dist_hidden = vision.hidden_states[config.distribution_layer][first_crop.to(vision.hidden_states[0].device)]
         # distribution: [B, P] scores of the full-image crops; selection: [n_crops, P] scores of every crop
-        distribution = attention_scores(layers[config.distribution_layer], dist_hidden, config.score, has_cls).cpu()
-        selection = attention_scores(
-            layers[config.selection_layer], vision.hidden_states[config.selection_layer], config.score, has_cls
-        ).cpu()
+        distribution = attention_scores(layers[config.distribution_layer], dist_hidden, config.score, has_cls,
+                                        head=config.head).cpu()
+        selection = attention_scores(layers[config.selection_layer], vision.hidden_states[config.selection_layer],
+                                     config.score, has_cls, head=config.head).cpu()
 
         kept, allocations = [], []
         for b, image in enumerate(vision.images):

@@ -175,7 +175,9 @@ METHODS: tuple[Method, ...] = (
     Method(
         id="hired", plugin=f"{PLUGINS}.HiredLlava",
         settings=(Setting("budget", "number", REQUIRED), Setting("alpha", "number", 0.5),
-                  Setting("mode", "string", "paper"), Setting("score", "string"), Setting("newlines", "string")),
+                  Setting("mode", "string", "paper"), Setting("score", "string"), Setting("newlines", "string"),
+                  Setting("selection_layer", "integer"), Setting("distribution_layer", "integer", 0),
+                  Setting("head", "integer")),
         series=(Series("hired_paper", "HiRED (paper)", "#E69F00", "o"),
                 Series("hired_code", "HiRED (official code)", "#D55E00", "s")),
         series_of=hired_series, kept_fraction=budget_fraction,

@@ -131,26 +131,30 @@ def _verdict_cell(verdict) -> str:
 
 def verdict_html(frame: pd.DataFrame, caption: str = "") -> str:
     """The claims table, one row per claim: id, claim (shortened), the paper's value, the reproduced value with
-    its CI, and the verdict on its colour; where the audit has VISOR runs at half its training budget, the
-    verdict on those (`at_half_budget`) beside it. The claim's full text, reason, details, test, source and
-    provenance open from the row (a <details> element). `frame`: the claims audit with a `reproduced` column
-    (formatted)."""
+    its CI (with the FLOP basis of a claim that compares compute, column `flop_basis`: LLM prefill only, or
+    prefill with the vision tower), and the verdict on its colour; where the audit has VISOR runs at half its
+    training budget, the verdict on those (`at_half_budget`) beside it. The claim's full text, reason, details,
+    test, source and provenance open from the row (a <details> element). `frame`: the claims audit with a
+    `reproduced` column (formatted)."""
     half = "at_half_budget" in frame and frame["at_half_budget"].fillna("").astype(str).str.strip().any()
     rows = []
     for claim in frame.to_dict("records"):
         interval = claim.get("interval")
         facts = [("Reason", claim.get("reason")), ("Details", claim.get("detail")), ("Needs", claim.get("test")),
                  ("Interval shown", interval if interval != "95% CI" else None),  # e.g. a decision range
+                 ("FLOP basis", claim.get("flop_basis")),
                  ("Source", claim.get("source")), ("Provenance", claim.get("provenance"))]
         body = "".join(f"<p><b>{name}:</b> {_cell(value)}</p>" for name, value in facts
                        if isinstance(value, str) and value)
         text = str(claim["claim"])
+        flops = claim.get("flop_basis")
+        basis = f"<br><small>FLOPs: {html.escape(flops)}</small>" if isinstance(flops, str) and flops else ""
         full = f"<p>{html.escape(text)}</p>" if shorten(text) != text else ""  # the whole claim, where cut
         rows.append(
             f'<tr><td class="claim-id" id="{claim_anchor(claim["id"])}">{_cell(claim["id"])}</td>'
             f'<td><details><summary title="{html.escape(text)}">{html.escape(shorten(text))}'
             f"</summary>{full}{body}</details></td>"
-            f'<td>{_cell(claim.get("paper_value"))}</td><td>{_cell(claim.get("reproduced"))}</td>'
+            f'<td>{_cell(claim.get("paper_value"))}</td><td>{_cell(claim.get("reproduced"))}{basis}</td>'
             + _verdict_cell(claim.get("verdict", ""))
             + (_verdict_cell(claim.get("at_half_budget")) if half else "") + "</tr>")
     names = ("id", "claim (click for the reason)", "paper's value", "reproduced [95% CI]", "verdict")

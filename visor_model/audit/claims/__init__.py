@@ -18,7 +18,8 @@ hold:
 
   at_least {target, tolerance}   value >= target - tolerance
   at_most {target, tolerance}    value <= target + tolerance
-  within {target, tolerance}     |value - target| <= tolerance
+  within {target, tolerance}     |value - target| <= tolerance; with a CI an equivalence test of value - target
+                                 that counts the paper's sampling error as well as ours (`rules.tested_interval`)
   between {low, high}            low <= value <= high
   greater {threshold}            value > threshold
   less {threshold}               value < threshold
@@ -29,6 +30,9 @@ A measurement with an interval (a 95% CI, or the decision range of the saving-wi
 "reproduced" when the whole interval holds, "not reproduced" when none of it does, and "inconclusive" when it
 straddles an edge of the range (the reason gives the interval and the edge): the data cannot decide. Without
 an interval (latency ratios, FLOP ratios) the point value decides between "reproduced" and "not reproduced".
+A computation that yields no value (NaN) measured nothing: "not testable in this profile", kind "in this run",
+never "not reproduced". Savings and FLOP ratios are computed on the claim's own benchmarks only (column
+`flop_basis`: the FLOP basis of a claim that compares compute).
 
 VISOR's quality gate: where `visor_training.csv` shows VISOR's largest configuration more than `gate_points`
 (config audit.visor_gate_points) below its host on the validation rows at the last training step, every VISOR
@@ -44,8 +48,8 @@ lmms-eval's own aggregate on the task's scale (OCRBench 0-1000, MME perception 0
 the claim not testable. CIs are 95% bootstrap intervals over documents, paired where two runs share documents.
 
 The modules: `selection` (the result tables and which rows a claim reads), `computations` (the registered
-computations), `rules` (the verdicts and the tests' rules), `auditing` (the claims file and the audit table),
-`summary` (the report's summary in words).
+computations; `ablations`: the argmax and token-count ones), `rules` (the verdicts and the tests' rules),
+`auditing` (the claims file and the audit table), `summary` (the report's summary in words).
 """
 
 from visor_model.audit.claims.auditing import (

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from visor_model.audit.claims.computations import COMPUTATIONS
+from visor_model.audit.claims import ablations  # noqa: F401 (registers its computations)
+from visor_model.audit.claims.computations import COMPUTATIONS, FLOP_BASES
 from visor_model.audit.claims.rules import (
     INCONCLUSIVE,
     NOT_TESTABLE,
@@ -18,16 +19,24 @@ from visor_model.audit.claims.rules import (
     TESTS,
     describe_test,
     judge,
+    tested_interval,
 )
 from visor_model.audit.claims.selection import NotTestable, Tables, as_list, select
 from visor_model.audit.training import GATE_POINTS as VISOR_GATE_POINTS  # the default of audit.visor_gate_points
 from visor_model.audit.training import quality_gate
 
 PROFILES = ("offline", "paper")
+PROVENANCES = ("paper", "secondary", "unsure", "unverified", "literature", "audit")
+# what a `provenance: paper` claim's source must name: the paper's table, figure or section that states it
+PAPER_PLACES = ("table", "figure", "section", "abstract")
 CLAIM_FIELDS = ("id", "claim", "source", "paper_value", "unit", "profiles", "computation", "test")
 COLUMNS = ["id", "claim", "source", "provenance", "profile", "paper_value", "unit", "test", "tolerance",
            "reproduced_value", "ci_low", "ci_high", "interval", "verdict", "at_half_budget", "reason",
-           "computation", "detail", "not_testable"]
+           "computation", "detail", "not_testable", "flop_basis"]
+# The FLOP basis of the claims that compare compute: a saving's (`args.flops`, default LLM prefill only), or
+# the FLOPs two methods are matched at (LLM prefill).
+SAVING_COMPUTATIONS = ("max_saving_at_accuracy", "extra_saving_without_loss", "cluster_average_at_saving",
+                       "paired_gap_at_matched_flops")
 VISOR_SERIES = ("visor_fixed", "visor_policy", "visor_tr")
 
 
@@ -54,6 +63,12 @@ def load_claims(path) -> list[dict]:
             absent = [k for k in TESTS[kind].fields if k not in test]
             if absent:
                 raise ValueError(f"{where}: test {kind} needs {', '.join(absent)}")
+        provenance = claim.get("provenance", "paper")
+        if provenance not in PROVENANCES:
+            raise ValueError(f"{where}: unknown provenance {provenance!r}; known: {', '.join(PROVENANCES)}")
+        if provenance == "paper" and not any(place in claim["source"].lower() for place in PAPER_PLACES):
+            raise ValueError(f"{where}: a provenance: paper claim's source must name the paper's table, figure or "
+                             f"section ({', '.join(PAPER_PLACES)}); a number known only second-hand is secondary")
         unknown = set(claim["profiles"]) - set(PROFILES)
         if unknown:
             raise ValueError(f"{where}: unknown profile(s) {', '.join(sorted(unknown))}")
@@ -107,6 +122,15 @@ def visor_gate(training: pd.DataFrame, gate_points: float = VISOR_GATE_POINTS) -
             f"{gate_points:g} points, audit.visor_gate_points)")
 
 
+def flop_basis(claim: dict, profile: str) -> str:
+    """The FLOP basis of a claim that compares compute (`SAVING_COMPUTATIONS`), "" for the others."""
+    args = _claim_args(claim, profile)
+    if claim["computation"] not in SAVING_COMPUTATIONS or (claim["computation"] == "cluster_average_at_saving"
+                                                            and args.get("saving") is None):
+        return ""
+    return FLOP_BASES[args.get("flops", "llm_prefill")]
+
+
 def audit_claim(claim: dict, tables: Tables, profile: str, gate_points: float = VISOR_GATE_POINTS) -> dict:
     """One row of the audit table (`COLUMNS`): the claim measured and judged in `profile`."""
     test = {**claim["test"], **((claim.get("profile_test") or {}).get(profile) or {})}
@@ -116,7 +140,8 @@ def audit_claim(claim: dict, tables: Tables, profile: str, gate_points: float = 
            "paper_value": str(claim["paper_value"]), "unit": unit, "test": describe_test(test, unit),
            "tolerance": test.get("tolerance", test.get("margin", "")), "reproduced_value": float("nan"),
            "ci_low": float("nan"), "ci_high": float("nan"), "interval": "", "at_half_budget": "",
-           "computation": claim["computation"], "detail": "", "not_testable": ""}
+           "computation": claim["computation"], "detail": "", "not_testable": "",
+           "flop_basis": flop_basis(claim, profile)}
     if profile not in claim["profiles"]:
         return {**row, "verdict": NOT_TESTABLE, "not_testable": NOT_TESTABLE_IN_PROFILE,
                 "reason": claim["not_testable_reason"].strip()}
@@ -132,6 +157,10 @@ def audit_claim(claim: dict, tables: Tables, profile: str, gate_points: float = 
         return {**row, "verdict": NOT_TESTABLE, "not_testable": NOT_TESTABLE_IN_RUN,
                 "reason": f"{missing} {NOT_TESTABLE_IN_RUN}"}
     verdict, reason = judge(test, m, unit)
+    if verdict == NOT_TESTABLE:  # no value: nothing was measured
+        return {**row, "verdict": verdict, "not_testable": NOT_TESTABLE_IN_RUN, "reason": reason,
+                "detail": m.detail}
+    m = tested_interval(test, m)
     gate = visor_gate(tables.training, gate_points) if is_visor_claim(claim, profile) else ""
     if gate:
         verdict, reason = INCONCLUSIVE, f"{gate}; the measurement alone: {verdict}, {reason}"

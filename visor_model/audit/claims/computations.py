@@ -98,17 +98,45 @@ def _average_with_ci(tables: Tables, rows: pd.DataFrame) -> Measurement:
     return Measurement(value)
 
 
-def _saving(rows: pd.DataFrame, flops: str = "llm_prefill", full: pd.DataFrame | None = None) -> float:
-    """FLOP saving of one setting's rows: 1 / mean over benchmarks of its FLOPs relative to the full model's."""
+FLOP_BASES = {"llm_prefill": "LLM prefill only", "prefill_with_vision": "prefill with the vision tower"}
+VISION_TERMS = tuple(f"mean_flops_{t}" for t in ("vision", "projector", "selection", "llm_prefill"))
+
+
+def _flop_ratios(rows: pd.DataFrame, flops: str, full: pd.DataFrame | None) -> pd.Series:
+    """Per benchmark (index) one setting's FLOPs relative to the full model's on the same model and benchmark:
+    llm_prefill (the papers' convention: the summary's llm_prefill_ratio) or prefill_with_vision (vision tower,
+    projector, selection and LLM prefill summed; `full`: the full model's rows)."""
+    if flops not in FLOP_BASES:
+        raise ValueError(f"flops must be one of {', '.join(FLOP_BASES)}, got {flops!r}")
     if flops == "llm_prefill":
-        ratio = rows["llm_prefill_ratio"].astype(float).mean()
-        return 1 / ratio if np.isfinite(ratio) and ratio > 0 else float("nan")
-    terms = [f"mean_flops_{t}" for t in ("vision", "projector", "selection", "llm_prefill")]
-    if full is None or any(t not in rows for t in terms):
-        return float("nan")
-    base = full.set_index("benchmark")[terms].fillna(0).sum(axis=1)
-    own = rows.set_index("benchmark")[terms].fillna(0).sum(axis=1)
-    ratio = (own / base.reindex(own.index)).mean()
+        return rows.set_index("benchmark")["llm_prefill_ratio"].astype(float)
+    if full is None or any(t not in rows or t not in full for t in VISION_TERMS):
+        return pd.Series(np.nan, index=rows["benchmark"])
+    base = full.set_index("benchmark")[list(VISION_TERMS)].fillna(0).sum(axis=1)
+    own = rows.set_index("benchmark")[list(VISION_TERMS)].fillna(0).sum(axis=1)
+    return own / base.reindex(own.index)
+
+
+def group_mean(values: pd.Series, rows: pd.DataFrame, groups: list) -> float:
+    """The mean over the claim's `groups` ((column, value): a cluster, or a benchmark) of the mean of `values`
+    (indexed by benchmark) over that group's benchmarks in `rows`; NaN when a group has no value. Benchmarks
+    outside every group never count."""
+    means = []
+    for column, value in groups:
+        benchmarks = rows.loc[rows[column] == value, "benchmark"] if column in rows else pd.Series(dtype=str)
+        part = values.reindex(pd.unique(benchmarks)).astype(float)
+        part = part[np.isfinite(part)]
+        if part.empty:
+            return float("nan")
+        means.append(part.mean())
+    return float(np.mean(means)) if means else float("nan")
+
+
+def _saving(rows: pd.DataFrame, groups: list, flops: str = "llm_prefill", full: pd.DataFrame | None = None) -> float:
+    """FLOP saving of one setting on the claim's own benchmarks: per benchmark its FLOPs relative to the full
+    model's (`_flop_ratios`), averaged within each group and then over the groups (`group_mean`): saving =
+    1 / that mean ratio. A policy's FLOPs differ per sample and benchmark; only the claim's benchmarks count."""
+    ratio = group_mean(_flop_ratios(rows, flops, full), rows, groups)
     return 1 / ratio if np.isfinite(ratio) and ratio > 0 else float("nan")
 
 
@@ -120,6 +148,7 @@ class _Candidate:
     rows: pd.DataFrame
     reference: pd.DataFrame
     saving: float
+    other: str = ""  # the saving on the other FLOP basis, shown beside it
 
 
 def _savings_without_loss(tables: Tables, candidates: list[_Candidate], groups: list, margin: float,
@@ -160,7 +189,7 @@ def _savings_without_loss(tables: Tables, candidates: list[_Candidate], groups: 
         else:
             word, group = "undecided", undecided
         group.append(candidate)
-        lines.append(f"{candidate.label}: {candidate.saving:.2f}x, "
+        lines.append(f"{candidate.label}: {candidate.saving:.2f}x{candidate.other}, "
                      + ", ".join(f"{value} {g['mean']:+.1f} [{g['ci_low']:+.1f}, {g['ci_high']:+.1f}]"
                                  for (_, value), g in zip(groups, gaps)) + f" ({word})")
     value = max([1.0] + [c.saving for c in qualify])
@@ -186,17 +215,20 @@ def max_saving_at_accuracy(tables: Tables, family, series, margin=1.0, cluster=(
     """The largest FLOP saving over the full model among the settings of `series` (fixed configurations,
     policies, ...) that lose no more than `margin` points on every cluster (or on each `benchmark`), judged
     as a paired non-inferiority test of every setting tried with a Bonferroni correction for their number
-    (`_savings_without_loss`). flops: llm_prefill (the papers' convention) or prefill_with_vision (vision
-    tower, projector and selection counted too)."""
+    (`_savings_without_loss`). Savings are on the claim's own benchmarks only (`_saving`). flops: the basis
+    of the saving judged, llm_prefill (the papers' convention) or prefill_with_vision (vision tower,
+    projector and selection counted too); the detail gives each setting's saving on the other basis too."""
     require_flops(tables.summary)
     groups = _cluster_groups(cluster, benchmark)
+    other = next(b for b in FLOP_BASES if b != flops)
     full_rows = select(tables.summary, family, "full")
     candidates = []
     for model, full in full_rows.groupby("model"):
         _check_metric(pd.concat([full[full[column] == value] for column, value in groups]), metric)
         for _, rows in select(tables.summary, family, series, model=model).groupby("setting_id"):
             candidates.append(_Candidate(f"{model} {setting_label(rows.iloc[0])}", rows, full,
-                                         _saving(rows, flops, full)))
+                                         _saving(rows, groups, flops, full),
+                                         f" ({FLOP_BASES[other]}: {_saving(rows, groups, other, full):.2f}x)"))
     if not candidates:
         raise NotTestable(f"the results have no run of {describe_selection(family, series)} beside a full model")
     if not any(np.isfinite(c.saving) for c in candidates):
@@ -209,7 +241,8 @@ def max_saving_at_accuracy(tables: Tables, family, series, margin=1.0, cluster=(
 def extra_saving_without_loss(tables: Tables, family, a, b, match_on=("threshold",), margin=1.0,
                               cluster=("easy", "hard"), benchmark=None) -> Measurement:
     """How many times fewer LLM-prefill FLOPs series `a` spends than series `b` at the same `match_on`
-    settings (1 / the mean over benchmarks of FLOPs(a) / FLOPs(b)), counted only for the settings of `a`
+    settings (1 / the mean of FLOPs(a) / FLOPs(b) over the claim's benchmarks, per group then over the groups
+    as `_saving`), counted only for the settings of `a`
     that lose no more than `margin` points against their `b` partner on every cluster (or `benchmark`): the
     largest such saving, judged as a paired non-inferiority test of every matched pair with a Bonferroni
     correction (`_savings_without_loss`). A saving bought with accuracy does not count."""
@@ -222,8 +255,9 @@ def extra_saving_without_loss(tables: Tables, family, a, b, match_on=("threshold
     built = []
     for (model, _, _), matched in candidates.items():
         mine, theirs = pd.DataFrame([x for x, _ in matched]), pd.DataFrame([y for _, y in matched])
-        ratio = float(np.mean([float(x["mean_flops_llm_prefill"]) / float(y["mean_flops_llm_prefill"])
-                               for x, y in matched]))
+        ratios = pd.Series([float(x["mean_flops_llm_prefill"]) / float(y["mean_flops_llm_prefill"])
+                            for x, y in matched], index=mine["benchmark"].to_numpy())
+        ratio = group_mean(ratios.groupby(level=0).mean(), mine, groups)
         built.append(_Candidate(f"{model} {setting_label(matched[0][0])} vs {setting_label(matched[0][1])}",
                                 mine, theirs, 1 / ratio if np.isfinite(ratio) and ratio > 0 else float("nan")))
     _at_floor(tables, [row for pair in pairs for row in pair])
@@ -235,16 +269,18 @@ def extra_saving_without_loss(tables: Tables, family, a, b, match_on=("threshold
 def cluster_average_at_saving(tables: Tables, family, series, cluster=None, benchmark=None, saving=None,
                               metric=None) -> Measurement:
     """The mean primary score (points) over a cluster's benchmarks (or the named ones) of the setting of
-    `series` whose FLOP saving is nearest to `saving` (the paper's operating point; any setting of the full
-    model). Each benchmark counts with its own metric (OCRBench's 0-1000 score as its correct share in points)."""
+    `series` whose LLM-prefill FLOP saving on those same benchmarks is nearest to `saving` (the paper's
+    operating point; any setting of the full model). Each benchmark counts with its own metric (OCRBench's
+    0-1000 score as its correct share in points)."""
     where = {"cluster": cluster, "benchmark": benchmark}
     rows = require(select(tables.summary, family, series, **where), family=family, series=series, **where)
     choice = None
     if saving is not None:
         require_flops(tables.summary)
+        groups = _cluster_groups(cluster, benchmark)
         options = [(abs(math.log(s / saving)), setting_id, s) for setting_id, part in
                    select(tables.summary, family, series).groupby("setting_id")
-                   if np.isfinite(s := _saving(part))]
+                   if np.isfinite(s := _saving(part, groups))]
         if not options:
             raise NotTestable("no FLOP saving could be computed (llm_prefill_ratio missing)")
         _, choice, achieved = min(options)
@@ -488,21 +524,6 @@ def memory_saving(tables: Tables, family, series, setting=None) -> Measurement:
     m.detail = (f"{row['model']}: {base['peak_memory_mb']:.0f} MB -> {row['peak_memory_mb']:.0f} MB "
                 f"({row.get('memory_method', '?')})")
     return m
-
-
-@computation
-def best_setting_value(tables: Tables, family, series, field_name, metric=None, setting=None) -> Measurement:
-    """The value of `field_name` (e.g. alpha) whose runs have the best mean primary score; needs two values at
-    least."""
-    rows = require(select(tables.summary, family, series, setting), family=family, series=series, setting=setting)
-    _check_metric(rows, metric)
-    if field_name not in rows or rows[field_name].nunique() < 2:
-        values = sorted(rows[field_name].dropna().unique()) if field_name in rows else []
-        raise NotTestable(f"the sweep has {len(values)} value(s) of {field_name} "
-                          f"({', '.join(map(str, values)) or 'none'}); a comparison needs two at least")
-    means = rows.groupby(field_name)["accuracy"].mean()
-    return Measurement(float(means.idxmax()),
-                       detail=", ".join(f"{field_name} {k}: {100 * v:.1f}" for k, v in means.items()))
 
 
 @computation
