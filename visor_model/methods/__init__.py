@@ -1,2 +1,2 @@
 """Efficiency methods, one module each: `base` (the TokenReducer seam, full and random), `hired`, `visionzip`,
-`downsample` (a lower-resolution input), `visor/`."""
+`prumerge`, `downsample` (a lower-resolution input), `visor/`."""

@@ -8,11 +8,12 @@ PruMerge reduces every crop's visual tokens before the projector, without lookin
 3. *Merge*: every kept token absorbs the encoder outputs of the tokens whose keys are most similar to its own,
    weighted by their CLS attention; the projector then runs on the merged tokens only.
 
-Sources. The paper's own text was not at hand; what it says is taken from its abstract and secondary summaries
-(en.papernotes.org, "ICCV2025/multimodal_vlm/llavaprumerge_..."): IQR outlier detection on the CLS attention,
-pruned tokens clustered to the kept ones by key similarity (k nearest neighbours), clusters merged by
-attention-weighted averaging, PruMerge keeping about 5.5% of LLaVA-1.5's 576 tokens (14.4x on average). Every
-number below is read in the official code, github.com/42Shawn/LLaVA-PruMerge at commit 097c041 (2025-06-28),
+Sources. The paper's body was not at hand: what it says is taken from its abstract (arXiv 2403.15388:
+CLS-attention sparsity picks the tokens to keep, "we cluster the selected (unpruned) tokens based on their key
+similarity and merge" the others into them, 14.4x compression on average on LLaVA-1.5) and a secondary summary
+(en.papernotes.org, ICCV 2025 notes: IQR outlier detection, k-nearest-neighbour clustering by key similarity,
+attention-weighted averaging, about 5.5% of LLaVA-1.5's 576 tokens kept). Every number below is read in the
+official code, github.com/42Shawn/LLaVA-PruMerge at commit 097c041 (2025-06-28),
 `llava/model/multimodal_encoder/clip_encoder.py` (`outlier_dectection`, `token_prune_merge_advanced` = PruMerge,
 `token_prune_merge_advanced_plus` = PruMerge+, which `forward` calls with `if_adaptive=True`; LLaVA-1.5, CLIP
 ViT-L/14-336, one 24 x 24 crop), and in the port HiRED's authors used for their comparison,
@@ -28,8 +29,8 @@ github.com/hasanar1f/HiRED `prumerge_llava_next.py` (commit 42be984):
   Q3 + 1.5 IQR (the lower fence is commented out); the code keeps the top int(576 x ratio) = their count.
 - *PruMerge+ samples* (the adaptive branch): with o outliers, step = int(576 / o) and the raster indices
   0, s, 2s, ... < 575 with s = int(step / 3), those that are not outliers, are added: about 3 o samples, so
-  PruMerge+ keeps about 4 x PruMerge (e.g. o = 32: s = 6, 96 samples on columns 0, 6, 12, 18 of every row;
-  the paper reports about 25% of the tokens). The raster stride is a grid only when s divides the 24-patch
+  PruMerge+ keeps about 4 x PruMerge (e.g. o = 32: s = 6, 96 samples on columns 0, 6, 12, 18 of every row,
+  at most 128 tokens, 22%, plus the extra one). The raster stride is a grid only when s divides the 24-patch
   row (otherwise a sheared lattice). Earlier commits used s = step / 3 from step / 6 and s = step / 4.
 - *Merge.* Keys: the same layer's `k_proj` output (full width, CLS dropped), L2-normalised. Each kept token i
   takes its 32 most similar tokens by cosine among *all other* tokens of the crop (kept ones included) and
@@ -43,8 +44,8 @@ github.com/hasanar1f/HiRED `prumerge_llava_next.py` (commit 42be984):
 - Degenerate cases the official code does not handle: no outlier (1/0), s = 0 (more than a third outliers),
   fewer than 33 tokens in a crop (top-32 of fewer).
 
-HiRED's paper compares against both at their own, adaptive counts (about 10% and 55% of LLaVA-NeXT's tokens by
-its text, ../shared/research/METHODS.md), not at equal budget.
+HiRED's paper (arXiv 2408.10945) compares against both at their own, adaptive counts (about 10% and 55% of
+LLaVA-NeXT-13B's tokens in its DocVQA comparison), not at equal budget.
 
 What this module does, and why it differs:
 - Two modes, an explicit setting. `mode="budget"` (the default; this is how the project compares PruMerge+ with
