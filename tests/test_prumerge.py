@@ -223,6 +223,58 @@ def test_scores_are_the_official_full_width_attention(tiny):
                                atol=1e-6)
 
 
+@torch.no_grad()
+def test_base_crop_matches_a_recomputation_from_hooked_projections(tiny):
+    """The base crop of a 2x2 image (36 patches, raster order, no un-padding), budget mode, recomputed from the
+    hooked q/k: quota q from the proportional split, the IQR outliers (at most q - 1) then every (R / m)-th other
+    patch; each selected patch = projector(x_i + sum of a_j x_j over its 32 most similar keys), the extra token =
+    projector(sum of a_j x_j over the pruned), placed after the crop's last token."""
+    processed = tiny.image_processor(noise_images([(96, 96)], seed=7), return_tensors="pt")
+    reducer = PruMerge(budget=0.3, model=tiny.model)
+    config = reducer.resolved(tiny.model)
+    captured = {}
+    attn = encoder_layers(tiny.model)[config.layer].self_attn
+    handles = [attn.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("q", o[0])),
+               attn.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o[0]))]
+    try:
+        vision = encode_images(tiny.model, processed["pixel_values"], processed["image_sizes"],
+                               return_hidden_states=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    (kept,), (allocation,) = reducer.reduce_with_allocations(tiny.model, vision, ["k"])
+
+    has_cls = tiny.family == "llava_next"
+    first = int(has_cls)
+    q, k = captured["q"], captured["k"]  # [seq, d] of the base crop (crop 0)
+    probs = (q @ k.T * q.shape[-1] ** -0.5).softmax(dim=-1)
+    a = (probs[0, 1:] if has_cls else probs.mean(0)).double()  # [36]
+    keys = torch.nn.functional.normalize(k[first:], dim=-1)
+    layer = tiny.model.config.vision_feature_layer
+    x = vision.hidden_states[layer][0, first:]  # [36, d_v] what the projector reads
+    quota = crop_quotas(allocation.present, 0.3)[0]
+    q1, q3 = np.percentile(a.numpy(), 25), np.percentile(a.numpy(), 75)
+    outliers = [int(i) for i in torch.argsort(-a, stable=True)
+                if a[i] > q3 + 1.5 * (q3 - q1)][: quota - 1] or [int(a.argmax())]
+    others = [i for i in range(36) if i not in outliers]
+    fill = quota - 1 - len(outliers)
+    selected = sorted(outliers + [others[i * len(others) // fill] for i in range(fill)])
+    pruned = [i for i in range(36) if i not in selected]
+    expected = []
+    for i in selected:
+        similarity = keys @ keys[i]
+        similarity[i] = -float("inf")
+        near = torch.argsort(-similarity, stable=True)[:32]
+        expected.append(x[i] + (a[near, None].float() * x[near]).sum(0))
+    expected.append((a[pruned, None].float() * x[pruned]).sum(0))
+    expected = tiny.model.model.multi_modal_projector(torch.stack(expected))
+
+    base = kept.partition == 0
+    assert kept.patch_index[base].tolist() == selected + [SUMMARY]  # the extra token right after the crop
+    assert allocation.kept[0] == quota
+    torch.testing.assert_close(kept.features[base], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_substitute_score_on_siglip_and_cls_refused(tokenizer):
     model, _ = build_reference_model(tiny_config("llava_onevision"), tokenizer, seed=0)
     assert PruMerge(budget=0.2, model=model).settings() == {
