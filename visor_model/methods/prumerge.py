@@ -312,7 +312,7 @@ class PruMergeAllocation:
     """Accounting of one sample, per crop (0 = base image, k = k-th sub-image)."""
 
     present: list[int]  # patch tokens present after packing
-    outliers: list[int]  # selected as outliers (budget mode: at most the quota)
+    outliers: list[int]  # selected as outliers (budget mode: at most the quota - 1)
     samples: list[int]  # selected as spatial samples (PruMerge+) or next scores (budget-mode PruMerge)
     extra: list[int]  # 1 where the crop merged and got its extra token
 
