@@ -1,3 +1,3 @@
 """Efficiency methods, one module each: `base` (the TokenReducer seam, full and random), `hired`, `visionzip`,
-`downsample` (a lower-resolution input), `fastv`, `visor/`; `registry` has one record per method (what the rest of
-the project knows of it)."""
+`prumerge`, `downsample` (a lower-resolution input), `fastv`, `visor/`; `registry` has one record per method (what
+the rest of the project knows of it)."""
