@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 
-from visor_model.audit import analysis, claims
+from visor_model import stats
+from visor_model.audit import claims
 from visor_model.audit.claims import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
@@ -120,7 +121,7 @@ def _scores(n: int, share: float, seed: int = 0) -> np.ndarray:
 
 
 def _mean(scores: np.ndarray, scale: float = 100.0) -> Measurement:
-    value, low, high = analysis.bootstrap_mean({"b": scores}, RESAMPLES, 0)
+    value, low, high = stats.bootstrap_mean({"b": scores}, RESAMPLES, 0)
     return Measurement(scale * value, scale * low, scale * high)
 
 
@@ -132,7 +133,7 @@ def _paired(n: int, gap: float, seed: int = 0) -> Measurement:
     disagree = rng.permutation(n)[: n // 10]
     ups = round((n // 10 + gap / 100 * n) / 2)
     d[disagree[:ups]], d[disagree[ups:]] = 1.0, -1.0
-    value, low, high = analysis.paired_bootstrap({"b": d[None, :]}, RESAMPLES, 0)
+    value, low, high = stats.paired_bootstrap({"b": d[None, :]}, RESAMPLES, 0)
     return Measurement(100 * value, 100 * low, 100 * high)
 
 

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pandas as pd
 
-from visor_model.audit import analysis
 from visor_model.audit.analysis import sample_scores, setting_label
 from visor_model.audit.claims.computations import Measurement, _at_floor, _check_metric, computation
 from visor_model.audit.claims.selection import (
@@ -21,7 +20,8 @@ from visor_model.audit.claims.selection import (
     require,
     select,
 )
-from visor_model.audit.tables import SETTING_FIELDS
+from visor_model.methods import registry
+from visor_model.stats import bootstrap_mean, percentile_interval
 
 
 def budget_tokens(budget: float, n_tokens: int) -> int:
@@ -55,7 +55,7 @@ def best_setting_margin(tables: Tables, family, series, field_name, claimed=None
         seen = ", ".join(dict.fromkeys(_value_text(field_name, v) for v in values))
         raise NotTestable(f"the sweep of {field_name} has {seen}; the claim needs {_value_text(field_name, claimed)}"
                           " and another value at least")
-    fields = [f for f in SETTING_FIELDS if f != field_name and f in rows]
+    fields = [f for f in registry.setting_columns() if f != field_name and f in rows]
     diffs: dict = {}  # benchmark -> {other value: per-document difference (Series by doc_id)}
     compared = []
     for _, x in rows[is_claimed].iterrows():
@@ -87,7 +87,7 @@ def best_setting_margin(tables: Tables, family, series, field_name, claimed=None
         index = rng.integers(0, matrix.shape[1], size=(tables.resamples, matrix.shape[1]))
         points += matrix.mean(axis=1) / len(complete)
         stats += matrix[:, index].mean(axis=2) / len(complete)
-    low, high = analysis.percentile_interval(100 * stats.min(axis=0))
+    low, high = percentile_interval(100 * stats.min(axis=0))
     detail = (f"{_value_text(field_name, claimed)} minus " + ", ".join(
         f"{_value_text(field_name, label)} {100 * p:+.1f}" for label, p in zip(labels, points))
         + f" points (mean over {len(complete)} benchmark(s): {', '.join(sorted(complete))})")
@@ -127,7 +127,7 @@ def kept_token_deviation(tables: Tables, family, series, setting=None, cluster=N
         line[2].extend(target)
     if not groups:
         raise NotTestable("the per-sample table has no token counts of these runs")
-    value, low, high = analysis.bootstrap_mean(groups, tables.resamples, tables.seed)
+    value, low, high = bootstrap_mean(groups, tables.resamples, tables.seed)
     detail = "; ".join(f"{label}: mean shortfall {np.mean(short):+.1f}% of a mean budget of {np.mean(target):.0f} "
                        f"tokens, {100 * np.mean(exact):.0f}% of {len(exact)} samples exactly at it"
                        for label, (short, exact, target) in lines.items())
