@@ -338,6 +338,32 @@ class VisionZipLlava(EfficientLlava):
                          model=self.checkpoint.model)
 
 
+class PruMergeLlava(EfficientLlava):
+    """`prumerge`: PruMerge / PruMerge+'s CLS-attention outliers (plus spatial samples) merged with their key
+    neighbours (visor_model.methods.prumerge); args mode=budget|adaptive (default budget), budget= (required in
+    budget mode), variant=plus|prumerge (default plus: PruMerge+), score=cls|mean_received (default: cls if the
+    encoder has a CLS token), layer= (default: the layer after the projector's feature layer), neighbours= (default
+    32), merge=official|mean (default official)."""
+
+    def check_args(self, mode: str = "budget", budget: float | str | None = None, variant: str = "plus",
+                   score: str | None = None, layer: int | str | None = None, neighbours: int | str = 32,
+                   merge: str = "official") -> None:
+        from visor_model.methods.prumerge import PruMergeSettings
+
+        if str(mode) == "budget" and budget is None:
+            raise ValueError("prumerge in budget mode needs a budget, e.g. --model_args pretrained=DIR,budget=0.2 "
+                             "(or mode=adaptive for the paper's count)")
+        PruMergeSettings(str(mode), budget, str(variant), score, layer, neighbours, str(merge))
+
+    def build_reducer(self, mode: str = "budget", budget: float | str | None = None, variant: str = "plus",
+                      score: str | None = None, layer: int | str | None = None, neighbours: int | str = 32,
+                      merge: str = "official") -> TokenReducer:
+        from visor_model.methods.prumerge import PruMerge
+
+        return PruMerge(mode=str(mode), budget=budget, variant=str(variant), score=score, layer=layer,
+                        neighbours=neighbours, merge=str(merge), model=self.checkpoint.model)
+
+
 @dataclass
 class DownsampleTokenCounts(VisualTokenCounts):
     """VisualTokenCounts plus the factor the image was resized by (`input_scale`; base_only: 1.0, one crop)."""

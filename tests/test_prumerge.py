@@ -320,3 +320,44 @@ def test_runs_end_to_end_through_the_runner(tiny):
         if reducer.config.mode == "budget":
             assert [r.visual_tokens_kept for r in records] == [tokens_for_budget(0.25, r.visual_tokens)
                                                                for r in records]
+
+
+def test_accountant_charges_scores_and_merge_computed_by_hand(tiny):
+    from visor_model.efficiency.accounting import FlopAccountant, SampleTokens
+    from visor_model.efficiency.shapes import LlavaShape
+
+    vision = encode(tiny, [(60, 100)], seed=3)
+    reducer = PruMerge(budget=0.25, neighbours=5)
+    (kept,), (allocation,) = reducer.reduce_with_allocations(tiny.model, vision, ["a"])
+    present = allocation.present
+    tokens = SampleTokens(n_text=10, n_visual=kept.features.shape[0], n_crops=len(present), crop_patches=present)
+    flops = FlopAccountant.for_model(tiny.model, reducer).sample(tokens)
+
+    v = LlavaShape.from_config(tiny.model.config).vision
+    d, seq = v.hidden, v.tokens_per_crop
+    queries = 1 if reducer.resolved(tiny.model).score == "cls" else v.n_patches
+    scores = len(present) * (2 * 2 * seq * d * d + 2 * queries * seq * d)  # q_proj, k_proj, the score rows
+    pairs = summed = 0
+    for p, o, s, e in zip(present, allocation.outliers, allocation.samples, allocation.extra):
+        if e:  # the crop merged: its selected tokens' key cosines and weighted sums, its pruned ones' extra token
+            pairs += (o + s) * (p - 1)
+            summed += (o + s) * min(5, p - 1) + (p - o - s)
+    assert pairs > 0
+    assert flops.selection.total == scores + 2 * pairs * d + 2 * summed * d
+    assert flops.selection["merge.similarity"] == 2 * pairs * d
+    with pytest.raises(ValueError, match="adaptive PruMerge's merge FLOPs need each crop's selected-token count"):
+        FlopAccountant.for_model(tiny.model, PruMerge(mode="adaptive")).sample(tokens)
+
+
+def test_plugin_rejects_bad_arguments_before_loading(tmp_path):
+    from lmms_plugins.models import PruMergeLlava
+
+    missing = str(tmp_path / "missing")  # would fail to load: the argument check comes first
+    with pytest.raises(ValueError, match="prumerge in budget mode needs a budget"):
+        PruMergeLlava(pretrained=missing)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        PruMergeLlava(pretrained=missing, budget=0.2, variant="minus")
+    with pytest.raises(ValueError, match="adaptive mode keeps the IQR count and takes no budget"):
+        PruMergeLlava(pretrained=missing, mode="adaptive", budget=0.2)
+    with pytest.raises(ValueError, match="neighbours must be >= 1"):
+        PruMergeLlava(pretrained=missing, budget=0.2, neighbours="0")

@@ -92,7 +92,7 @@ def test_measured_seconds_from_snakemake_benchmark_files(tmp_path):
     assert sizing.measured_seconds(tmp_path) == {"evaluate": (2, 20.0)}
     text = sizing.report(load(REPO / "config" / "config.yaml"), sizing.Assumptions(), tmp_path)
     evaluate = next(line for line in text.splitlines() if line.startswith("evaluate"))
-    assert evaluate.split()[1:] == ["83", evaluate.split()[2], "20", "(n=2)", f"{83 * 20 / 3600:.2f}"]
+    assert evaluate.split()[1:] == ["89", evaluate.split()[2], "20", "(n=2)", f"{89 * 20 / 3600:.2f}"]
 
 
 @pytest.mark.parametrize("config", ["config/config.yaml", "config/paper.yaml"])

@@ -243,7 +243,8 @@ def curve_label(partners: list) -> str:
 
 def matched_comparisons(summary: pd.DataFrame, samples: pd.DataFrame, anchors=("visor_fixed", "visor_policy",
                         "visor_tr", "hired_paper"), competitors=("hired_paper", "hired_code", "visionzip",
-                                                                 "downsample", "fastv", "random_drop"),
+                                                                 "prumerge_plus", "downsample", "fastv",
+                                                                 "random_drop"),
                         metric: str = "accuracy", seed: int = 0,
                         resamples: int = BOOTSTRAP_RESAMPLES) -> pd.DataFrame:
     """Every setting of an anchor series against each competitor's accuracy-FLOP curve interpolated at its

@@ -86,8 +86,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from visor_model.efficiency.accounting import Overhead, SampleTokens
+from visor_model.efficiency.flops import FlopTerms
+from visor_model.efficiency.shapes import LlavaShape, VisionShape
+from visor_model.efficiency.shapes import check_count as _count
 from visor_model.llava.visual import ImageTokens, VisionOutputs, pack_crop_features, select_vision_features
-from visor_model.methods.base import ModelResolvedReducer, check_budget, check_integer
+from visor_model.methods.base import EncoderScoring, ModelResolvedReducer, check_budget, check_integer
 from visor_model.methods.hired import (
     SCORES,
     attention_queries_keys,
@@ -107,7 +111,7 @@ SUMMARY = -2  # patch_index of a crop's extra token (the attention-weighted sum 
 
 
 @dataclass(frozen=True)
-class PruMergeSettings:
+class PruMergeSettings(EncoderScoring):
     """Settings of PruMerge / PruMerge+. `None` fields are derived from the model by `resolve`.
 
     mode:       "budget" (exactly floor(budget x patch tokens) per sample) or "adaptive" (the paper's IQR count)
@@ -172,6 +176,25 @@ class PruMergeSettings:
         if not 0 <= layer < n_layers:
             raise ValueError(f"layer must be in [0, {n_layers - 1}] for this {n_layers}-layer encoder, got {layer}")
         return replace(self, score=score, layer=layer)
+
+    full_images = 0  # one scoring layer, on every crop
+
+    def overhead_flops(self, shape: LlavaShape, tokens: SampleTokens, causal_mode: str = "causal") -> Overhead:
+        """The scoring layer's attention scores on every crop (`EncoderScoring`), the merge's key comparisons and
+        weighted sums (`merge_work`, `merge_flops`, terms "merge.*") and the merged and extra tokens projected once
+        more, of resolved settings (`resolve`). Budget mode only: the adaptive counts depend on each crop's scores,
+        which the sample record does not carry."""
+        if self.mode != "budget":
+            raise ValueError("adaptive PruMerge's merge FLOPs need each crop's selected-token count "
+                             "(PruMergeAllocation), which the sample record (SampleTokens) does not carry; "
+                             "FLOPs are computable in budget mode only")
+        if tokens.crop_patches is None:
+            raise ValueError("PruMerge's merge FLOPs need the sample's crop_patches (SampleTokens.from_record)")
+        selected, extra = budget_split(tokens.crop_patches, self.budget)
+        pairs, summed, reprojected = merge_work(tokens.crop_patches, selected, extra, self.neighbours)
+        scores = super().overhead_flops(shape, tokens, causal_mode)
+        return Overhead(selection=scores.selection + merge_flops(shape.vision, pairs, summed).prefixed("merge."),
+                        projector_tokens=reprojected)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -300,6 +323,16 @@ def merge_work(present: Sequence[int], selected: Sequence[int], extra: Sequence[
             summed += s * min(neighbours, p - 1) + (p - s)
             projected += s + 1
     return pairs, summed, projected
+
+
+def merge_flops(vshape: VisionShape, pairs: int, summed: int) -> FlopTerms:
+    """The merge's `pairs` full-width key cosines (one d-dim dot product each, d the encoder's hidden size: the
+    official keys are not split into heads) and its `summed` attention-weighted encoder outputs (a multiply and
+    an add per element, d each). The key normalisation, the top-k and the weights' gathering are not counted; the
+    scores are `attention_score_flops` on the scoring layer, the re-projection the projector's."""
+    pairs = _count("pairs", pairs, allow_zero=True)
+    summed = _count("summed", summed, allow_zero=True)
+    return FlopTerms.of({"similarity": 2 * pairs * vshape.hidden, "weighted_sum": 2 * summed * vshape.hidden})
 
 
 # ----------------------------------------------------------------------------------------------------------

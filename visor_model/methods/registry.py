@@ -141,6 +141,10 @@ def visionzip_series(row: Mapping) -> str:
     return "visionzip_mean" if row.get("merge") == "mean" else "visionzip"
 
 
+def prumerge_series(row: Mapping) -> str:
+    return "prumerge" if row.get("variant") == "prumerge" else "prumerge_plus"
+
+
 def visor_series(row: Mapping) -> str:
     if row.get("token_budget") is not None:
         return "visor_tr"
@@ -191,6 +195,16 @@ METHODS: tuple[Method, ...] = (
                 Series("visionzip_mean", "VisionZip (mean merge)", "#E7B8D6", "h")),
         series_of=visionzip_series, kept_fraction=budget_fraction,
         overhead="visor_model.methods.visionzip.VisionZipSettings.overhead_flops",
+    ),
+    Method(
+        id="prumerge", plugin=f"{PLUGINS}.PruMergeLlava",
+        settings=(Setting("mode", "string", "budget"), Setting("budget", "number", REQUIRED),
+                  Setting("variant", "string", "plus"), Setting("score", "string"), Setting("layer", "integer"),
+                  Setting("neighbours", "integer", 32), Setting("merge", "string", "official")),
+        series=(Series("prumerge_plus", "PruMerge+", "#44AA99", "<"),
+                Series("prumerge", "PruMerge", "#117733", ">")),
+        series_of=prumerge_series, kept_fraction=budget_fraction,
+        overhead="visor_model.methods.prumerge.PruMergeSettings.overhead_flops",
     ),
     Method(
         id="fastv", plugin="lmms_plugins.fastv.FastVLlava",
