@@ -28,7 +28,8 @@ def test_entry_points_register_every_model_id():
 
     for model_id, class_name in [("llava_full", "LlavaFull"), ("random_drop", "RandomDropLlava"),
                                  ("hired", "HiredLlava"), ("visionzip", "VisionZipLlava"),
-                                 ("downsample", "DownsampleLlava"), ("visor", "VisorLlava"), ("fastv", "FastVLlava")]:
+                                 ("downsample", "DownsampleLlava"), ("visor", "VisorLlava"), ("fastv", "FastVLlava"),
+                                 ("prumerge", "PruMergeLlava")]:
         assert get_model(model_id).__name__ == class_name
 
 
