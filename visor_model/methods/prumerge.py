@@ -92,12 +92,15 @@ from visor_model.efficiency.shapes import LlavaShape, VisionShape
 from visor_model.efficiency.shapes import check_count as _count
 from visor_model.llava.visual import ImageTokens, VisionOutputs, pack_crop_features, select_vision_features
 from visor_model.methods.base import EncoderScoring, ModelResolvedReducer, check_budget, check_integer
-from visor_model.methods.hired import (
-    SCORES,
+from visor_model.methods.encoder import (
     attention_queries_keys,
     encoder_has_cls,
     encoder_layers,
     feature_layer,
+    resolve_score,
+)
+from visor_model.methods.hired import (
+    SCORES,
     is_auto,
     top_k_mask,
 )
@@ -164,13 +167,7 @@ class PruMergeSettings(EncoderScoring):
 
     def resolve(self, model) -> PruMergeSettings:
         """Fill `score` and `layer` from `model` and check them against its vision encoder."""
-        has_cls = encoder_has_cls(model)
-        score = self.score or ("cls" if has_cls else "mean_received")
-        if score == "cls" and not has_cls:
-            raise ValueError(
-                "score='cls' needs an encoder with a CLS token (CLIP, vision_feature_select_strategy='default'); "
-                f"this model's {type(model.model.vision_tower).__name__} has none: use score='mean_received'"
-            )
+        score = resolve_score(model, self.score)
         n_layers = len(encoder_layers(model))
         layer = self.layer if self.layer is not None else min(feature_layer(model) + 1, n_layers - 1)
         if not 0 <= layer < n_layers:

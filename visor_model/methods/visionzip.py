@@ -74,14 +74,17 @@ from visor_model.methods.base import (
     check_fraction,
     tokens_for_budget,
 )
-from visor_model.methods.hired import (
-    SCORES,
+from visor_model.methods.encoder import (
     attention_queries_keys,
     encoder_has_cls,
     encoder_layers,
     feature_layer,
-    is_auto,
+    resolve_score,
     scores_from_queries_keys,
+)
+from visor_model.methods.hired import (
+    SCORES,
+    is_auto,
     top_k_mask,
 )
 
@@ -116,13 +119,7 @@ class VisionZipSettings(EncoderScoring):
             raise ValueError(f"merge must be one of {MERGES}, got {self.merge!r}")
 
     def resolve(self, model) -> VisionZipSettings:
-        has_cls = encoder_has_cls(model)
-        score = self.score or ("cls" if has_cls else "mean_received")
-        if score == "cls" and not has_cls:
-            raise ValueError(
-                "score='cls' needs an encoder with a CLS token (CLIP, vision_feature_select_strategy='default'); "
-                f"this model's {type(model.model.vision_tower).__name__} has none: use score='mean_received'"
-            )
+        score = resolve_score(model, self.score)
         return replace(self, score=score)
 
     full_images = 0  # one scoring layer, on every crop
