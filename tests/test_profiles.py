@@ -48,8 +48,9 @@ def jobs(output: str) -> list[tuple[str, dict]]:
 
 PAPER_RUNS = {
     # model x method x setting evaluations configured in config/paper.yaml (VISOR's viable fixed
-    # configurations come from the trained checkpoint, after train_visor, so a dry run does not list them)
-    "llava_full": 2, "random_drop": 2 * 2, "hired": 3 * 2 + 2 + 3, "visionzip": 3 + 2, "downsample": 2 * 2,
+    # configurations come from the trained checkpoint, after train_visor, so a dry run does not list them; hired:
+    # + 3 x 2 the ablations of the selection layer, the distribution layer and the head)
+    "llava_full": 2, "random_drop": 2 * 2, "hired": 3 * 2 + 2 + 3 + 3 * 2, "visionzip": 3 + 2, "downsample": 2 * 2,
     "visor": 5 + 2, "fastv": 2 * 2, "prumerge": 2,
 }
 
