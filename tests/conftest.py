@@ -38,6 +38,20 @@ def noise_images(sizes, seed=0):
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
 
 
+# (height, width): 2x2, 2x2 un-padded, 1x2, 2x1, tiny, very wide (sub-images fully un-padded away): every AnyRes case
+# the reducers' per-crop rules meet
+ANYRES_IMAGE_SIZES = ((96, 96), (60, 100), (48, 100), (150, 40), (10, 10), (40, 800))
+
+
+@torch.no_grad()
+def encode_noise(loaded, sizes, seed=0):
+    """The vision side (with the encoder's hidden states) of noise images of `sizes` through `loaded`'s pipeline."""
+    from visor_model.llava.visual import encode_images
+
+    processed = loaded.image_processor(noise_images(sizes, seed), return_tensors="pt")
+    return encode_images(loaded.model, processed["pixel_values"], processed["image_sizes"], return_hidden_states=True)
+
+
 @torch.no_grad()
 def llm_logits(loaded, reducer, image, question="what colour is the square"):
     """process_images -> visual_tokens -> splice -> language model, batch of one."""

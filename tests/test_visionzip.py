@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import llm_logits, noise_images, tiny_config
+from conftest import ANYRES_IMAGE_SIZES, encode_noise, llm_logits, noise_images, tiny_config
 from test_anyres_positions import DOWNSAMPLED, onevision  # noqa: F401 (onevision: a fixture)
 
 from visor_model.llava.runner import VisionLanguageRunner, prompt_ids
@@ -27,15 +27,9 @@ from visor_model.methods.visionzip import (
 from visor_model.reference.models import build_reference_model
 
 BUDGETS = (0.05, 0.1, 0.2, 0.4, 0.6, 1.0)
-# (height, width): 2x2, 2x2 un-padded, 1x2, 2x1, tiny, very wide (sub-images fully un-padded away)
-IMAGE_SIZES = ((96, 96), (60, 100), (48, 100), (150, 40), (10, 10), (40, 800))
+IMAGE_SIZES = ANYRES_IMAGE_SIZES
 QUESTION = "what colour is the square"
-
-
-@torch.no_grad()
-def encode(loaded, sizes, seed=0):
-    processed = loaded.image_processor(noise_images(sizes, seed), return_tensors="pt")
-    return encode_images(loaded.model, processed["pixel_values"], processed["image_sizes"], return_hidden_states=True)
+encode = encode_noise
 
 
 @torch.no_grad()
